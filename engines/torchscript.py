@@ -1,0 +1,40 @@
+"""TorchScript: trace at the real batch shape, then freeze (folds BatchNorm into the convolutions).
+
+This is what the original Ascend sample compiled from.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+
+from engines.base import DTYPES, Engine, torch_io
+from utils.device import synchronizer
+
+DEVICES = ("cpu", "cuda", "npu")
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def trace(model: torch.nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
+    """Trace `model` on `example` (its shape becomes the compiled shape) and freeze it for inference."""
+    with torch.no_grad(), warnings.catch_warnings():
+        # UNet's padding reads tensor sizes; at a fixed shape they are constants, which is what we want.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(model, example)
+    return torch.jit.freeze(traced.eval())
+
+
+def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, precision: str = "fp32") -> Engine:
+    """Trace + freeze a copy of the model on `device` in `precision`."""
+    if device.type == "npu":
+        import torch_npu  # noqa: F401
+    net = copy.deepcopy(model).to(device=device, dtype=DTYPES[precision]).eval()
+    prepare, to_torch = torch_io(device, precision)
+    scripted = trace(net, prepare(torch.rand(example_shape)))
+
+    def run(x):
+        with torch.inference_mode():
+            return scripted(x)
+
+    return Engine("torchscript", device, precision, run, prepare, to_torch, synchronizer(device))

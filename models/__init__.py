@@ -1,0 +1,56 @@
+"""Model registry: a name -> class dict, and create_model() which builds a model from a name and optional weights."""
+from __future__ import annotations
+
+from torch import nn
+
+from models.checkpoint import fit_state_dict, infer_config, load_state_dict
+from models.unet import UNet
+from models.unetpp import NestedUNet
+
+MODELS = {"unet": UNet, "unet++": NestedUNet}
+ALIASES = {"unetpp": "unet++", "nested_unet": "unet++", "nestedunet": "unet++", "unet_plus_plus": "unet++"}
+
+
+def canonical_name(name: str) -> str:
+    """Map a --model_name (any case, any alias) to a key of MODELS; KeyError lists the valid names."""
+    key = name.strip().lower()
+    key = ALIASES.get(key, key)
+    if key not in MODELS:
+        valid = ", ".join(list(MODELS) + list(ALIASES))
+        raise KeyError(f"unknown model {name!r}; valid names: {valid}")
+    return key
+
+
+def build(name: str, n_channels: int = 3, n_classes: int = 2, bilinear: bool = False,
+          deep_supervision: bool = False) -> nn.Module:
+    """Instantiate a registered architecture with random weights."""
+    key = canonical_name(name)
+    if key == "unet":
+        return UNet(n_channels, n_classes, bilinear=bilinear)
+    return NestedUNet(n_classes, input_channels=n_channels, deep_supervision=deep_supervision)
+
+
+def create_model(name: str, checkpoint: str | None = None, n_channels: int | None = None,
+                 n_classes: int | None = None, bilinear: bool | None = None) -> tuple[nn.Module, dict]:
+    """Build `name` in eval mode on the CPU in fp32, with weights from `checkpoint` or random (seeded by the caller).
+
+    Arguments left as None are inferred from the checkpoint's tensor shapes (or default to 3 channels, 2 classes,
+    transposed-convolution upsampling). Returns the model and a dict describing where its weights came from.
+    """
+    key = canonical_name(name)
+    state, info = ({}, {"weights": "random"}) if checkpoint is None else load_state_dict(checkpoint)
+    config = infer_config(key, state) if state else {}
+    for field, value in (("n_channels", n_channels), ("n_classes", n_classes), ("bilinear", bilinear)):
+        if value is not None:
+            config[field] = value
+    config.setdefault("n_channels", 3)
+    config.setdefault("n_classes", 2)
+    if key == "unet":
+        config.pop("deep_supervision", None)
+    else:
+        config.pop("bilinear", None)
+    model = build(key, **config)
+    if state:
+        fit_state_dict(model, key, state, checkpoint)
+    info.update(config)
+    return model.eval(), info

@@ -1,0 +1,154 @@
+#!/usr/bin/env python
+"""Run a UNet / UNet++ over Carvana images on an inference engine and report accuracy (dice) and speed (fps)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+import engines
+import models
+from utils.data import find_pairs, iter_dataset, parse_size
+from utils.device import parse_device
+from utils.errors import SampleError
+from utils.evaluate import Reference, run_engine
+from utils.report import format_report, write_json
+from utils.synthetic import ensure_synthetic
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def image_size(text: str) -> tuple[int, int]:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = p.add_argument_group("data")
+    data.add_argument("--image_path", help="folder of <id>.jpg images, or one image; default: a synthetic Carvana-like set")
+    data.add_argument("--mask_path", help="folder of <id>_mask.gif|png masks, or one mask; without it dice is skipped")
+    data.add_argument("--image_size", type=image_size, default=(512, 512), metavar="N|WxH",
+                      help="model input size; images resized with Pillow bicubic, masks nearest")
+    data.add_argument("--limit", type=positive_int, help="use only the first N pairs (sorted by name)")
+    data.add_argument("--workers", type=positive_int, default=2, help="decoding threads")
+    data.add_argument("--synthetic_count", type=positive_int, default=8, help="size of the synthetic set")
+    data.add_argument("--cache_dir", help="where generated data is kept (default ~/.cache/unet-sample)")
+    model = p.add_argument_group("model")
+    model.add_argument("--model_name", default="unet", help="unet or unet++ (also unetpp, nested_unet)")
+    model.add_argument("--pth", help="checkpoint (state dict); without it the weights are random")
+    model.add_argument("--n_classes", type=positive_int, help="default: from the checkpoint, else 2")
+    model.add_argument("--bilinear", action="store_true", default=None,
+                       help="UNet with bilinear upsampling (default: from the checkpoint, else transposed conv)")
+    model.add_argument("--seed", type=int, default=0, help="seed of the random weights and the synthetic set")
+    run = p.add_argument_group("engine and timing")
+    run.add_argument("--engine", default="auto", help=f"auto or one of: {', '.join(engines.ENGINES)}")
+    run.add_argument("--device", help="cpu, an accelerator index (0), cuda:N or npu:N; default: accelerator 0, else cpu")
+    run.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    run.add_argument("--batch_size", type=positive_int, default=1, help="compiled batch size; the last batch is padded")
+    run.add_argument("--loop", type=positive_int, default=10, help="timed calls")
+    run.add_argument("--warm_counter", type=non_negative_int, default=2, help="untimed warm-up calls before timing")
+    run.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
+    run.add_argument("--no_reference", action="store_true", help="skip the eager fp32 CPU reference (no cosine)")
+    out = p.add_argument_group("output")
+    out.add_argument("--json", metavar="PATH", help="write the report as JSON")
+    out.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def load_data(args):
+    """The data set to evaluate: the user's folders, or the synthetic set written in Carvana's layout."""
+    if args.image_path is None:
+        images, masks = ensure_synthetic(args.synthetic_count, args.seed, args.cache_dir)
+        return find_pairs(images, masks, args.limit), f"synthetic Carvana-like set ({images})"
+    dataset = find_pairs(args.image_path, args.mask_path, args.limit)
+    return dataset, args.image_path
+
+
+def main(argv=None) -> int:
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.mask_path and not args.image_path:
+        parser.error("--mask_path needs --image_path")
+    try:
+        name = models.canonical_name(args.model_name)
+    except KeyError as exc:
+        parser.error(str(exc.args[0]))
+    if name == "unet++" and (args.image_size[0] % 16 or args.image_size[1] % 16):
+        parser.error(f"unet++ needs --image_size sides that are multiples of 16, got {args.image_size}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    try:
+        device = parse_device(args.device)
+        engine_name = engines.default_engine(device) if args.engine == "auto" else engines.canonical_name(args.engine)
+        torch.manual_seed(args.seed)
+        model, info = models.create_model(name, args.pth, n_classes=args.n_classes, bilinear=args.bilinear)
+        dataset, data_label = load_data(args)
+    except SampleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+    for sample in dataset.unpaired:
+        print(f"warning: no mask for {sample.image}; it is timed but not scored", file=sys.stderr)
+    config = {
+        "model": name, "parameters": sum(p.numel() for p in model.parameters()),
+        "n_classes": info["n_classes"], "weights": info["weights"], "data": data_label,
+        "images": len(dataset), "unpaired": len(dataset.unpaired), "image_size": list(args.image_size),
+        "batch_size": args.batch_size, "loop": args.loop, "warm_counter": args.warm_counter,
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+    }
+    report = {"version": 1, "config": config, "rows": [], "skipped": [], "partial": False}
+    reference = None if args.no_reference else Reference(model)
+    shape = (args.batch_size, info["n_channels"], args.image_size[1], args.image_size[0])
+
+    def make_batches():
+        return iter_dataset(dataset, args.image_size, args.batch_size, args.workers)
+
+    status = 0
+    try:
+        engine = engines.load(engine_name, model, shape, device, args.precision)
+        try:
+            row = run_engine(engine, make_batches, len(dataset), reference, args.loop, args.warm_counter,
+                             show_progress=not args.quiet)
+        finally:
+            engine.close()
+        report["rows"].append(row)
+        if row["failed_images"]:
+            status = 1
+    except SampleError as exc:
+        report["skipped"].append({"engine": engine_name, "precision": args.precision, "reason": str(exc)})
+        status = 1
+    except KeyboardInterrupt:
+        report["partial"] = True
+        status = 130
+
+    print(format_report(report))
+    if args.json:
+        write_json(args.json, report)
+    for skip in report["skipped"]:
+        print(f"error: {skip['reason']}", file=sys.stderr)
+    for row in report["rows"]:
+        if row["failed_images"]:
+            print(f"error: {len(row['failed_images'])} image(s) could not be read and were left out of the scores; "
+                  "see the report", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

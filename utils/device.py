@@ -1,0 +1,67 @@
+"""Device selection: `cpu`, an accelerator index, or `cuda:N` / `npu:N`, never a silent fallback to the CPU."""
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from utils.errors import SampleError
+
+
+def npu_available() -> bool:
+    """True when torch_npu is installed and sees at least one Ascend NPU (importing it registers torch.npu)."""
+    if importlib.util.find_spec("torch_npu") is None:
+        return False
+    try:
+        import torch_npu  # noqa: F401
+    except Exception:  # a broken CANN install raises many kinds of errors; it simply means "no NPU here"
+        return False
+    return hasattr(torch, "npu") and torch.npu.is_available()
+
+
+def accelerator() -> str | None:
+    """The accelerator type present on this machine: 'cuda', 'npu' or None."""
+    if torch.cuda.is_available():
+        return "cuda"
+    if npu_available():
+        return "npu"
+    return None
+
+
+def _count(kind: str) -> int:
+    return torch.cuda.device_count() if kind == "cuda" else torch.npu.device_count()
+
+
+def parse_device(text: str | None) -> torch.device:
+    """Resolve --device: None picks accelerator 0 when present, else the CPU; `N` means the accelerator N."""
+    if text is None or text == "auto":
+        kind = accelerator()
+        return torch.device(f"{kind}:0") if kind else torch.device("cpu")
+    text = text.strip().lower()
+    if text == "cpu":
+        return torch.device("cpu")
+    kind, _, index = text.rpartition(":")
+    if not kind and index.isdigit():
+        kind = accelerator()
+        if kind is None:
+            raise SampleError(
+                f"--device {text} asks for accelerator {index}, but this machine has no CUDA GPU and no Ascend NPU "
+                "(torch_npu) visible to PyTorch; use --device cpu"
+            )
+    elif kind not in ("cuda", "npu") or not index.isdigit():
+        raise SampleError(f"unknown device {text!r}; use cpu, an accelerator index such as 0, cuda:N or npu:N")
+    available = {"cuda": torch.cuda.is_available, "npu": npu_available}[kind]()
+    if not available:
+        raise SampleError(f"--device {text}: no {kind.upper()} device is available here; use --device cpu")
+    if int(index) >= _count(kind):
+        raise SampleError(f"--device {text}: only {_count(kind)} {kind.upper()} device(s) present (indices from 0)")
+    return torch.device(f"{kind}:{index}")
+
+
+def synchronizer(device: torch.device):
+    """A function that waits for all work queued on `device` (a no-op on the CPU)."""
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    if device.type == "npu":
+        return lambda: torch.npu.synchronize(device)
+    return lambda: None

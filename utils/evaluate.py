@@ -1,0 +1,144 @@
+"""The two passes over one engine: accuracy (streamed data, end-to-end fps) and timing (one resident batch)."""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from tqdm import tqdm
+
+from engines.base import Engine
+from utils.data import Batch
+from utils.metrics import Accuracy
+from utils.timing import measure, summarize
+
+
+class Reference:
+    """Logits of the eager fp32 model on the CPU, the yardstick every engine's output is compared with.
+
+    Results are kept per image id (up to `budget_bytes`), so comparing several engines on the same data
+    runs the slow CPU reference once.
+    """
+
+    def __init__(self, model: torch.nn.Module, budget_bytes: int = 2 << 30):
+        self.model = model
+        self.budget = budget_bytes
+        self.cache: dict[str, torch.Tensor] = {}
+        self.used = 0
+        self.seconds = 0.0
+
+    def __call__(self, ids: list[str], images: torch.Tensor) -> torch.Tensor:
+        if all(i in self.cache for i in ids):
+            return torch.stack([self.cache[i] for i in ids])
+        start = time.perf_counter()
+        with torch.inference_mode():
+            logits = self.model(images.float())[: len(ids)]
+        self.seconds += time.perf_counter() - start
+        for i, row in zip(ids, logits):
+            if self.used + row.numel() * 4 <= self.budget:
+                self.cache[i] = row.clone()
+                self.used += row.numel() * 4
+        return logits
+
+    def offer(self, ids: list[str], logits: torch.Tensor) -> None:
+        """Cache logits computed elsewhere that are the reference by construction (eager fp32 on the CPU)."""
+        for i, row in zip(ids, logits):
+            if i not in self.cache and self.used + row.numel() * 4 <= self.budget:
+                self.cache[i] = row.clone()
+                self.used += row.numel() * 4
+
+
+@dataclass
+class PassResult:
+    """What the accuracy pass measured for one engine."""
+
+    accuracy: Accuracy
+    images: int = 0
+    e2e_s: float = 0.0
+    first_call_s: float | None = None
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    timing_batch: torch.Tensor | None = None
+
+
+def is_reference(engine: Engine) -> bool:
+    """An eager fp32 CPU engine computes exactly the reference: its output is compared with itself for free."""
+    return engine.name == "torch" and engine.precision == "fp32" and engine.device.type == "cpu"
+
+
+def accuracy_pass(engine: Engine, batches: Iterable[Batch], total: int, reference: Reference | None,
+                  show_progress: bool = True) -> PassResult:
+    """Stream batches through the engine; score each real row; time it all except the reference's own compute.
+
+    End-to-end time covers waiting for decoded data, the copy to the device, the engine call, the copy back
+    and the metrics. The first engine call is timed on its own (lazy initialisation shows there).
+    """
+    result = PassResult(Accuracy())
+    bar = tqdm(total=total, desc=f"accuracy {engine.name} {engine.precision}", unit="img", disable=not show_progress,
+               leave=False)
+    own_reference = reference is not None and is_reference(engine)
+    start = time.perf_counter()
+    ref_before = reference.seconds if reference else 0.0
+    try:
+        for batch in batches:
+            result.failed.extend(batch.failed)
+            if batch.n == 0:
+                continue
+            if result.timing_batch is None:
+                result.timing_batch = batch.images
+            call_start = time.perf_counter()
+            output = engine.run(engine.prepare(batch.images))
+            engine.synchronize()
+            if result.first_call_s is None:
+                result.first_call_s = time.perf_counter() - call_start
+            logits = engine.to_torch(output)[: batch.n]
+            masks = batch.masks[: batch.n] if batch.masks is not None else None
+            if own_reference:
+                reference.offer(batch.ids, logits)
+                ref = logits
+            else:
+                ref = reference(batch.ids, batch.images) if reference else None
+            result.accuracy.add(batch.ids, logits, masks, ref)
+            result.images += batch.n
+            bar.update(batch.n)
+    finally:
+        bar.close()
+        result.e2e_s = time.perf_counter() - start - ((reference.seconds - ref_before) if reference else 0.0)
+    return result
+
+
+def timing_pass(engine: Engine, batch: torch.Tensor, loop: int, warmup: int, show_progress: bool = True) -> dict:
+    """Warm up, then time `loop` engine calls on one batch already in the engine's native form."""
+    native = engine.prepare(batch)
+    engine.synchronize()
+    with tqdm(total=loop, desc=f"timing {engine.name} {engine.precision}", unit="call", disable=not show_progress,
+              leave=False) as bar:
+        latencies = measure(engine.run, native, engine.synchronize, loop=loop, warmup=warmup, progress=bar.update)
+    stats = summarize(latencies, batch.shape[0])
+    stats["latencies_ms"] = [s * 1000.0 for s in latencies]
+    return stats
+
+
+def run_engine(engine: Engine, make_batches: Callable[[], Iterable[Batch]], total: int,
+               reference: Reference | None, loop: int, warmup: int, show_progress: bool = True) -> dict:
+    """Accuracy pass then timing pass for one engine; returns one flat report row."""
+    result = accuracy_pass(engine, make_batches(), total, reference, show_progress)
+    row = {
+        "engine": engine.name,
+        "device": str(engine.device),
+        "precision": engine.precision,
+        "artifact": engine.artifact,
+        "images": result.images,
+        "failed_images": [{"id": i, "error": e} for i, e in result.failed],
+        **result.accuracy.summary(),
+        "compile_s": engine.compile_s,
+        "first_call_ms": None if result.first_call_s is None else result.first_call_s * 1000.0,
+        "e2e_s": result.e2e_s,
+        "e2e_fps": result.images / result.e2e_s if result.e2e_s > 0 and result.images else None,
+        "timed_region": engine.timed,
+        "per_image": {"id": result.accuracy.ids, "dice": result.accuracy.dice, "cosine": result.accuracy.cosine},
+    }
+    if result.timing_batch is not None:
+        row.update(timing_pass(engine, result.timing_batch, loop, warmup, show_progress))
+    return row

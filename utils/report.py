@@ -1,0 +1,104 @@
+"""The report: a table on stdout, the same numbers as JSON (written atomically)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+
+COLUMNS = [  # (header, row key, format)
+    ("engine", "engine", "{}"),
+    ("device", "device", "{}"),
+    ("prec", "precision", "{}"),
+    ("images", "images", "{}"),
+    ("dice", "dice", "{:.4f}"),
+    ("micro dice", "micro_dice", "{:.4f}"),
+    ("IoU", "iou", "{:.4f}"),
+    ("cos min", "cosine_min", "{:.6f}"),
+    ("cos mean", "cosine_mean", "{:.6f}"),
+    ("median ms", "latency_median_ms", "{:.1f}"),
+    ("p90 ms", "latency_p90_ms", "{:.1f}"),
+    ("p99 ms", "latency_p99_ms", "{:.1f}"),
+    ("fps", "fps", "{:.3f}"),
+    ("e2e fps", "e2e_fps", "{:.3f}"),
+    ("compile s", "compile_s", "{:.1f}"),
+]
+
+
+def _cell(row: dict, key: str, fmt: str) -> str:
+    value = row.get(key)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return fmt.format(value)
+
+
+def format_table(rows: list[dict]) -> str:
+    """Rows aligned under COLUMNS; '-' where a figure was not measured (no masks, no reference)."""
+    cells = [[h for h, _, _ in COLUMNS]] + [[_cell(r, k, f) for _, k, f in COLUMNS] for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+    lines = ["  ".join(c.rjust(w) if i > 2 else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
+             for line in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_report(report: dict) -> str:
+    """The human-readable report: what was run on what, the table, and the notes that qualify the numbers."""
+    c = report["config"]
+    lines = [
+        f"model      {c['model']} ({c['parameters']:,} parameters, {c['n_classes']} classes)",
+        f"weights    {c['weights']}",
+        f"data       {c['data']}",
+        f"images     {c['images']} at {c['image_size'][0]}x{c['image_size'][1]}, batch {c['batch_size']}"
+        + (f", {c['unpaired']} without a mask (timed, not scored)" if c.get("unpaired") else ""),
+        f"timing     {c['warm_counter']} warm-up + {c['loop']} timed calls per engine; torch {c['torch']},"
+        f" {c['threads']} CPU threads",
+        "",
+        format_table(report["rows"]),
+        "",
+    ]
+    if c["weights"] == "random":
+        lines.append("note: random weights (no --pth): dice measures nothing; cosine and speed are still valid")
+    lines.append("dice = mean over images of per-image dice (Pytorch-UNet's); micro dice pools all pixels; "
+                 "IoU = mean per-image IoU; cos = per-sample cosine vs eager fp32 on the CPU")
+    for row in report["rows"]:
+        lines.append(f"{row['engine']} {row['precision']}: timed region = {row.get('timed_region')}; "
+                     f"first call {_cell(row, 'first_call_ms', '{:.1f}')} ms; compile / export {row['compile_s']:.1f} s "
+                     f"({row.get('artifact')})")
+        if row.get("failed_images"):
+            lines.append(f"{row['engine']} {row['precision']}: {len(row['failed_images'])} image(s) skipped: "
+                         + "; ".join(f["error"] for f in row["failed_images"][:3]))
+    for skip in report.get("skipped", []):
+        lines.append(f"skipped {skip['engine']} {skip['precision']}: {skip['reason']}")
+    if report.get("partial"):
+        lines.append("PARTIAL: the run was interrupted; the rows above are the ones that finished")
+    return "\n".join(lines)
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write to a temporary file beside `path`, then rename: a reader never sees half a file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str, report: dict) -> None:
+    """The report as JSON: the same numbers as the table, as numbers (NaN / inf written as null)."""
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    write_atomic(path, json.dumps(clean(report), indent=2) + "\n")

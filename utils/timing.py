@@ -1,0 +1,44 @@
+"""Latency measurement: warm-up apart, a device sync before every clock read, per-call latencies kept."""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+
+def measure(run: Callable[[Any], Any], inputs: Any, synchronize: Callable[[], None], loop: int,
+            warmup: int = 0, progress: Callable[[int], None] | None = None) -> list[float]:
+    """Call `run(inputs)` `warmup` times untimed, then `loop` times timed; return each timed call's seconds.
+
+    The device is synchronised before each clock read, so a call's time includes all the work it queued.
+    """
+    for _ in range(warmup):
+        run(inputs)
+    synchronize()
+    latencies = []
+    for _ in range(loop):
+        start = time.perf_counter()
+        run(inputs)
+        synchronize()
+        latencies.append(time.perf_counter() - start)
+        if progress:
+            progress(1)
+    return latencies
+
+
+def summarize(latencies: list[float], batch_size: int) -> dict:
+    """Latency statistics in ms (median, mean, p90, p99, min, max) and fps = images / total timed seconds."""
+    ms = np.asarray(latencies, dtype=np.float64) * 1000.0
+    total_s = float(ms.sum()) / 1000.0
+    return {
+        "calls": len(latencies),
+        "latency_median_ms": float(np.median(ms)),
+        "latency_mean_ms": float(ms.mean()),
+        "latency_p90_ms": float(np.percentile(ms, 90)),
+        "latency_p99_ms": float(np.percentile(ms, 99)),
+        "latency_min_ms": float(ms.min()),
+        "latency_max_ms": float(ms.max()),
+        "timed_s": total_s,
+        "fps": batch_size * len(latencies) / total_s if total_s > 0 else float("inf"),
+    }
