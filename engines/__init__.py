@@ -7,7 +7,7 @@ import time
 import torch
 
 from engines.base import Engine
-from utils.errors import SampleError
+from utils.errors import SampleError, first_line
 
 # Each module defines DEVICES, PRECISIONS and load(model, example_shape, device, precision) -> Engine.
 ENGINES = {
@@ -43,6 +43,6 @@ def load(name: str, model: torch.nn.Module, example_shape: tuple, device: torch.
     try:
         engine = module.load(model, example_shape, device, precision)
     except RuntimeError as exc:
-        raise SampleError(f"engine {key} failed to compile for {device} {precision}: {str(exc).splitlines()[0]}") from None
+        raise SampleError(f"engine {key} failed to compile for {device} {precision}: {first_line(exc)}") from None
     engine.compile_s = time.perf_counter() - start
     return engine

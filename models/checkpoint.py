@@ -8,7 +8,7 @@ import zipfile
 import torch
 from torch import nn
 
-from utils.errors import SampleError
+from utils.errors import SampleError, first_line
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
 PREFIXES = ("module.", "_orig_mod.")
@@ -37,10 +37,10 @@ def _torch_load(path: str):
         raise SampleError(
             f"{path}: refused to unpickle it: it holds Python objects, not only tensors (probably a whole "
             f"model saved with torch.save(model)). Loading it would run code from the file. Re-save its weights "
-            f"with torch.save(model.state_dict(), 'weights.pth') and pass that file. ({str(exc).splitlines()[0]})"
+            f"with torch.save(model.state_dict(), 'weights.pth') and pass that file. ({first_line(exc)})"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        raise SampleError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0]})") from None
+        raise SampleError(f"{path}: not a readable PyTorch checkpoint ({first_line(exc)})") from None
 
 
 def load_state_dict(path: str) -> tuple[dict, dict]:
