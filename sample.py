@@ -39,30 +39,32 @@ def image_size(text: str) -> tuple[int, int]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__)
     data = p.add_argument_group("data")
     data.add_argument("--image_path", help="folder of <id>.jpg images, or one image; default: a synthetic Carvana-like set")
     data.add_argument("--mask_path", help="folder of <id>_mask.gif|png masks, or one mask; without it dice is skipped")
     data.add_argument("--image_size", type=image_size, default=(512, 512), metavar="N|WxH",
-                      help="model input size; images resized with Pillow bicubic, masks nearest")
+                      help="model input size (default 512); images resized with Pillow bicubic, masks nearest")
     data.add_argument("--limit", type=positive_int, help="use only the first N pairs (sorted by name)")
-    data.add_argument("--workers", type=positive_int, default=2, help="decoding threads")
-    data.add_argument("--synthetic_count", type=positive_int, default=8, help="size of the synthetic set")
+    data.add_argument("--workers", type=positive_int, default=2, help="decoding threads (default 2)")
+    data.add_argument("--synthetic_count", type=positive_int, default=4, help="size of the synthetic set (default 4)")
     data.add_argument("--cache_dir", help="where generated data is kept (default ~/.cache/unet-sample)")
     model = p.add_argument_group("model")
-    model.add_argument("--model_name", default="unet", help="unet or unet++ (also unetpp, nested_unet)")
+    model.add_argument("--model_name", default="unet", help="unet (default) or unet++ (also unetpp, nested_unet)")
     model.add_argument("--pth", help="checkpoint (state dict); without it the weights are random")
     model.add_argument("--n_classes", type=positive_int, help="default: from the checkpoint, else 2")
     model.add_argument("--bilinear", action="store_true", default=None,
                        help="UNet with bilinear upsampling (default: from the checkpoint, else transposed conv)")
-    model.add_argument("--seed", type=int, default=0, help="seed of the random weights and the synthetic set")
+    model.add_argument("--seed", type=int, default=0, help="seed of the random weights and the synthetic set (default 0)")
     run = p.add_argument_group("engine and timing")
-    run.add_argument("--engine", default="auto", help=f"auto or one of: {', '.join(engines.ENGINES)}")
+    run.add_argument("--engine", default="auto",
+                     help=f"auto (default: the fastest correct engine for the device) or one of: {', '.join(engines.ENGINES)}")
     run.add_argument("--device", help="cpu, an accelerator index (0), cuda:N or npu:N; default: accelerator 0, else cpu")
-    run.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    run.add_argument("--batch_size", type=positive_int, default=1, help="compiled batch size; the last batch is padded")
-    run.add_argument("--loop", type=positive_int, default=10, help="timed calls")
-    run.add_argument("--warm_counter", type=non_negative_int, default=2, help="untimed warm-up calls before timing")
+    run.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="default fp32")
+    run.add_argument("--batch_size", type=positive_int, default=1,
+                     help="compiled batch size (default 1); the last batch is padded")
+    run.add_argument("--loop", type=positive_int, default=10, help="timed calls per engine (default 10)")
+    run.add_argument("--warm_counter", type=non_negative_int, default=2, help="untimed warm-up calls before timing (default 2)")
     run.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
     run.add_argument("--no_reference", action="store_true", help="skip the eager fp32 CPU reference (no cosine)")
     out = p.add_argument_group("output")
@@ -145,8 +147,9 @@ def main(argv=None) -> int:
         print(f"error: {skip['reason']}", file=sys.stderr)
     for row in report["rows"]:
         if row["failed_images"]:
-            print(f"error: {len(row['failed_images'])} image(s) could not be read and were left out of the scores; "
-                  "see the report", file=sys.stderr)
+            failed = row["failed_images"]
+            print(f"error: {len(failed)} image(s) could not be read and were left out of the scores "
+                  f"(fix or remove them): {failed[0]['error']}" + (" ..." if len(failed) > 1 else ""), file=sys.stderr)
     return status
 
 

@@ -1,0 +1,189 @@
+"""sample.py end to end: synthetic default, real Carvana data with a real checkpoint, and every bad input."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import sample
+from models.unet import UNet
+from models.unetpp import NestedUNet
+from tests.conftest import ROOT
+
+FAST = ["--image_size", "64", "--loop", "2", "--warm_counter", "1", "--quiet", "--device", "cpu"]
+
+
+def run(argv, capsys):
+    code = sample.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_synthetic_default_end_to_end(tmp_path, capsys):
+    report_path = tmp_path / "r.json"
+    code, out, err = run(FAST + ["--synthetic_count", "2", "--cache_dir", str(tmp_path), "--json", str(report_path)],
+                         capsys)
+    assert code == 0, err
+    assert "synthetic Carvana-like set" in out and "random weights" in out
+    report = json.loads(report_path.read_text())
+    row = report["rows"][0]
+    assert row["engine"] == "torchscript" and row["images"] == 2 and row["images_scored"] == 2
+    assert 0.0 <= row["dice"] <= 1.0 and row["cosine_min"] >= 0.99999
+    assert row["calls"] == 2 and len(row["latencies_ms"]) == 2 and row["fps"] > 0 and row["e2e_fps"] > 0
+    assert row["compile_s"] > 0 and row["first_call_ms"] > 0
+    assert report["config"]["image_size"] == [64, 64] and report["partial"] is False
+    for key in ("dice", "micro dice", "IoU", "cos min", "median ms", "p99 ms", "fps", "e2e fps", "compile s"):
+        assert key in out
+
+
+@pytest.mark.parametrize("model_name", ["unet", "unet++"])
+def test_real_carvana_batches_with_padding(carvana, tmp_path, capsys, model_name):
+    images, masks = carvana
+    report_path = tmp_path / "r.json"
+    code, out, err = run(FAST + ["--image_path", images, "--mask_path", masks, "--model_name", model_name,
+                                 "--limit", "5", "--batch_size", "2", "--engine", "torch",
+                                 "--json", str(report_path)], capsys)
+    assert code == 0, err
+    row = json.loads(report_path.read_text())["rows"][0]
+    assert row["images_scored"] == 5 and len(row["per_image"]["dice"]) == 5  # the padded sixth row is not scored
+    assert row["cosine_min"] > 1 - 1e-12 and row["max_abs_diff"] == 0.0  # eager fp32 CPU is the reference itself
+
+
+def test_real_checkpoint_gives_real_dice(carvana, checkpoint, tmp_path, capsys):
+    """The shared checkpoint's README gives dice 0.98 at 256 px; at 128 px on 8 images it stays well above 0.9."""
+    images, masks = carvana
+    report_path = tmp_path / "r.json"
+    code, out, err = run(["--image_path", images, "--mask_path", masks, "--pth", checkpoint, "--image_size", "128",
+                          "--limit", "8", "--batch_size", "4", "--loop", "1", "--warm_counter", "0", "--quiet",
+                          "--device", "cpu", "--json", str(report_path)], capsys)
+    assert code == 0, err
+    row = json.loads(report_path.read_text())["rows"][0]
+    assert row["dice"] > 0.93 and row["micro_dice"] > 0.93 and row["iou"] > 0.87
+    assert row["cosine_min"] >= 0.99999  # TorchScript (auto on the CPU) vs eager
+    assert "unet_carvana_256.pth" in out
+
+
+def test_images_without_masks_are_timed_not_scored(small_set, tmp_path, capsys):
+    images, masks = small_set
+    os.remove(os.path.join(masks, "car2_01_mask.png"))
+    report_path = tmp_path / "r.json"
+    code, out, err = run(FAST + ["--image_path", images, "--mask_path", masks, "--json", str(report_path)], capsys)
+    assert code == 0
+    assert "no mask for" in err and "1 without a mask" in out
+    row = json.loads(report_path.read_text())["rows"][0]
+    assert row["images"] == 3 and row["images_scored"] == 2 and len(row["per_image"]["cosine"]) == 3
+
+
+def test_no_masks_means_no_dice(small_set, capsys):
+    code, out, err = run(FAST + ["--image_path", small_set[0]], capsys)
+    assert code == 0
+    line = [x for x in out.splitlines() if x.startswith("torchscript")][0]
+    assert line.split()[4] == "-"  # dice column
+
+
+def _ckpt(tmp_path, obj):
+    path = tmp_path / "c.pth"
+    torch.save(obj, path)
+    return str(path)
+
+
+@pytest.mark.parametrize("case,expect", [
+    ("missing image path", "image path not found"),
+    ("empty folder", "no image files"),
+    ("unpaired", "no image in .* has a mask"),
+    ("other architecture", "run with --model_name unet\\+\\+"),
+    ("pickled model", "refused to unpickle"),
+    ("unknown engine", "unknown engine"),
+    ("unknown device", "unknown device"),
+    ("accelerator absent", "use --device cpu"),
+    ("mask of another size", "mask .* but its image is"),
+    ("corrupt jpeg", "could not be read"),
+])
+def test_bad_input_is_one_clear_error(case, expect, small_set, tmp_path, capsys):
+    images, masks = small_set
+    args = FAST + ["--image_path", images, "--mask_path", masks]
+    if case == "missing image path":
+        args[args.index(images)] = str(tmp_path / "nope")
+    elif case == "empty folder":
+        (tmp_path / "empty").mkdir()
+        args[args.index(images)] = str(tmp_path / "empty")
+    elif case == "unpaired":
+        other = tmp_path / "other"
+        other.mkdir()
+        torch.save({}, other / "x.pth")  # a folder with no mask files at all would say so instead
+        (other / "zzz_mask.gif").write_bytes(open(os.path.join(masks, "car0_01_mask.gif"), "rb").read())
+        args[args.index(masks)] = str(other)
+    elif case == "other architecture":
+        args += ["--pth", _ckpt(tmp_path, NestedUNet(2).state_dict())]
+    elif case == "pickled model":
+        args += ["--pth", _ckpt(tmp_path, UNet(3, 2))]
+    elif case == "unknown engine":
+        args += ["--engine", "tensorflow"]
+    elif case == "unknown device":
+        args[args.index("cpu")] = "tpu:0"
+    elif case == "accelerator absent":
+        if torch.cuda.is_available():
+            pytest.skip("this machine has a GPU")
+        args[args.index("cpu")] = "0"
+    elif case == "mask of another size":
+        from PIL import Image
+        Image.new("P", (10, 10)).save(os.path.join(masks, "car1_01_mask.gif"))
+    elif case == "corrupt jpeg":
+        with open(os.path.join(images, "car1_01.jpg"), "r+b") as f:
+            f.truncate(200)
+    code, out, err = run(args, capsys)
+    assert code == 1
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("error: ")], err
+    import re
+    assert re.search(expect, err), err
+
+
+@pytest.mark.parametrize("argv", [["--loop", "0"], ["--batch_size", "0"], ["--warm_counter", "-1"],
+                                  ["--model_name", "segformer"], ["--image_size", "abc"],
+                                  ["--model_name", "unet++", "--image_size", "72"], ["--mask_path", "x"]])
+def test_usage_errors_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        sample.main(argv)
+    assert exc.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_partial_results_survive_a_bad_image(small_set, tmp_path, capsys):
+    images, masks = small_set
+    with open(os.path.join(images, "car0_01.jpg"), "r+b") as f:
+        f.truncate(100)
+    report_path = tmp_path / "r.json"
+    code, out, err = run(FAST + ["--image_path", images, "--mask_path", masks, "--json", str(report_path)], capsys)
+    assert code == 1
+    row = json.loads(report_path.read_text())["rows"][0]
+    assert row["images_scored"] == 2 and row["failed_images"][0]["id"] == "car0_01"
+    assert "1 image(s) skipped" in out
+
+
+def test_subprocess_exit_status_and_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "sample.py"), "--image_path", str(tmp_path / "none")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: image path not found")
+    assert "Traceback" not in proc.stderr
+
+
+def test_python39_compatible_syntax():
+    """The torch / torch_aie path must run on the Ascend stack's Python 3.9."""
+    import shutil
+    py39 = shutil.which("python3.9")
+    if py39 is None:
+        pytest.skip("python3.9 is not installed here")
+    env = {**os.environ, "PYENV_VERSION": "3.9.18"}
+    files = [os.path.join(d, f) for d in ("models", "engines", "utils") for f in os.listdir(os.path.join(ROOT, d))
+             if f.endswith(".py")] + ["sample.py"]
+    proc = subprocess.run([py39, "-c", "import ast, sys\nfor f in sys.argv[1:]: ast.parse(open(f).read(), f)"]
+                          + [os.path.join(ROOT, f) for f in files], capture_output=True, text=True, env=env)
+    if "version" in proc.stderr and "not installed" in proc.stderr:
+        pytest.skip("pyenv has no 3.9.18 here")
+    assert proc.returncode == 0, proc.stderr
