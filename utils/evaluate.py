@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 from tqdm import tqdm
@@ -67,7 +67,14 @@ def is_reference(engine: Engine) -> bool:
     return engine.name == "torch" and engine.precision == "fp32" and engine.device.type == "cpu"
 
 
-BatchHook = Callable[[Batch, torch.Tensor, float], None]
+class BatchHook(Protocol):
+    """Something that wants each batch's logits during the accuracy pass (outputs, per-image scores)."""
+
+    def add(self, batch: Batch, logits: torch.Tensor, call_s: float) -> None:
+        """Called after each batch with its real rows' CPU float32 logits and the engine call's seconds."""
+
+    def flush(self) -> None:
+        """Called once after the last batch, inside the end-to-end time: finish any background work."""
 
 
 def accuracy_pass(engine: Engine, batches: Iterable[Batch], total: int, reference: Reference | None,
@@ -75,7 +82,7 @@ def accuracy_pass(engine: Engine, batches: Iterable[Batch], total: int, referenc
     """Stream batches through the engine; score each real row; time it all except the reference's own compute.
 
     End-to-end time covers waiting for decoded data, the copy to the device, the engine call, the copy back,
-    the metrics and `on_batch(batch, logits of the real rows, engine call seconds)`. The first engine call is
+    the metrics and the `on_batch` hook (its `add` per batch, its `flush` at the end). The first engine call is
     timed on its own (lazy initialisation shows there).
     """
     result = PassResult(Accuracy())
@@ -106,9 +113,11 @@ def accuracy_pass(engine: Engine, batches: Iterable[Batch], total: int, referenc
                 ref = reference(batch.ids, batch.images) if reference else None
             result.accuracy.add(batch.ids, logits, masks, ref)
             if on_batch is not None:
-                on_batch(batch, logits, call_s)
+                on_batch.add(batch, logits, call_s)
             result.images += batch.n
             bar.update(batch.n)
+        if on_batch is not None:
+            on_batch.flush()
     finally:
         bar.close()
         result.e2e_s = time.perf_counter() - start - ((reference.seconds - ref_before) if reference else 0.0)

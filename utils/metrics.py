@@ -62,14 +62,18 @@ class Accuracy:
         """Score the real rows of one batch (padding already dropped by the caller)."""
         self.ids.extend(ids)
         if masks is not None:
-            counts = overlap_counts(predict(logits), masks, logits.shape[1])
-            self.counts.append(counts.sum(0))
-            self.dice.extend(dice_from_counts(counts).tolist())
-            self.iou.extend(iou_from_counts(counts).tolist())
+            self.score(predict(logits), masks, logits.shape[1])
         if reference is not None:
             self.cosine.extend(cosine_per_sample(logits, reference).tolist())
             diff = (logits.double() - reference.double()).abs().max().item()
             self.max_abs_diff = max(self.max_abs_diff, diff)
+
+    def score(self, pred: torch.Tensor, masks: torch.Tensor, n_classes: int) -> None:
+        """Add per-image dice and IoU of class maps `pred` against `masks` (both (N, H, W)); ids are the caller's."""
+        counts = overlap_counts(pred, masks, n_classes)
+        self.counts.append(counts.sum(0))
+        self.dice.extend(dice_from_counts(counts).tolist())
+        self.iou.extend(iou_from_counts(counts).tolist())
 
     def summary(self) -> dict:
         """dice = mean over images of per-image dice (the table's figure, Pytorch-UNet's); micro_dice pools all pixels."""

@@ -59,12 +59,21 @@ def format_report(report: dict) -> str:
     ]
     if c["weights"] == "random":
         lines.append("note: random weights (no --pth): dice measures nothing; cosine and speed are still valid")
-    lines.append("dice = mean over images of per-image dice (Pytorch-UNet's); micro dice pools all pixels; "
-                 "IoU = mean per-image IoU; cos = per-sample cosine vs eager fp32 on the CPU")
+    where = ("at each image's original size (logits resized bilinearly, Kaggle's metric)"
+             if c.get("eval_resolution") == "original" else f"at the model's {c['image_size'][0]}x{c['image_size'][1]}")
+    lines.append(f"dice = mean over images of per-image dice (Pytorch-UNet's), scored {where}; micro dice pools all "
+                 "pixels; IoU = mean per-image IoU; cos = per-sample cosine vs eager fp32 on the CPU")
     for row in report["rows"]:
         lines.append(f"{row['engine']} {row['precision']}: timed region = {row.get('timed_region')}; "
                      f"first call {_cell(row, 'first_call_ms', '{:.1f}')} ms; compile / export {row['compile_s']:.1f} s "
                      f"({row.get('artifact')})")
+        if row.get("model_res_dice") is not None:
+            lines.append(f"{row['engine']} {row['precision']}: dice {row['dice']:.4f} at original size, "
+                         f"{row['model_res_dice']:.4f} at the model's size (micro {row['micro_dice']:.4f} / "
+                         f"{row['model_res_micro_dice']:.4f})")
+        if row.get("outputs_s") is not None:
+            lines.append(f"{row['engine']} {row['precision']}: per-image outputs took {row['outputs_s']:.1f} s in a "
+                         "background thread, overlapped with the engine and included in e2e fps")
         if row.get("failed_images"):
             lines.append(f"{row['engine']} {row['precision']}: {len(row['failed_images'])} image(s) skipped: "
                          + "; ".join(f["error"] for f in row["failed_images"][:3]))
