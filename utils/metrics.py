@@ -8,14 +8,14 @@ import torch
 EPS = 1e-6
 
 
-def predict(logits: torch.Tensor) -> torch.Tensor:
+def predict(logits: torch.Tensor, dtype: torch.dtype = torch.long) -> torch.Tensor:
     """Class map (N, H, W): argmax over classes, or logit > 0 (sigmoid > 0.5) for a one-class model."""
     if logits.shape[1] == 1:
-        return (logits[:, 0] > 0).long()
+        return (logits[:, 0] > 0).to(dtype)
     if logits.shape[1] == 2:
         # Same answer as argmax (ties go to class 0, as argmax's first maximum), a quarter of the work.
-        return (logits[:, 1] > logits[:, 0]).long()
-    return logits.argmax(dim=1)
+        return (logits[:, 1] > logits[:, 0]).to(dtype)
+    return logits.argmax(dim=1).to(dtype)
 
 
 def overlap_counts(pred: torch.Tensor, true: torch.Tensor, n_classes: int) -> torch.Tensor:

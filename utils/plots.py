@@ -42,11 +42,11 @@ def plot_latency(rows: list[dict], path: str) -> str:
     """Box plot of every timed call's latency, one box per engine row, with the calls drawn as points."""
     fig, ax = _figure()
     data = [r["latencies_ms"] for r in rows]
-    ax.boxplot(data, vert=False, showfliers=False)
+    ax.boxplot(data, showfliers=False)  # vertical: the default in every matplotlib version, no deprecated flag
     for i, values in enumerate(data, start=1):
-        ax.plot(values, [i] * len(values), "o", alpha=0.5, markersize=4)
-    ax.set_yticks(range(1, len(rows) + 1), [_label(r) for r in rows])
-    ax.set_xlabel("latency per timed call (ms)")
+        ax.plot([i] * len(values), values, "o", alpha=0.5, markersize=4)
+    ax.set_xticks(range(1, len(rows) + 1), [_label(r) for r in rows])
+    ax.set_ylabel("latency per timed call (ms)")
     ax.set_title("latency distribution (timing pass)")
     return _save(fig, path)
 

@@ -1,0 +1,174 @@
+"""Per-image results: the files a run writes hold what the report says (masks, RLE, CSV), written atomically."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+import sample
+from tests.conftest import write_pair
+from utils.data import find_pairs, load_mask
+from utils.metrics import dice_from_counts, overlap_counts
+from utils.outputs import Hook
+from utils.overlay import read_mask_png
+from utils.report import write_atomic
+from utils.rle import decode_rle, encode_rle
+
+FAST = ["--engine", "torch", "--image_size", "32", "--loop", "1", "--warm_counter", "0", "--quiet", "--no_reference"]
+
+
+def run(args: list[str]) -> int:
+    return sample.main(FAST + args)
+
+
+def read_csv(path: str) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def dice_of(pred: np.ndarray, truth: np.ndarray) -> float:
+    counts = overlap_counts(torch.from_numpy(pred)[None], torch.from_numpy(truth)[None], 2)
+    return dice_from_counts(counts).item()
+
+
+def no_temporary_files(root) -> bool:
+    return not [f for _, _, files in os.walk(root) for f in files if f.startswith(".tmp-")]
+
+
+@pytest.mark.parametrize("mask", [np.zeros((3, 4)), np.ones((3, 4)), np.eye(4)[:3], np.eye(3)[::-1]])
+def test_rle_round_trip_edges(mask):
+    assert np.array_equal(decode_rle(encode_rle(mask), (mask.shape[1], mask.shape[0])), mask != 0)
+
+
+def test_rle_layout_is_row_major_one_indexed():
+    mask = np.zeros((2, 3), np.uint8)
+    mask[0, 2] = mask[1, 0] = mask[1, 1] = 1  # pixels 3, 4, 5 counted left to right, then top to bottom
+    assert encode_rle(mask) == "3 3"
+    assert encode_rle(np.ones((2, 2))) == "1 4" and encode_rle(np.zeros((2, 2))) == ""
+
+
+def test_rle_random_masks_round_trip():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        mask = (rng.random((17, 23)) > rng.random()).astype(np.uint8)
+        assert np.array_equal(decode_rle(encode_rle(mask), (23, 17)), mask)
+    with pytest.raises(ValueError, match="even count"):
+        decode_rle("1 2 3", (4, 4))
+
+
+def test_write_atomic_text_and_bytes(tmp_path):
+    write_atomic(str(tmp_path / "a.bin"), b"\x89PNG")
+    write_atomic(str(tmp_path / "a.txt"), "hi")
+    assert (tmp_path / "a.bin").read_bytes() == b"\x89PNG" and (tmp_path / "a.txt").read_text() == "hi"
+    assert no_temporary_files(tmp_path)
+
+
+def test_outputs_at_original_resolution(small_set, tmp_path):
+    images, masks = small_set
+    out, sub, per, rep = tmp_path / "out", tmp_path / "sub.csv", tmp_path / "per.csv", tmp_path / "r.json"
+    assert run(["--image_path", images, "--mask_path", masks, "--output", str(out), "--overlay",
+                "--submission", str(sub), "--csv", str(per), "--json", str(rep), "--eval_resolution", "original"]) == 0
+    report = json.loads(rep.read_text())
+    row = report["rows"][0]
+    rows = read_csv(str(per))
+    assert len(rows) == row["images_scored"] == 3
+    assert np.mean([float(r["dice"]) for r in rows]) == pytest.approx(row["dice"], abs=1e-12)
+    assert np.mean([float(r["iou"]) for r in rows]) == pytest.approx(row["iou"], abs=1e-12)
+    assert row["model_res_dice"] is not None and row["eval_resolution"] == "original"
+    submission = {r["img"]: r["rle_mask"] for r in read_csv(str(sub))}
+    mask_of = {s.id: s.mask for s in find_pairs(images, masks).samples}
+    for r in rows:
+        pred = read_mask_png(str(out / f"{r['id']}_mask.png"))
+        assert pred.shape == (64, 96) and (r["width"], r["height"]) == ("96", "64")
+        truth = load_mask(mask_of[r["id"]], (96, 64), (96, 64))
+        assert dice_of(pred, truth) == pytest.approx(float(r["dice"]), abs=1e-12)  # the PNG is the scored mask
+        assert np.array_equal(decode_rle(submission[r["id"] + ".jpg"], (96, 64)), pred)  # RLE is the PNG exactly
+        assert (out / f"{r['id']}_overlay.jpg").read_bytes()[:2] == b"\xff\xd8"
+    assert report["outputs"]["files"] == 6 and report["outputs"]["submission_rows"] == 3
+    assert no_temporary_files(tmp_path)
+
+
+def test_model_resolution_csv_matches_report(small_set, tmp_path):
+    per, rep = tmp_path / "per.csv", tmp_path / "r.json"
+    assert run(["--image_path", small_set[0], "--mask_path", small_set[1], "--csv", str(per), "--json", str(rep)]) == 0
+    row = json.loads(rep.read_text())["rows"][0]
+    rows = read_csv(str(per))
+    assert {r["resolution"] for r in rows} == {"model"} and {r["width"] for r in rows} == {"32"}
+    assert np.mean([float(r["dice"]) for r in rows]) == pytest.approx(row["dice"], abs=1e-12)
+    assert "model_res_dice" not in row and row["eval_resolution"] == "model"
+
+
+def test_existing_output_needs_overwrite(small_set, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.png").write_bytes(b"x")
+    assert run(["--image_path", small_set[0], "--output", str(out)]) == 1
+    assert "exists and is not empty; pass --overwrite" in capsys.readouterr().err
+    assert run(["--image_path", small_set[0], "--output", str(out), "--overwrite"]) == 0
+    assert (out / "car0_01_mask.png").exists()
+
+
+def test_unwritable_destination(small_set, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert run(["--image_path", small_set[0], "--output", str(blocker / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot create --output folder") and "Traceback" not in err
+    assert run(["--image_path", small_set[0], "--csv", str(blocker / "per.csv")]) == 1
+
+
+def test_overlay_needs_output(small_set):
+    with pytest.raises(SystemExit) as exc:
+        run(["--image_path", small_set[0], "--overlay"])
+    assert exc.value.code == 2
+
+
+def test_plots_without_matplotlib(small_set, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    assert run(["--image_path", small_set[0], "--plots", str(tmp_path / "plots")]) == 1
+    assert "--plots needs matplotlib, which is not installed: pip install matplotlib" in capsys.readouterr().err
+
+
+def test_plots_written(small_set, tmp_path):
+    pytest.importorskip("matplotlib")
+    from utils.plots import write_plots
+
+    plots = tmp_path / "plots"
+    assert run(["--image_path", small_set[0], "--mask_path", small_set[1], "--plots", str(plots)]) == 0
+    assert sorted(os.listdir(plots)) == ["dice_histogram.png", "latency.png"]
+    rows = [{"engine": e, "precision": "fp32", "latencies_ms": [1.0, 2.0], "fps": f, "dice": d,
+             "per_image": {"dice": [d, None]}} for e, f, d in [("torch", 1.0, 0.9), ("onnxruntime", 2.0, 0.8)]]
+    paths = write_plots({"config": {}, "rows": rows}, str(plots))
+    assert [os.path.basename(p) for p in paths] == ["latency.png", "dice_histogram.png", "fps_vs_dice.png"]
+    assert all(open(p, "rb").read(4) == b"\x89PNG" for p in paths)
+
+
+def test_sigint_keeps_finished_files_and_a_partial_report(tmp_path, monkeypatch):
+    for i in range(6):
+        write_pair(str(tmp_path), f"car{i}_01", seed=i)
+    out, per, rep = tmp_path / "out", tmp_path / "per.csv", tmp_path / "r.json"
+    original_add, calls = Hook.add, []
+
+    def add_then_interrupt(self, batch, logits, call_s):
+        original_add(self, batch, logits, call_s)
+        calls.append(batch.ids)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, delivered to this (main) thread
+
+    monkeypatch.setattr(Hook, "add", add_then_interrupt)
+    status = run(["--image_path", str(tmp_path / "images"), "--mask_path", str(tmp_path / "masks"),
+                  "--output", str(out), "--csv", str(per), "--json", str(rep)])
+    assert status == 130
+    report = json.loads(rep.read_text())
+    assert report["partial"] is True and report["rows"] == []
+    rows = read_csv(str(per))
+    assert 1 <= len(rows) <= 2 == len(calls) and report["outputs"]["csv_rows"] == len(rows)
+    written = sorted(os.listdir(out))
+    assert written == sorted(f"{r['id']}_mask.png" for r in rows)  # every finished image, nothing half-written
+    assert all(read_mask_png(str(out / f)).shape == (64, 96) for f in written)
+    assert no_temporary_files(tmp_path)
