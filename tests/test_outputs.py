@@ -79,7 +79,7 @@ def test_outputs_at_original_resolution(small_set, tmp_path):
     assert len(rows) == row["images_scored"] == 3
     assert np.mean([float(r["dice"]) for r in rows]) == pytest.approx(row["dice"], abs=1e-12)
     assert np.mean([float(r["iou"]) for r in rows]) == pytest.approx(row["iou"], abs=1e-12)
-    assert row["model_res_dice"] is not None and row["eval_resolution"] == "original"
+    assert row["model_res_dice"] is not None and report["config"]["eval_resolution"] == "original"
     submission = {r["img"]: r["rle_mask"] for r in read_csv(str(sub))}
     mask_of = {s.id: s.mask for s in find_pairs(images, masks).samples}
     for r in rows:
@@ -96,11 +96,12 @@ def test_outputs_at_original_resolution(small_set, tmp_path):
 def test_model_resolution_csv_matches_report(small_set, tmp_path):
     per, rep = tmp_path / "per.csv", tmp_path / "r.json"
     assert run(["--image_path", small_set[0], "--mask_path", small_set[1], "--csv", str(per), "--json", str(rep)]) == 0
-    row = json.loads(rep.read_text())["rows"][0]
+    report = json.loads(rep.read_text())
+    row = report["rows"][0]
     rows = read_csv(str(per))
     assert {r["resolution"] for r in rows} == {"model"} and {r["width"] for r in rows} == {"32"}
     assert np.mean([float(r["dice"]) for r in rows]) == pytest.approx(row["dice"], abs=1e-12)
-    assert "model_res_dice" not in row and row["eval_resolution"] == "model"
+    assert "model_res_dice" not in row and report["config"]["eval_resolution"] == "model"
 
 
 def test_existing_output_needs_overwrite(small_set, tmp_path, capsys):
@@ -172,3 +173,54 @@ def test_sigint_keeps_finished_files_and_a_partial_report(tmp_path, monkeypatch)
     assert written == sorted(f"{r['id']}_mask.png" for r in rows)  # every finished image, nothing half-written
     assert all(read_mask_png(str(out / f)).shape == (64, 96) for f in written)
     assert no_temporary_files(tmp_path)
+
+
+def documented_fields() -> set[str]:
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "outputs.md")
+    with open(path) as f:
+        return {line.split("`")[1] for line in f if line.startswith("| `")}
+
+
+def field_paths(value, prefix: str = "") -> set[str]:
+    """Every key of a JSON value as a dotted path; lists of objects as `name[]`; leaves' values are not walked."""
+    paths = set()
+    if isinstance(value, dict):
+        for key, item in value.items():
+            path = f"{prefix}.{key}" if prefix else key
+            paths.add(path)
+            paths |= field_paths(item, path)
+    elif isinstance(value, list) and value and isinstance(value[0], dict):
+        for item in value:
+            paths |= field_paths(item, prefix + "[]")
+    return paths
+
+
+def test_report_fields_are_documented(small_set, tmp_path):
+    pytest.importorskip("matplotlib")
+    rep = tmp_path / "r.json"
+    args = ["--image_path", small_set[0], "--mask_path", small_set[1], "--csv", str(tmp_path / "c.csv"),
+            "--eval_resolution", "original", "--plots", str(tmp_path / "p"), "--json", str(rep)]
+    assert sample.main([a for a in FAST if a != "--no_reference"] + args) == 0
+    report = json.loads(rep.read_text())
+    report["skipped"] = [{"engine": "x", "precision": "fp32", "reason": "y"}]
+    report["rows"][0]["failed_images"] = [{"id": "x", "error": "y"}]
+    missing = field_paths(report) - documented_fields()
+    assert not missing, f"document these report fields in docs/outputs.md: {sorted(missing)}"
+
+
+@pytest.mark.shared
+def test_carvana_original_and_model_dice(carvana, checkpoint, tmp_path):
+    out, sub, per, rep = tmp_path / "out", tmp_path / "sub.csv", tmp_path / "per.csv", tmp_path / "r.json"
+    args = ["--image_path", carvana[0], "--mask_path", carvana[1], "--pth", checkpoint, "--limit", "2",
+            "--eval_resolution", "original", "--output", str(out), "--submission", str(sub), "--csv", str(per),
+            "--json", str(rep)]
+    assert run(["--image_size", "128"] + args) == 0  # the last --image_size wins
+    row = json.loads(rep.read_text())["rows"][0]
+    assert row["dice"] > 0.9 and row["model_res_dice"] > 0.9 and row["dice"] != row["model_res_dice"]
+    submission = {r["img"]: r["rle_mask"] for r in read_csv(str(sub))}
+    mask_of = {s.id: s.mask for s in find_pairs(*carvana, limit=2).samples}
+    for r in read_csv(str(per)):
+        pred = read_mask_png(str(out / f"{r['id']}_mask.png"))
+        assert pred.shape == (1280, 1918)
+        assert dice_of(pred, load_mask(mask_of[r["id"]], (1918, 1280), (1918, 1280))) == pytest.approx(float(r["dice"]))
+        assert np.array_equal(decode_rle(submission[r["id"] + ".jpg"], (1918, 1280)), pred)

@@ -156,7 +156,6 @@ class Outputs:
         """Put the per-image scores' figures in the engine's report row; at original resolution they replace
         the model-resolution ones, which stay under `model_res_*`."""
         key = (row["engine"], row["precision"])
-        row["eval_resolution"] = self.eval_resolution
         row["outputs_s"] = self.busy_s.get(key, 0.0)
         if self.eval_resolution != "original" or key not in self.scores:
             return
