@@ -68,9 +68,10 @@ def format_report(report: dict) -> str:
                      f"first call {_cell(row, 'first_call_ms', '{:.1f}')} ms; compile / export {row['compile_s']:.1f} s "
                      f"({row.get('artifact')})")
         if row.get("model_res_dice") is not None:
-            lines.append(f"{row['engine']} {row['precision']}: dice {row['dice']:.4f} at original size, "
-                         f"{row['model_res_dice']:.4f} at the model's size (micro {row['micro_dice']:.4f} / "
-                         f"{row['model_res_micro_dice']:.4f})")
+            # Five decimals: the two figures usually differ past the table's fourth.
+            lines.append(f"{row['engine']} {row['precision']}: dice {row['dice']:.5f} at original size, "
+                         f"{row['model_res_dice']:.5f} at the model's size (micro {row['micro_dice']:.5f} / "
+                         f"{row['model_res_micro_dice']:.5f})")
         if row.get("outputs_s") is not None:
             lines.append(f"{row['engine']} {row['precision']}: per-image outputs took {row['outputs_s']:.1f} s in a "
                          "background thread, overlapped with the engine and included in e2e fps")
