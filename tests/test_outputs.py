@@ -149,6 +149,22 @@ def test_plots_written(small_set, tmp_path):
     assert all(open(p, "rb").read(4) == b"\x89PNG" for p in paths)
 
 
+def test_plots_of_several_saved_reports(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from utils.plots import main as plots_main
+
+    for name, fps, dice in [("a", 1.0, 0.9), ("b", 2.0, 0.8)]:
+        row = {"engine": name, "precision": "fp32", "latencies_ms": [1.0], "fps": fps, "dice": dice,
+               "per_image": {"dice": [dice]}}
+        (tmp_path / f"{name}.json").write_text(json.dumps({"config": {"eval_resolution": "model"}, "rows": [row]}))
+    reports = [str(tmp_path / "a.json"), str(tmp_path / "b.json")]
+    assert plots_main([str(tmp_path / "p")] + reports) == 0
+    assert "fps_vs_dice.png" in capsys.readouterr().out
+    assert plots_main([str(tmp_path / "p")] + reports) == 1  # not empty any more
+    assert plots_main([str(tmp_path / "q"), str(tmp_path / "missing.json")]) == 1
+    assert "cannot read report" in capsys.readouterr().err
+
+
 def test_sigint_keeps_finished_files_and_a_partial_report(tmp_path, monkeypatch):
     for i in range(6):
         write_pair(str(tmp_path), f"car{i}_01", seed=i)

@@ -1,8 +1,11 @@
 """Plots of a report (optional: needs matplotlib): latency per engine, per-image dice, fps vs dice."""
 from __future__ import annotations
 
+import argparse
 import io
+import json
 import os
+import sys
 
 from utils.errors import SampleError
 from utils.report import write_atomic
@@ -92,3 +95,40 @@ def write_plots(report: dict, folder: str) -> list[str]:
     if len(both) >= 2:  # a single point says nothing; the plot is for side-by-side runs
         written.append(plot_fps_vs_dice(both, os.path.join(folder, "fps_vs_dice.png")))
     return written
+
+
+def _read_report(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as exc:
+        raise SampleError(f"cannot read report {path}: {exc}") from None
+
+
+def main(argv=None) -> int:
+    """`python -m utils.plots DIR a.json b.json ...`: plot the rows of several saved reports side by side."""
+    from utils.outputs import check_destination
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("folder", help="where the PNGs go")
+    parser.add_argument("reports", nargs="+", help="JSON reports written by sample.py --json")
+    parser.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty folder")
+    args = parser.parse_args(argv)
+    try:
+        reports = [_read_report(p) for p in args.reports]
+        resolutions = {r["config"].get("eval_resolution", "model") for r in reports}
+        if len(resolutions) > 1:  # one dice axis must mean one thing
+            raise SampleError(f"the reports score dice at different resolutions ({', '.join(sorted(resolutions))}); "
+                              "plot them separately")
+        check_destination(args.folder, folder=True, overwrite=args.overwrite, flag="plots")
+        merged = {"config": reports[0]["config"], "rows": [row for r in reports for row in r["rows"]]}
+        for path in write_plots(merged, args.folder):
+            print(path)
+    except SampleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
