@@ -240,3 +240,16 @@ def test_carvana_original_and_model_dice(carvana, checkpoint, tmp_path):
         assert pred.shape == (1280, 1918)
         assert dice_of(pred, load_mask(mask_of[r["id"]], (1918, 1280), (1918, 1280))) == pytest.approx(float(r["dice"]))
         assert np.array_equal(decode_rle(submission[r["id"] + ".jpg"], (1918, 1280)), pred)
+
+
+def test_image_without_mask_is_written_not_scored(small_set, tmp_path):
+    images, masks = small_set
+    os.remove(os.path.join(masks, "car1_01_mask.gif"))
+    sub, per, rep = tmp_path / "sub.csv", tmp_path / "per.csv", tmp_path / "r.json"
+    assert run(["--image_path", images, "--mask_path", masks, "--submission", str(sub), "--csv", str(per),
+                "--json", str(rep), "--eval_resolution", "original", "--output", str(tmp_path / "out"), "--overlay"]) == 0
+    rows = {r["id"]: r for r in read_csv(str(per))}
+    assert rows["car1_01"]["dice"] == "" and rows["car1_01"]["fg_pred"] != "" and len(rows) == 3
+    assert [r["img"] for r in read_csv(str(sub))] == ["car0_01.jpg", "car2_01.jpg", "car1_01.jpg"]  # scored first
+    report = json.loads(rep.read_text())
+    assert report["rows"][0]["images_scored"] == 2 and report["outputs"]["files"] == 6
