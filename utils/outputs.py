@@ -93,11 +93,13 @@ class Outputs:
         return Hook(self, key, write_files=len(self.scores) == 1)
 
     def submit(self, task: tuple) -> None:
+        """Queue a batch for the writer thread; first wait for the oldest while MAX_PENDING are queued."""
         while len(self.pending) >= MAX_PENDING:
             self.pending.popleft().result()
         self.pending.append(self.pool.submit(self._process, *task))
 
     def wait(self) -> None:
+        """Block until every queued batch is done; re-raises the writer's error (a SampleError) here."""
         while self.pending:
             self.pending.popleft().result()
 
