@@ -37,11 +37,11 @@ def check_destination(path: str, *, folder: bool, overwrite: bool, flag: str) ->
         raise SampleError(f"{flag} file {path} exists; pass --overwrite or choose another path")
     if not folder and os.path.isdir(path):
         raise SampleError(f"{flag} {path} is a folder; give a file path")
-    target = path if folder else (os.path.dirname(os.path.abspath(path)))
+    target = path if folder else os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(target, exist_ok=True)
     except OSError as exc:
-        raise SampleError(f"cannot create {flag} folder {target}: {exc.strerror}") from None
+        raise SampleError(f"cannot create {flag} folder {target}: {exc.strerror or exc}") from None
     if not os.access(target, os.W_OK | os.X_OK):
         raise SampleError(f"cannot write to {target} ({flag}): permission denied")
 
