@@ -253,3 +253,13 @@ def test_image_without_mask_is_written_not_scored(small_set, tmp_path):
     assert [r["img"] for r in read_csv(str(sub))] == ["car0_01.jpg", "car2_01.jpg", "car1_01.jpg"]  # scored first
     report = json.loads(rep.read_text())
     assert report["rows"][0]["images_scored"] == 2 and report["outputs"]["files"] == 6
+
+
+def test_padded_batches_write_real_rows_only(small_set, tmp_path):
+    per, rep, out = tmp_path / "per.csv", tmp_path / "r.json", tmp_path / "out"
+    assert run(["--image_path", small_set[0], "--mask_path", small_set[1], "--batch_size", "2", "--csv", str(per),
+                "--json", str(rep), "--output", str(out)]) == 0  # batches of 2 + 1 padded row
+    row = json.loads(rep.read_text())["rows"][0]
+    rows = read_csv(str(per))
+    assert [r["id"] for r in rows] == ["car0_01", "car1_01", "car2_01"] and len(os.listdir(out)) == 3
+    assert np.mean([float(r["dice"]) for r in rows]) == pytest.approx(row["dice"], abs=1e-12)
