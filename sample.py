@@ -13,8 +13,10 @@ from utils.data import find_pairs, iter_dataset, parse_size
 from utils.device import parse_device
 from utils.errors import SampleError
 from utils.evaluate import Reference, run_engine
+from utils.outputs import Outputs, check_destination
 from utils.report import format_report, write_json
 from utils.synthetic import ensure_synthetic
+from utils.table import format_worst
 
 
 def positive_int(text: str) -> int:
@@ -70,7 +72,36 @@ def get_args_parser() -> argparse.ArgumentParser:
     out = p.add_argument_group("output")
     out.add_argument("--json", metavar="PATH", help="write the report as JSON")
     out.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_result_arguments(p)
     return p
+
+
+def add_result_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags for per-image results (docs/outputs.md): masks, overlays, submission, per-image CSV, plots."""
+    res = p.add_argument_group("per-image results (files are written for the first engine row)")
+    res.add_argument("--output", metavar="DIR", help="write <id>_mask.png (0 / 255) at each image's original size")
+    res.add_argument("--overlay", action="store_true", help="with --output: also <id>_overlay.jpg, mask tinted on the image")
+    res.add_argument("--submission", metavar="FILE.csv", help="Kaggle Carvana submission (img,rle_mask) at original size")
+    res.add_argument("--csv", metavar="FILE", help="one row per image: dice, IoU, foreground fractions, batch latency")
+    res.add_argument("--eval_resolution", choices=["model", "original"], default="model",
+                     help="score dice at the model's input size (Pytorch-UNet's table) or the original size (Kaggle's)")
+    res.add_argument("--plots", metavar="DIR", help="latency, dice and fps-vs-dice plots as PNG (needs matplotlib)")
+    res.add_argument("--overwrite", action="store_true", help="allow writing into existing --output / --plots / files")
+
+
+def make_outputs(args, dataset, n_classes: int) -> Outputs | None:
+    """Check every result destination before the run; None when no per-image result is asked for."""
+    for path, folder, flag in [(args.output, True, "--output"), (args.plots, True, "--plots"),
+                               (args.submission, False, "--submission"), (args.csv, False, "--csv")]:
+        if path:
+            check_destination(path, folder=folder, overwrite=args.overwrite, flag=flag)
+    if args.plots:
+        from utils.plots import require_matplotlib
+        require_matplotlib()
+    if not (args.output or args.submission or args.csv or args.eval_resolution == "original"):
+        return None
+    return Outputs(dataset, n_classes=n_classes, folder=args.output, overlay=args.overlay, submission=args.submission,
+                   csv=args.csv, eval_resolution=args.eval_resolution)
 
 
 def load_data(args):
@@ -87,6 +118,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.mask_path and not args.image_path:
         parser.error("--mask_path needs --image_path")
+    if args.overlay and not args.output:
+        parser.error("--overlay needs --output DIR")
     try:
         name = models.canonical_name(args.model_name)
     except KeyError as exc:
@@ -102,6 +135,7 @@ def main(argv=None) -> int:
         torch.manual_seed(args.seed)
         model, info = models.create_model(name, args.pth, n_classes=args.n_classes, bilinear=args.bilinear)
         dataset, data_label = load_data(args)
+        outputs = make_outputs(args, dataset, info["n_classes"])
     except SampleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -112,6 +146,7 @@ def main(argv=None) -> int:
         "model": name, "parameters": sum(p.numel() for p in model.parameters()),
         "n_classes": info["n_classes"], "weights": info["weights"], "data": data_label,
         "images": len(dataset), "unpaired": len(dataset.unpaired), "image_size": list(args.image_size),
+        "eval_resolution": args.eval_resolution,
         "batch_size": args.batch_size, "loop": args.loop, "warm_counter": args.warm_counter,
         "torch": torch.__version__, "threads": torch.get_num_threads(),
     }
@@ -126,10 +161,13 @@ def main(argv=None) -> int:
     try:
         engine = engines.load(engine_name, model, shape, device, args.precision)
         try:
+            hook = outputs.hook(engine.name, engine.precision) if outputs else None
             row = run_engine(engine, make_batches, len(dataset), reference, args.loop, args.warm_counter,
-                             show_progress=not args.quiet)
+                             show_progress=not args.quiet, on_batch=hook)
         finally:
             engine.close()
+        if outputs:
+            outputs.finish_row(row)
         report["rows"].append(row)
         if row["failed_images"]:
             status = 1
@@ -140,7 +178,18 @@ def main(argv=None) -> int:
         report["partial"] = True
         status = 130
 
+    if outputs:
+        outputs.close(report)
     print(format_report(report))
+    if outputs and outputs.worst():
+        print(format_worst(outputs.worst()))
+    if args.plots:
+        from utils.plots import write_plots
+        try:
+            report["plots"] = write_plots(report, args.plots)
+        except SampleError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            status = 1
     if args.json:
         write_json(args.json, report)
     for skip in report["skipped"]:

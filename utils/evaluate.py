@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 from tqdm import tqdm
@@ -67,12 +67,23 @@ def is_reference(engine: Engine) -> bool:
     return engine.name == "torch" and engine.precision == "fp32" and engine.device.type == "cpu"
 
 
+class BatchHook(Protocol):
+    """Something that wants each batch's logits during the accuracy pass (outputs, per-image scores)."""
+
+    def add(self, batch: Batch, logits: torch.Tensor, call_s: float) -> None:
+        """Called after each batch with its real rows' CPU float32 logits and the engine call's seconds."""
+
+    def flush(self) -> None:
+        """Called once after the last batch, inside the end-to-end time: finish any background work."""
+
+
 def accuracy_pass(engine: Engine, batches: Iterable[Batch], total: int, reference: Reference | None,
-                  show_progress: bool = True) -> PassResult:
+                  show_progress: bool = True, on_batch: BatchHook | None = None) -> PassResult:
     """Stream batches through the engine; score each real row; time it all except the reference's own compute.
 
-    End-to-end time covers waiting for decoded data, the copy to the device, the engine call, the copy back
-    and the metrics. The first engine call is timed on its own (lazy initialisation shows there).
+    End-to-end time covers waiting for decoded data, the copy to the device, the engine call, the copy back,
+    the metrics and the `on_batch` hook (its `add` per batch, its `flush` at the end). The first engine call is
+    timed on its own (lazy initialisation shows there).
     """
     result = PassResult(Accuracy())
     bar = tqdm(total=total, desc=f"accuracy {engine.name} {engine.precision}", unit="img", disable=not show_progress,
@@ -90,8 +101,9 @@ def accuracy_pass(engine: Engine, batches: Iterable[Batch], total: int, referenc
             call_start = time.perf_counter()
             output = engine.run(engine.prepare(batch.images))
             engine.synchronize()
+            call_s = time.perf_counter() - call_start
             if result.first_call_s is None:
-                result.first_call_s = time.perf_counter() - call_start
+                result.first_call_s = call_s
             logits = engine.to_torch(output)[: batch.n]
             masks = batch.masks[: batch.n] if batch.masks is not None else None
             if own_reference:
@@ -100,8 +112,12 @@ def accuracy_pass(engine: Engine, batches: Iterable[Batch], total: int, referenc
             else:
                 ref = reference(batch.ids, batch.images) if reference else None
             result.accuracy.add(batch.ids, logits, masks, ref)
+            if on_batch is not None:
+                on_batch.add(batch, logits, call_s)
             result.images += batch.n
             bar.update(batch.n)
+        if on_batch is not None:
+            on_batch.flush()
     finally:
         bar.close()
         result.e2e_s = time.perf_counter() - start - ((reference.seconds - ref_before) if reference else 0.0)
@@ -121,9 +137,10 @@ def timing_pass(engine: Engine, batch: torch.Tensor, loop: int, warmup: int, sho
 
 
 def run_engine(engine: Engine, make_batches: Callable[[], Iterable[Batch]], total: int,
-               reference: Reference | None, loop: int, warmup: int, show_progress: bool = True) -> dict:
+               reference: Reference | None, loop: int, warmup: int, show_progress: bool = True,
+               on_batch: BatchHook | None = None) -> dict:
     """Accuracy pass then timing pass for one engine; returns one flat report row."""
-    result = accuracy_pass(engine, make_batches(), total, reference, show_progress)
+    result = accuracy_pass(engine, make_batches(), total, reference, show_progress, on_batch)
     row = {
         "engine": engine.name,
         "device": str(engine.device),

@@ -8,14 +8,14 @@ import torch
 EPS = 1e-6
 
 
-def predict(logits: torch.Tensor) -> torch.Tensor:
+def predict(logits: torch.Tensor, dtype: torch.dtype = torch.long) -> torch.Tensor:
     """Class map (N, H, W): argmax over classes, or logit > 0 (sigmoid > 0.5) for a one-class model."""
     if logits.shape[1] == 1:
-        return (logits[:, 0] > 0).long()
+        return (logits[:, 0] > 0).to(dtype)
     if logits.shape[1] == 2:
         # Same answer as argmax (ties go to class 0, as argmax's first maximum), a quarter of the work.
-        return (logits[:, 1] > logits[:, 0]).long()
-    return logits.argmax(dim=1)
+        return (logits[:, 1] > logits[:, 0]).to(dtype)
+    return logits.argmax(dim=1).to(dtype)
 
 
 def overlap_counts(pred: torch.Tensor, true: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -62,14 +62,18 @@ class Accuracy:
         """Score the real rows of one batch (padding already dropped by the caller)."""
         self.ids.extend(ids)
         if masks is not None:
-            counts = overlap_counts(predict(logits), masks, logits.shape[1])
-            self.counts.append(counts.sum(0))
-            self.dice.extend(dice_from_counts(counts).tolist())
-            self.iou.extend(iou_from_counts(counts).tolist())
+            self.score(predict(logits), masks, logits.shape[1])
         if reference is not None:
             self.cosine.extend(cosine_per_sample(logits, reference).tolist())
             diff = (logits.double() - reference.double()).abs().max().item()
             self.max_abs_diff = max(self.max_abs_diff, diff)
+
+    def score(self, pred: torch.Tensor, masks: torch.Tensor, n_classes: int) -> None:
+        """Add per-image dice and IoU of class maps `pred` against `masks` (both (N, H, W)); ids are the caller's."""
+        counts = overlap_counts(pred, masks, n_classes)
+        self.counts.append(counts.sum(0))
+        self.dice.extend(dice_from_counts(counts).tolist())
+        self.iou.extend(iou_from_counts(counts).tolist())
 
     def summary(self) -> dict:
         """dice = mean over images of per-image dice (the table's figure, Pytorch-UNet's); micro_dice pools all pixels."""

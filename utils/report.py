@@ -59,12 +59,22 @@ def format_report(report: dict) -> str:
     ]
     if c["weights"] == "random":
         lines.append("note: random weights (no --pth): dice measures nothing; cosine and speed are still valid")
-    lines.append("dice = mean over images of per-image dice (Pytorch-UNet's); micro dice pools all pixels; "
-                 "IoU = mean per-image IoU; cos = per-sample cosine vs eager fp32 on the CPU")
+    where = ("at each image's original size (logits resized bilinearly, Kaggle's metric)"
+             if c.get("eval_resolution") == "original" else f"at the model's {c['image_size'][0]}x{c['image_size'][1]}")
+    lines.append(f"dice = mean over images of per-image dice (Pytorch-UNet's), scored {where}; micro dice pools all "
+                 "pixels; IoU = mean per-image IoU; cos = per-sample cosine vs eager fp32 on the CPU")
     for row in report["rows"]:
         lines.append(f"{row['engine']} {row['precision']}: timed region = {row.get('timed_region')}; "
                      f"first call {_cell(row, 'first_call_ms', '{:.1f}')} ms; compile / export {row['compile_s']:.1f} s "
                      f"({row.get('artifact')})")
+        if row.get("model_res_dice") is not None:
+            # Five decimals: the two figures usually differ past the table's fourth.
+            lines.append(f"{row['engine']} {row['precision']}: dice {row['dice']:.5f} at original size, "
+                         f"{row['model_res_dice']:.5f} at the model's size (micro {row['micro_dice']:.5f} / "
+                         f"{row['model_res_micro_dice']:.5f})")
+        if row.get("outputs_s") is not None:
+            lines.append(f"{row['engine']} {row['precision']}: per-image outputs took {row['outputs_s']:.1f} s in a "
+                         "background thread, overlapped with the engine and included in e2e fps")
         if row.get("failed_images"):
             lines.append(f"{row['engine']} {row['precision']}: {len(row['failed_images'])} image(s) skipped: "
                          + "; ".join(f["error"] for f in row["failed_images"][:3]))
@@ -75,14 +85,15 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_atomic(path: str, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: a reader never sees half a file."""
+def write_atomic(path: str, data: str | bytes) -> None:
+    """Write text or bytes to a temporary file beside `path`, then rename: a reader never sees half a file."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; outputs are meant to be shared like any other
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
