@@ -5,11 +5,13 @@ Compilation happens on the first call, so `load` makes that call: its wall time 
 from __future__ import annotations
 
 import copy
+import os
 from contextlib import contextmanager
 
 import torch
 
 from engines.base import DTYPES, Engine, torch_io
+from utils.cache import ArtifactCache
 from utils.device import synchronizer
 
 DEVICES = ("cpu", "cuda")
@@ -32,8 +34,11 @@ def inductor_options(**values):
 
 
 def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, precision: str = "fp32",
-         mode: str | None = None) -> Engine:
+         mode: str | None = None, cache: ArtifactCache | None = None) -> Engine:
     """Compile a copy of the model; `mode` defaults to max-autotune on CUDA (it pays there) and default on the CPU."""
+    if cache is not None and cache.enabled:
+        # Inductor keeps its own artifact cache (keyed by graph, weights and versions); keep it beside ours.
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(cache.root, "inductor"))
     if mode is None:
         # On this 2-core CPU max-autotune multiplied the compile time for no measurable gain (docs/engines.md).
         mode = "max-autotune" if device.type == "cuda" else "default"
@@ -52,4 +57,5 @@ def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, pre
             return compiled(x)
 
     return Engine("inductor", device, precision, run, prepare, to_torch, sync,
-                  timed=f"compiled model call ({mode} mode) on a device-resident batch")
+                  timed=f"compiled model call ({mode} mode) on a device-resident batch",
+                  artifact="compiled (inductor's own cache)", artifact_path=os.environ.get("TORCHINDUCTOR_CACHE_DIR", ""))

@@ -4,6 +4,7 @@ On CUDA the TensorRT / CUDA execution providers are used when this onnxruntime b
 """
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -47,6 +48,8 @@ def quantize_int8(source: str, target: str, calibration: Calibration) -> None:
             return None if batch is None else {"input": batch.numpy()}
 
     # reduce_range: 7-bit weights avoid the u8 x s8 overflow of AVX2 / AVX-512 CPUs without VNNI.
+    # The quantiser logs one warning per folded bias to the root logger; they say nothing the user can act on.
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
     quantize_static(source, target, Reader(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
 

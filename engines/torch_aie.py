@@ -22,7 +22,7 @@ SOC_VERSION = "Ascend310P3"
 _finalize_registered = []  # torch_aie.finalize() must run once, at exit, after every engine is done
 
 
-def policy(torch_aie, precision: str):
+def policy(precision: str):
     """torch_aie's PrecisionPolicy for our precision name."""
     from torch_aie import _enums
 
@@ -37,7 +37,7 @@ def build(folder: str, model: torch.nn.Module, shape: tuple, precision: str, soc
 
     traced = trace(copy.deepcopy(model).eval(), torch.rand(shape))
     compiled = torch_aie.compile(traced, inputs=[torch_aie.Input(tuple(shape))],
-                                 precision_policy=policy(torch_aie, precision), soc_version=soc_version)
+                                 precision_policy=policy(precision), soc_version=soc_version)
     compiled.save(os.path.join(folder, "model.ts"))
 
 
