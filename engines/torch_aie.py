@@ -35,7 +35,8 @@ def build(folder: str, model: torch.nn.Module, shape: tuple, precision: str, soc
 
     from engines.torchscript import trace
 
-    traced = trace(copy.deepcopy(model).eval(), torch.rand(shape))
+    # A plain trace, as the original sample compiled: torch_aie does its own constant folding.
+    traced = trace(copy.deepcopy(model).eval(), torch.rand(shape), freeze=False)
     compiled = torch_aie.compile(traced, inputs=[torch_aie.Input(tuple(shape))],
                                  precision_policy=policy(precision), soc_version=soc_version)
     compiled.save(os.path.join(folder, "model.ts"))

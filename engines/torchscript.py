@@ -16,13 +16,13 @@ DEVICES = ("cpu", "cuda", "npu")
 PRECISIONS = ("fp32", "fp16", "bf16")
 
 
-def trace(model: torch.nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
-    """Trace `model` on `example` (its shape becomes the compiled shape) and freeze it for inference."""
+def trace(model: torch.nn.Module, example: torch.Tensor, freeze: bool = True) -> torch.jit.ScriptModule:
+    """Trace `model` on `example` (its shape becomes the compiled shape) and, by default, freeze it for inference."""
     with torch.no_grad(), warnings.catch_warnings():
         # UNet's padding reads tensor sizes; at a fixed shape they are constants, which is what we want.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(model, example)
-    return torch.jit.freeze(traced.eval())
+    return torch.jit.freeze(traced.eval()) if freeze else traced.eval()
 
 
 def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, precision: str = "fp32") -> Engine:
