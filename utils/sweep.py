@@ -20,7 +20,8 @@ def parse_precisions(text: str) -> list[str]:
     names = [p.strip().lower() for p in text.split(",") if p.strip()]
     bad = [p for p in names if p not in PRECISIONS]
     if bad or not names:
-        raise SampleError(f"unknown precision {', '.join(bad) or text!r}; use a comma list of {', '.join(PRECISIONS)}")
+        what = ", ".join(bad) if bad else repr(text)
+        raise SampleError(f"unknown precision {what}; use a comma list of {', '.join(PRECISIONS)}")
     return list(dict.fromkeys(names))
 
 
