@@ -5,7 +5,9 @@ async request per stream in flight and reports that as such (see `timed`).
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 
 import numpy as np
 import torch
@@ -33,7 +35,8 @@ def quantize_int8(ov_model, calibration: Calibration):
         raise SampleError("openvino int8 needs NNCF: pip install nncf") from None
     data = nncf.Dataset(calibration.batches, lambda batch: batch.numpy())
     params = nncf.AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix.ENABLE)
-    return nncf.quantize(ov_model, data, subset_size=len(calibration.batches), advanced_parameters=params)
+    with contextlib.redirect_stdout(sys.stderr):  # NNCF draws its progress bar on stdout, where the report goes
+        return nncf.quantize(ov_model, data, subset_size=len(calibration.batches), advanced_parameters=params)
 
 
 def build(folder: str, model: torch.nn.Module, shape: tuple, precision: str, calibration: Calibration | None) -> None:

@@ -143,3 +143,13 @@ def test_aliases_and_unknown_names():
     assert engines.canonical_name("torch.compile") == "inductor"
     with pytest.raises(SampleError, match="valid engines: torch, torchscript"):
         engines.canonical_name("tflite")
+
+
+def test_openvino_throughput_hint_times_concurrent_requests():
+    need("openvino")
+    from utils.evaluate import timing_pass
+
+    engine = engines.load("openvino", torch.nn.Conv2d(3, 2, 1), SHAPE, CPU, hint="throughput")
+    assert engine.parallel >= 1 and "async infer requests" in engine.timed
+    stats = timing_pass(engine, torch.rand(SHAPE), loop=2, warmup=1, show_progress=False)
+    assert stats["fps"] == pytest.approx(2 * engine.parallel / stats["timed_s"])
