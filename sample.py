@@ -85,13 +85,14 @@ def add_engine_options(group) -> None:
     group.add_argument("--strict", action="store_true", help="exit 1 when a row's cosine is below its precision's bar")
     group.add_argument("--openvino_hint", choices=["latency", "throughput"], default="latency",
                        help="throughput: time concurrent async requests (one per stream)")
+    group.add_argument("--openvino_device", default="CPU", help="openvino: CPU, or GPU for an Intel GPU")
     group.add_argument("--soc_version", default="Ascend310P3", help="torch_aie: the Ascend SoC to compile for")
 
 
 def engine_options(args, dataset, shape: tuple, precisions: list[str]) -> dict:
     """Keyword options for engines.load; int8 calibration images are decoded only when an int8 row is planned."""
     options = {"threads": args.threads, "cache": ArtifactCache(args.cache_dir, enabled=not args.no_cache),
-               "hint": args.openvino_hint, "soc_version": args.soc_version}
+               "hint": args.openvino_hint, "ov_device": args.openvino_device, "soc_version": args.soc_version}
     if "int8" in precisions:
         options["calibration"] = load_calibration(dataset, args.image_size, shape[0], args.calib, args.workers)
     return options

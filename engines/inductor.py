@@ -40,7 +40,7 @@ def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, pre
         # Inductor keeps its own artifact cache (keyed by graph, weights and versions); keep it beside ours.
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(cache.root, "inductor"))
     if mode is None:
-        # On this 2-core CPU max-autotune multiplied the compile time for no measurable gain (docs/engines.md).
+        # max-autotune benchmarks GEMM / conv templates at compile time: it pays on GPUs; on the CPU it is opt-in.
         mode = "max-autotune" if device.type == "cuda" else "default"
     net = copy.deepcopy(model).to(device=device, dtype=DTYPES[precision]).eval()
     prepare, to_torch = torch_io(device, precision)

@@ -94,7 +94,8 @@ def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, pre
         return request.infer({0: x}, share_inputs=True)[0]
 
     engine = Engine("openvino", device, precision, run, prepare, lambda y: torch.from_numpy(np.array(y)).float(),
-                    timed=f"infer request on a host array ({hint} hint)", artifact=artifact, artifact_path=folder)
+                    timed=f"infer request on a host array (OpenVINO {ov_device}, {hint} hint)", artifact=artifact,
+                    artifact_path=folder)
     if hint == "throughput":
         attach_async(engine, compiled)
     return engine
