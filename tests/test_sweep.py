@@ -49,13 +49,13 @@ def test_rows_per_engine_and_precision_then_loaded_from_cache(small_set, tmp_pat
     if engines.missing("onnxruntime", CPU):
         pytest.skip("onnxruntime is not installed")
     args = argv(small_set, tmp_path, "--engine", "torch,onnxruntime", "--precision", "fp32,int8", "--calib", "1")
-    assert sample.main(args) == 1  # torch int8 was asked for by name and cannot run: a failure, reported
+    assert sample.main(args) == 0  # int8 runs where the engine has it; torch int8 is listed as skipped
     rows = report(tmp_path)["rows"]
     assert [(r["engine"], r["precision"]) for r in rows] == [("torch", "fp32"), ("onnxruntime", "fp32"),
                                                             ("onnxruntime", "int8")]
     assert all(r["fidelity"] == "ok" for r in rows)
     assert rows[0]["dice_delta"] == 0.0 and rows[1]["dice_delta"] == pytest.approx(0.0, abs=1e-3)
-    assert "FAILED torch int8: engine torch does not support int8" in capsys.readouterr().out
+    assert "skipped torch int8: engine torch does not support int8" in capsys.readouterr().out
     assert sample.main(argv(small_set, tmp_path, "--engine", "onnxruntime", "--precision", "fp32,int8",
                             "--calib", "1")) == 0
     assert [r["artifact"] for r in report(tmp_path)["rows"]] == ["loaded", "loaded"]
@@ -93,6 +93,12 @@ def test_all_skips_an_engine_whose_package_is_hidden(monkeypatch):
     rows, skipped = plan_rows("all", ["fp32"], CPU)
     assert not any(e == "openvino" for e, _ in rows)
     assert any(s["engine"] == "openvino" and "pip install openvino" in s["reason"] for s in skipped)
+
+
+def test_a_named_engine_without_any_asked_precision_is_a_failure(small_set, tmp_path, capsys):
+    assert plan_rows("torch", ["int8"], CPU) == ([("torch", "int8")], [])
+    assert sample.main(argv(small_set, tmp_path, "--engine", "torch", "--precision", "int8")) == 1
+    assert "error: engine torch does not support int8" in capsys.readouterr().err
 
 
 def test_auto_plans_one_fp32_row():

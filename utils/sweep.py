@@ -29,8 +29,9 @@ def plan_rows(engine_spec: str, precisions: list[str], device: torch.device) -> 
     """The (engine, precision) rows to run and the skipped ones with their reason.
 
     `engine_spec` is `auto`, `all` (every registered engine whose package and device are present) or a comma list.
-    A row asked for by name but impossible here is planned anyway, so running it reports the reason as a failure;
-    under `all` it is listed as skipped instead.
+    Precisions run where the engine supports them and are skipped elsewhere. An engine asked for by name that cannot
+    run here at all (no package, device or precision of those asked) is planned anyway, so running it reports the
+    reason as a failure; under `all` it is listed as skipped instead.
     """
     spec = engine_spec.strip().lower()
     if spec == "auto":
@@ -46,8 +47,9 @@ def plan_rows(engine_spec: str, precisions: list[str], device: torch.device) -> 
             skipped.append({"engine": name, "precision": ",".join(precisions), "reason": reason})
             continue
         supported = engines.module_of(name).PRECISIONS
+        runnable = [p for p in precisions if p in supported]
         for precision in precisions:
-            if precision in supported or explicit:
+            if precision in runnable or (explicit and not runnable):
                 rows.append((name, precision))
             else:
                 skipped.append({"engine": name, "precision": precision,
