@@ -27,10 +27,12 @@ ENGINES = {
 ALIASES = {"eager": "torch", "pytorch": "torch", "jit": "torchscript", "ts": "torchscript", "compile": "inductor",
            "torch.compile": "inductor", "ort": "onnxruntime", "ov": "openvino", "trt": "tensorrt",
            "torch_tensorrt": "tensorrt", "aie": "torch_aie", "npu": "torch_npu"}
-# `--engine auto`: the fastest engine whose fp32 output passes the fidelity bar, per device, measured here
-# (docs/engines.md has the table). Tried in order; the first one whose package is installed wins.
-AUTO = {"cpu": ("onnxruntime", "openvino", "torchscript"), "cuda": ("tensorrt", "torch"),
+# `--engine auto`: per device and precision, the fastest engine whose output passes the fidelity bar, as measured
+# here (docs/engines.md has the table; CUDA / NPU orders are not measured here). The first installed one that
+# supports the precision wins.
+AUTO = {"cpu": ("onnxruntime", "openvino", "torchscript", "torch"), "cuda": ("tensorrt", "torch"),
         "npu": ("torch_aie", "torch_npu")}
+AUTO_INT8 = {"cpu": ("openvino", "onnxruntime")}
 
 
 def canonical_name(name: str) -> str:
@@ -57,10 +59,11 @@ def missing(key: str, device: torch.device) -> str | None:
     return None
 
 
-def default_engine(device: torch.device) -> str:
-    """The engine `--engine auto` picks for `device`: the first of AUTO's measured order that is installed."""
-    for key in AUTO.get(device.type, ()):
-        if missing(key, device) is None:
+def default_engine(device: torch.device, precision: str = "fp32") -> str:
+    """The engine `--engine auto` picks for `device` and `precision` (AUTO / AUTO_INT8's measured order)."""
+    order = AUTO_INT8.get(device.type, ()) if precision == "int8" else AUTO.get(device.type, ())
+    for key in order:
+        if missing(key, device) is None and precision in module_of(key).PRECISIONS:
             return key
     return "torch"
 

@@ -101,8 +101,11 @@ def test_a_named_engine_without_any_asked_precision_is_a_failure(small_set, tmp_
     assert "error: engine torch does not support int8" in capsys.readouterr().err
 
 
-def test_auto_plans_one_fp32_row():
-    assert plan_rows("auto", ["fp32"], CPU)[0] == [(engines.default_engine(CPU), "fp32")]
+def test_auto_plans_one_row_per_precision():
+    rows = plan_rows("auto", ["fp32", "int8"], CPU)[0]
+    assert rows == [(engines.default_engine(CPU, "fp32"), "fp32"), (engines.default_engine(CPU, "int8"), "int8")]
+    if engines.missing("openvino", CPU) is None:
+        assert rows[1] == ("openvino", "int8")  # NNCF int8 measured faster than onnxruntime's here
 
 
 def test_precision_list_is_checked():

@@ -35,8 +35,8 @@ def plan_rows(engine_spec: str, precisions: list[str], device: torch.device) -> 
     """
     spec = engine_spec.strip().lower()
     if spec == "auto":
-        names, explicit = [engines.default_engine(device)], True
-    elif spec == "all":
+        return [(engines.default_engine(device, p), p) for p in precisions], []
+    if spec == "all":
         names, explicit = list(engines.ENGINES), False
     else:
         names, explicit = list(dict.fromkeys(engines.canonical_name(n) for n in spec.split(",") if n.strip())), True
