@@ -68,7 +68,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch_size", type=positive_int, default=1, help="compiled batch size; the last batch is padded")
     run.add_argument("--loop", type=positive_int, default=10, help="timed calls")
     run.add_argument("--warm_counter", type=non_negative_int, default=2, help="untimed warm-up calls before timing")
-    run.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
+    run.add_argument("--threads", type=positive_int,
+                     help="CPU threads for torch, onnxruntime and openvino (default: each one's choice)")
     run.add_argument("--no_reference", action="store_true", help="skip the eager fp32 CPU reference (no cosine)")
     add_engine_options(p.add_argument_group("engine options"))
     out = p.add_argument_group("output")
@@ -153,6 +154,9 @@ def main(argv=None) -> int:
     except SampleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    config["artifact_cache"] = options["cache"].root if options["cache"].enabled else None
+    if "calibration" in options:
+        config["calibration_images"] = options["calibration"].images
     status = run_rows(plan, model, shape, device, make_batches, len(dataset), reference, report, args.loop,
                       args.warm_counter, show_progress=not args.quiet, **options)
     options["cache"].cleanup()
