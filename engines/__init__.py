@@ -33,6 +33,7 @@ ALIASES = {"eager": "torch", "pytorch": "torch", "jit": "torchscript", "ts": "to
 AUTO = {"cpu": ("onnxruntime", "openvino", "torchscript", "torch"), "cuda": ("tensorrt", "torch"),
         "npu": ("torch_aie", "torch_npu")}
 AUTO_INT8 = {"cpu": ("openvino", "onnxruntime")}
+AUTO_HALF = {"cpu": ("torchscript", "torch")}  # onnxruntime / openvino refuse fp16 / bf16 on a CPU without them
 
 
 def canonical_name(name: str) -> str:
@@ -61,7 +62,12 @@ def missing(key: str, device: torch.device) -> str | None:
 
 def default_engine(device: torch.device, precision: str = "fp32") -> str:
     """The engine `--engine auto` picks for `device` and `precision` (AUTO / AUTO_INT8's measured order)."""
-    order = AUTO_INT8.get(device.type, ()) if precision == "int8" else AUTO.get(device.type, ())
+    if precision == "int8":
+        order = AUTO_INT8.get(device.type, ())
+    elif precision in ("fp16", "bf16") and device.type in AUTO_HALF:
+        order = AUTO_HALF[device.type]
+    else:
+        order = AUTO.get(device.type, ())
     for key in order:
         if missing(key, device) is None and precision in module_of(key).PRECISIONS:
             return key

@@ -6,7 +6,13 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from utils.errors import SampleError
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class Unsupported(SampleError):
+    """The engine cannot run this precision on this device here: a skipped row, not a failed one."""
 
 
 def _noop() -> None:

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import torch
 
-from engines.base import Engine
+from engines.base import Engine, Unsupported
 from engines.onnx_export import OPSET, export_onnx
 from utils.cache import ArtifactCache, ensure
 from utils.calibration import Calibration
@@ -79,7 +79,7 @@ def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, pre
     import onnxruntime as ort
 
     if precision == "fp16" and device.type == "cpu":
-        raise SampleError("onnxruntime fp16 needs the CUDA provider (CPU kernels are fp32 / int8); use --device cuda:0")
+        raise Unsupported("onnxruntime fp16 needs the CUDA provider (CPU kernels are fp32 / int8); use --device cuda:0")
     if precision == "int8" and calibration is None:
         raise SampleError("onnxruntime int8 needs calibration images (--calib N)")
     chosen = providers(ort, device)

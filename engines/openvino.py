@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import torch
 
-from engines.base import Engine
+from engines.base import Engine, Unsupported
 from engines.onnx_export import OPSET, export_onnx
 from utils.cache import ArtifactCache, ensure
 from utils.calibration import Calibration
@@ -57,7 +57,7 @@ def check_precision(core, target: str, precision: str) -> None:
     """SampleError when `target` lacks native fp16 / bf16: OpenVINO would silently run fp32 instead."""
     capabilities = core.get_property(target, "OPTIMIZATION_CAPABILITIES")
     if precision in ("fp16", "bf16") and precision.upper() not in capabilities:
-        raise SampleError(f"openvino {target} here has no {precision} support (capabilities: {', '.join(capabilities)})"
+        raise Unsupported(f"openvino {target} here has no {precision} support (capabilities: {', '.join(capabilities)})"
                           f" and would run {precision} as fp32; use fp32 or int8")
 
 

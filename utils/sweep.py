@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 
 import engines
+from engines.base import Unsupported
 from utils.errors import SampleError, first_line
 from utils.evaluate import Reference, run_engine
 from utils.fidelity import gate_row
@@ -60,7 +61,9 @@ def plan_rows(engine_spec: str, precisions: list[str], device: torch.device) -> 
 def run_rows(plan: list[tuple[str, str]], model: torch.nn.Module, shape: tuple, device: torch.device,
              make_batches: Callable[[], Iterable], total: int, reference: Reference | None, report: dict,
              loop: int, warmup: int, show_progress: bool = True, **options) -> int:
-    """Run each planned row into `report` (rows / skipped); returns 1 when a row failed, else 0.
+    """Run each planned row into `report` (rows / skipped); returns 1 when a row failed or none ran, else 0.
+
+    A row the engine refuses as unsupported here (e.g. bf16 on a CPU without it) is skipped, not failed.
 
     `options` go to engines.load (threads, cache, calibration, ...). Ctrl-C marks the report partial and stops.
     """
@@ -77,6 +80,9 @@ def run_rows(plan: list[tuple[str, str]], model: torch.nn.Module, shape: tuple, 
         except KeyboardInterrupt:
             report["partial"] = True
             return 130
+        except Unsupported as exc:
+            report["skipped"].append({"engine": name, "precision": precision, "reason": str(exc)})
+            continue
         except Exception as exc:  # noqa: BLE001  any engine failure becomes a reported row; the others still run
             reason = str(exc) if isinstance(exc, SampleError) else \
                 f"engine {name} {precision} failed: {type(exc).__name__}: {first_line(exc)}"
@@ -87,4 +93,4 @@ def run_rows(plan: list[tuple[str, str]], model: torch.nn.Module, shape: tuple, 
         report["rows"].append(gate_row(row))
         if row["failed_images"]:
             status = 1
-    return status
+    return 1 if plan and not report["rows"] else status  # nothing asked for could run
