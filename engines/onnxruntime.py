@@ -49,9 +49,14 @@ def quantize_int8(source: str, target: str, calibration: Calibration) -> None:
 
     # reduce_range: 7-bit weights avoid the u8 x s8 overflow of AVX2 / AVX-512 CPUs without VNNI.
     # The quantiser logs one warning per folded bias to the root logger; they say nothing the user can act on.
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
-    quantize_static(source, target, Reader(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        quantize_static(source, target, Reader(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
 
 
 def build(folder: str, model: torch.nn.Module, shape: tuple, precision: str,
