@@ -30,7 +30,7 @@ ALIASES = {"eager": "torch", "pytorch": "torch", "jit": "torchscript", "ts": "to
 # `--engine auto`: per device and precision, the fastest engine whose output passes the fidelity bar, as measured
 # here (docs/engines.md has the table; CUDA / NPU orders are not measured here). The first installed one that
 # supports the precision wins.
-AUTO = {"cpu": ("onnxruntime", "openvino", "torchscript", "torch"), "cuda": ("tensorrt", "torch"),
+AUTO = {"cpu": ("openvino", "onnxruntime", "torchscript", "torch"), "cuda": ("tensorrt", "torch"),
         "npu": ("torch_aie", "torch_npu")}
 AUTO_INT8 = {"cpu": ("openvino", "onnxruntime")}
 AUTO_HALF = {"cpu": ("torchscript", "torch")}  # onnxruntime / openvino refuse fp16 / bf16 on a CPU without them
