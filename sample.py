@@ -9,12 +9,16 @@ import torch
 
 import engines
 import models
+from utils.cache import ArtifactCache
+from utils.calibration import load_calibration
 from utils.data import find_pairs, iter_dataset, parse_size
 from utils.device import parse_device
 from utils.errors import SampleError
-from utils.evaluate import Reference, run_engine
+from utils.evaluate import Reference
+from utils.fidelity import failures
 from utils.outputs import Outputs, check_destination
 from utils.report import format_report, write_json
+from utils.sweep import parse_precisions, plan_rows, run_rows
 from utils.synthetic import ensure_synthetic
 from utils.table import format_worst
 
@@ -60,20 +64,44 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument("--seed", type=int, default=0, help="seed of the random weights and the synthetic set (default 0)")
     run = p.add_argument_group("engine and timing")
     run.add_argument("--engine", default="auto",
-                     help=f"auto (default: the fastest correct engine for the device) or one of: {', '.join(engines.ENGINES)}")
+                     help="auto (default: the fastest correct engine for the device and precision), all, "
+                          f"or a comma list of: {', '.join(engines.ENGINES)}")
     run.add_argument("--device", help="cpu, an accelerator index (0), cuda:N or npu:N; default: accelerator 0, else cpu")
-    run.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="default fp32")
+    run.add_argument("--precision", default="fp32", help="comma list of fp32, fp16, bf16, int8; one row each (default fp32)")
     run.add_argument("--batch_size", type=positive_int, default=1,
                      help="compiled batch size (default 1); the last batch is padded")
     run.add_argument("--loop", type=positive_int, default=10, help="timed calls per engine (default 10)")
     run.add_argument("--warm_counter", type=non_negative_int, default=2, help="untimed warm-up calls before timing (default 2)")
-    run.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
+    run.add_argument("--threads", type=positive_int,
+                     help="CPU threads for torch, onnxruntime and openvino (default: each one's choice)")
     run.add_argument("--no_reference", action="store_true", help="skip the eager fp32 CPU reference (no cosine)")
+    add_engine_options(p.add_argument_group("engine options"))
     out = p.add_argument_group("output")
     out.add_argument("--json", metavar="PATH", help="write the report as JSON")
     out.add_argument("--quiet", action="store_true", help="no progress bars")
     add_result_arguments(p)
     return p
+
+
+def add_engine_options(group) -> None:
+    """Flags that reach the engines (int8 calibration, artifact cache, fidelity gate, per-engine settings)."""
+    group.add_argument("--calib", type=positive_int, default=8, help="int8: calibrate on the first N images of the data")
+    group.add_argument("--no_cache", action="store_true",
+                       help="build engines afresh in a temporary folder (default: reuse <cache_dir>/engines)")
+    group.add_argument("--strict", action="store_true", help="exit 1 when a row's cosine is below its precision's bar")
+    group.add_argument("--openvino_hint", choices=["latency", "throughput"], default="latency",
+                       help="throughput: time concurrent async requests (one per stream)")
+    group.add_argument("--openvino_device", default="CPU", help="openvino: CPU, or GPU for an Intel GPU")
+    group.add_argument("--soc_version", default="Ascend310P3", help="torch_aie: the Ascend SoC to compile for")
+
+
+def engine_options(args, dataset, shape: tuple, precisions: list[str]) -> dict:
+    """Keyword options for engines.load; int8 calibration images are decoded only when an int8 row is planned."""
+    options = {"threads": args.threads, "cache": ArtifactCache(args.cache_dir, enabled=not args.no_cache),
+               "hint": args.openvino_hint, "ov_device": args.openvino_device, "soc_version": args.soc_version}
+    if "int8" in precisions:
+        options["calibration"] = load_calibration(dataset, args.image_size, shape[0], args.calib, args.workers)
+    return options
 
 
 def add_result_arguments(p: argparse.ArgumentParser) -> None:
@@ -131,7 +159,8 @@ def main(argv=None) -> int:
 
     try:
         device = parse_device(args.device)
-        engine_name = engines.default_engine(device) if args.engine == "auto" else engines.canonical_name(args.engine)
+        precisions = parse_precisions(args.precision)
+        plan, skipped = plan_rows(args.engine, precisions, device)
         torch.manual_seed(args.seed)
         model, info = models.create_model(name, args.pth, n_classes=args.n_classes, bilinear=args.bilinear)
         dataset, data_label = load_data(args)
@@ -150,33 +179,27 @@ def main(argv=None) -> int:
         "batch_size": args.batch_size, "loop": args.loop, "warm_counter": args.warm_counter,
         "torch": torch.__version__, "threads": torch.get_num_threads(),
     }
-    report = {"version": 1, "config": config, "rows": [], "skipped": [], "partial": False}
+    report = {"version": 1, "config": config, "rows": [], "skipped": skipped, "partial": False}
     reference = None if args.no_reference else Reference(model)
     shape = (args.batch_size, info["n_channels"], args.image_size[1], args.image_size[0])
 
     def make_batches():
         return iter_dataset(dataset, args.image_size, args.batch_size, args.workers)
 
-    status = 0
     try:
-        engine = engines.load(engine_name, model, shape, device, args.precision)
-        try:
-            hook = outputs.hook(engine.name, engine.precision) if outputs else None
-            row = run_engine(engine, make_batches, len(dataset), reference, args.loop, args.warm_counter,
-                             show_progress=not args.quiet, on_batch=hook)
-        finally:
-            engine.close()
-        if outputs:
-            outputs.finish_row(row)
-        report["rows"].append(row)
-        if row["failed_images"]:
-            status = 1
+        options = engine_options(args, dataset, shape, precisions)
     except SampleError as exc:
-        report["skipped"].append({"engine": engine_name, "precision": args.precision, "reason": str(exc)})
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    config["artifact_cache"] = options["cache"].root if options["cache"].enabled else None
+    if "calibration" in options:
+        config["calibration_images"] = options["calibration"].images
+    status = run_rows(plan, model, shape, device, make_batches, len(dataset), reference, report, args.loop,
+                      args.warm_counter, show_progress=not args.quiet, outputs=outputs, **options)
+    options["cache"].cleanup()
+    low = failures(report["rows"])
+    if low and args.strict and status == 0:
         status = 1
-    except KeyboardInterrupt:
-        report["partial"] = True
-        status = 130
 
     if outputs:
         outputs.close(report)
@@ -193,7 +216,10 @@ def main(argv=None) -> int:
     if args.json:
         write_json(args.json, report)
     for skip in report["skipped"]:
-        print(f"error: {skip['reason']}", file=sys.stderr)
+        if skip.get("failed"):
+            print(f"error: {skip['reason']}", file=sys.stderr)
+    for line in low:
+        print(f"{'error' if args.strict else 'warning'}: below the fidelity bar: {line}", file=sys.stderr)
     for row in report["rows"]:
         if row["failed_images"]:
             failed = row["failed_images"]

@@ -2,47 +2,113 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import inspect
 import time
 
 import torch
 
 from engines.base import Engine
+from utils.cache import ArtifactCache
 from utils.errors import SampleError, first_line
 
-# Each module defines DEVICES, PRECISIONS and load(model, example_shape, device, precision) -> Engine.
+# Each module defines DEVICES, PRECISIONS and load(model, example_shape, device, precision, **options) -> Engine;
+# an engine that needs a package names it in PACKAGE and says how to get it in INSTALL.
 ENGINES = {
     "torch": "engines.torch_eager",
     "torchscript": "engines.torchscript",
+    "inductor": "engines.inductor",
+    "onnxruntime": "engines.onnxruntime",
+    "openvino": "engines.openvino",
+    "tensorrt": "engines.tensorrt",
+    "torch_aie": "engines.torch_aie",
+    "torch_npu": "engines.torch_npu",
 }
-ALIASES = {"eager": "torch", "pytorch": "torch", "jit": "torchscript", "ts": "torchscript"}
+ALIASES = {"eager": "torch", "pytorch": "torch", "jit": "torchscript", "ts": "torchscript", "compile": "inductor",
+           "torch.compile": "inductor", "ort": "onnxruntime", "ov": "openvino", "trt": "tensorrt",
+           "torch_tensorrt": "tensorrt", "aie": "torch_aie", "npu": "torch_npu"}
+# `--engine auto`: per device and precision, the fastest engine whose output passes the fidelity bar, as measured
+# here (docs/engines.md has the table; CUDA / NPU orders are not measured here). The first installed one that
+# supports the precision wins.
+AUTO = {"cpu": ("openvino", "onnxruntime", "torchscript", "torch"), "cuda": ("tensorrt", "torch"),
+        "npu": ("torch_aie", "torch_npu")}
+AUTO_INT8 = {"cpu": ("openvino", "onnxruntime")}
+AUTO_HALF = {"cpu": ("torchscript", "torch")}  # onnxruntime / openvino refuse fp16 / bf16 on a CPU without them
 
 
 def canonical_name(name: str) -> str:
     """Map an --engine value to a registry key; SampleError lists the valid names."""
     key = ALIASES.get(name.strip().lower(), name.strip().lower())
     if key not in ENGINES:
-        raise SampleError(f"unknown engine {name!r}; valid engines: {', '.join(ENGINES)} (or auto)")
+        raise SampleError(f"unknown engine {name!r}; valid engines: {', '.join(ENGINES)} (or auto, all)")
     return key
 
 
-def default_engine(device: torch.device) -> str:
-    """The engine `--engine auto` picks: TorchScript (trace + freeze) measured faster than eager on the CPU."""
-    return "torchscript" if device.type == "cpu" else "torch"
+def module_of(key: str):
+    """The engine's module (its own heavy package is not imported until `load`)."""
+    return importlib.import_module(ENGINES[key])
+
+
+def missing(key: str, device: torch.device) -> str | None:
+    """Why engine `key` cannot run on `device` here (package or device absent), or None when it can."""
+    module = module_of(key)
+    if device.type not in module.DEVICES:
+        return f"engine {key} does not run on {device.type}; it supports {', '.join(module.DEVICES)}"
+    package = getattr(module, "PACKAGE", None)
+    if package and importlib.util.find_spec(package) is None:
+        return f"engine {key} needs the {package} package: {module.INSTALL}"
+    return None
+
+
+def default_engine(device: torch.device, precision: str = "fp32") -> str:
+    """The engine `--engine auto` picks for `device` and `precision` (AUTO / AUTO_INT8's measured order)."""
+    if precision == "int8":
+        order = AUTO_INT8.get(device.type, ())
+    elif precision in ("fp16", "bf16") and device.type in AUTO_HALF:
+        order = AUTO_HALF[device.type]
+    else:
+        order = AUTO.get(device.type, ())
+    for key in order:
+        if missing(key, device) is None and precision in module_of(key).PRECISIONS:
+            return key
+    return "torch"
 
 
 def load(name: str, model: torch.nn.Module, example_shape: tuple, device: torch.device,
-         precision: str = "fp32") -> Engine:
-    """Compile `model` for engine `name` at the static `example_shape`; the wall time goes into `compile_s`."""
+         precision: str = "fp32", **options) -> Engine:
+    """Compile `model` for engine `name` at the static `example_shape`; the wall time goes into `compile_s`.
+
+    `options` (threads, cache, calibration, soc_version, ...) reach the engines whose `load` takes them.
+    """
     key = canonical_name(name)
-    module = importlib.import_module(ENGINES[key])
-    if device.type not in module.DEVICES:
-        raise SampleError(f"engine {key} does not run on {device.type}; it supports {', '.join(module.DEVICES)}")
+    reason = missing(key, device)
+    if reason:
+        raise SampleError(reason)
+    module = module_of(key)
     if precision not in module.PRECISIONS:
         raise SampleError(f"engine {key} does not support {precision}; it supports {', '.join(module.PRECISIONS)}")
+    accepted = inspect.signature(module.load).parameters
+    own_cache = options.get("cache") is None and "cache" in accepted
+    if own_cache:
+        options["cache"] = ArtifactCache(enabled=False)
     start = time.perf_counter()
     try:
-        engine = module.load(model, example_shape, device, precision)
-    except RuntimeError as exc:
+        engine = module.load(model, example_shape, device, precision,
+                             **{k: v for k, v in options.items() if k in accepted})
+    except ImportError as exc:
+        raise SampleError(f"engine {key}: {first_line(exc)}; {getattr(module, 'INSTALL', 'install its package')}") from None
+    except (RuntimeError, ValueError, TypeError, OSError) as exc:
         raise SampleError(f"engine {key} failed to compile for {device} {precision}: {first_line(exc)}") from None
     engine.compile_s = time.perf_counter() - start
+    if own_cache:
+        engine.close = _then(engine.close, options["cache"].cleanup)
     return engine
+
+
+def _then(first, second):
+    def both():
+        try:
+            first()
+        finally:
+            second()
+    return both

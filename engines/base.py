@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 
+from utils.errors import SampleError
+
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class Unsupported(SampleError):
+    """The engine cannot run this precision on this device here: a skipped row, not a failed one."""
 
 
 def _noop() -> None:
@@ -31,8 +37,12 @@ class Engine:
     synchronize: Callable[[], None] = _noop
     timed: str = "model call on a device-resident batch (no host<->device copies)"
     compile_s: float = 0.0
-    artifact: str = "compiled"
+    artifact: str = "compiled"  # or "loaded" (from the artifact cache)
+    artifact_path: str = ""
     close: Callable[[], None] = _noop
+    # Engines that gain throughput from concurrent requests time `run_parallel`, which runs `parallel` batches.
+    run_parallel: Optional[Callable[[Any], Any]] = None
+    parallel: int = 1
 
 
 def torch_io(device: torch.device, precision: str):

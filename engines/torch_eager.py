@@ -24,4 +24,4 @@ def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, pre
             return net(x)
 
     prepare, to_torch = torch_io(device, precision)
-    return Engine("torch", device, precision, run, prepare, to_torch, synchronizer(device))
+    return Engine("torch", device, precision, run, prepare, to_torch, synchronizer(device), artifact="eager")

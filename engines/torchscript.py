@@ -5,36 +5,47 @@ This is what the original Ascend sample compiled from.
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 
 import torch
 
 from engines.base import DTYPES, Engine, torch_io
+from utils.cache import ArtifactCache, ensure
 from utils.device import synchronizer
 
 DEVICES = ("cpu", "cuda", "npu")
 PRECISIONS = ("fp32", "fp16", "bf16")
+ARTIFACT_VERSION = "1"
 
 
-def trace(model: torch.nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
-    """Trace `model` on `example` (its shape becomes the compiled shape) and freeze it for inference."""
+def trace(model: torch.nn.Module, example: torch.Tensor, freeze: bool = True) -> torch.jit.ScriptModule:
+    """Trace `model` on `example` (its shape becomes the compiled shape) and, by default, freeze it for inference."""
     with torch.no_grad(), warnings.catch_warnings():
         # UNet's padding reads tensor sizes; at a fixed shape they are constants, which is what we want.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(model, example)
-    return torch.jit.freeze(traced.eval())
+    return torch.jit.freeze(traced.eval()) if freeze else traced.eval()
 
 
-def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, precision: str = "fp32") -> Engine:
-    """Trace + freeze a copy of the model on `device` in `precision`."""
+def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, precision: str = "fp32",
+         cache: ArtifactCache | None = None) -> Engine:
+    """Trace + freeze a copy of the model on `device` in `precision`, saved to (or reloaded from) the cache."""
     if device.type == "npu":
         import torch_npu  # noqa: F401
-    net = copy.deepcopy(model).to(device=device, dtype=DTYPES[precision]).eval()
     prepare, to_torch = torch_io(device, precision)
-    scripted = trace(net, prepare(torch.rand(example_shape)))
+
+    def build(folder: str) -> None:
+        net = copy.deepcopy(model).to(device=device, dtype=DTYPES[precision]).eval()
+        torch.jit.save(trace(net, prepare(torch.rand(example_shape))), os.path.join(folder, "model.pt"))
+
+    version = f"{ARTIFACT_VERSION}-torch{torch.__version__}-{device.type}"
+    folder, artifact = ensure(cache, "torchscript", version, model, example_shape, precision, build)
+    scripted = torch.jit.load(os.path.join(folder, "model.pt"), map_location=device)
 
     def run(x):
         with torch.inference_mode():
             return scripted(x)
 
-    return Engine("torchscript", device, precision, run, prepare, to_torch, synchronizer(device))
+    return Engine("torchscript", device, precision, run, prepare, to_torch, synchronizer(device),
+                  artifact=artifact, artifact_path=folder)

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+import engines
 import sample
 from models.unet import UNet
 from models.unetpp import NestedUNet
@@ -31,7 +32,7 @@ def test_synthetic_default_end_to_end(tmp_path, capsys):
     assert "synthetic Carvana-like set" in out and "random weights" in out
     report = json.loads(report_path.read_text())
     row = report["rows"][0]
-    assert row["engine"] == "torchscript" and row["images"] == 2 and row["images_scored"] == 2
+    assert row["engine"] == engines.default_engine(torch.device("cpu")) and row["images"] == 2 and row["images_scored"] == 2
     assert 0.0 <= row["dice"] <= 1.0 and row["cosine_min"] >= 0.99999
     assert row["calls"] == 2 and len(row["latencies_ms"]) == 2 and row["fps"] > 0 and row["e2e_fps"] > 0
     assert row["compile_s"] > 0 and row["first_call_ms"] > 0
@@ -63,7 +64,7 @@ def test_real_checkpoint_gives_real_dice(carvana, checkpoint, tmp_path, capsys):
     assert code == 0, err
     row = json.loads(report_path.read_text())["rows"][0]
     assert row["dice"] > 0.93 and row["micro_dice"] > 0.93 and row["iou"] > 0.87
-    assert row["cosine_min"] >= 0.99999  # TorchScript (auto on the CPU) vs eager
+    assert row["cosine_min"] >= 0.99999  # the auto engine on the CPU vs eager
     assert "unet_carvana_256.pth" in out
 
 
@@ -81,7 +82,7 @@ def test_images_without_masks_are_timed_not_scored(small_set, tmp_path, capsys):
 def test_no_masks_means_no_dice(small_set, capsys):
     code, out, err = run(FAST + ["--image_path", small_set[0]], capsys)
     assert code == 0
-    line = [x for x in out.splitlines() if x.startswith("torchscript")][0]
+    line = [x for x in out.splitlines() if x.startswith(engines.default_engine(torch.device("cpu")) + " ")][0]
     assert line.split()[4] == "-"  # dice column
 
 

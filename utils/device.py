@@ -9,9 +9,13 @@ from utils.errors import SampleError
 
 
 def npu_available() -> bool:
-    """True when torch_npu is installed and sees at least one Ascend NPU (importing it registers torch.npu)."""
+    """True when torch_npu sees at least one Ascend NPU (importing it registers torch.npu), or torch_aie is installed.
+
+    torch_aie runs without torch_npu and has no device query; its wheel only installs with CANN, so its presence is
+    taken as an NPU host and `set_device` reports a missing card.
+    """
     if importlib.util.find_spec("torch_npu") is None:
-        return False
+        return importlib.util.find_spec("torch_aie") is not None
     try:
         import torch_npu  # noqa: F401
     except Exception:  # a broken CANN install raises many kinds of errors; it simply means "no NPU here"
@@ -29,7 +33,9 @@ def accelerator() -> str | None:
 
 
 def _count(kind: str) -> int:
-    return torch.cuda.device_count() if kind == "cuda" else torch.npu.device_count()
+    if kind == "cuda":
+        return torch.cuda.device_count()
+    return torch.npu.device_count() if hasattr(torch, "npu") else 1 << 16  # torch_aie alone cannot count
 
 
 def parse_device(text: str | None) -> torch.device:

@@ -130,8 +130,9 @@ def timing_pass(engine: Engine, batch: torch.Tensor, loop: int, warmup: int, sho
     engine.synchronize()
     with tqdm(total=loop, desc=f"timing {engine.name} {engine.precision}", unit="call", disable=not show_progress,
               leave=False) as bar:
-        latencies = measure(engine.run, native, engine.synchronize, loop=loop, warmup=warmup, progress=bar.update)
-    stats = summarize(latencies, batch.shape[0])
+        call = engine.run_parallel or engine.run
+        latencies = measure(call, native, engine.synchronize, loop=loop, warmup=warmup, progress=bar.update)
+    stats = summarize(latencies, batch.shape[0] * engine.parallel)
     stats["latencies_ms"] = [s * 1000.0 for s in latencies]
     return stats
 

@@ -56,6 +56,7 @@ class Accuracy:
     counts: list[torch.Tensor] = field(default_factory=list)
     cosine: list[float] = field(default_factory=list)
     max_abs_diff: float = 0.0
+    reference_dice: list[float] = field(default_factory=list)  # the eager fp32 reference's dice on the same images
 
     def add(self, ids: list[str], logits: torch.Tensor, masks: torch.Tensor | None,
             reference: torch.Tensor | None) -> None:
@@ -63,6 +64,9 @@ class Accuracy:
         self.ids.extend(ids)
         if masks is not None:
             self.score(predict(logits), masks, logits.shape[1])
+        if reference is not None and masks is not None:
+            ref_counts = overlap_counts(predict(reference), masks, reference.shape[1])
+            self.reference_dice.extend(dice_from_counts(ref_counts).tolist())
         if reference is not None:
             self.cosine.extend(cosine_per_sample(logits, reference).tolist())
             diff = (logits.double() - reference.double()).abs().max().item()
@@ -86,6 +90,8 @@ class Accuracy:
                 micro_dice=((2 * inter + EPS) / (p + t + EPS)).mean().item(),
                 iou=sum(self.iou) / len(self.iou),
             )
+        if self.reference_dice:
+            out["reference_dice"] = sum(self.reference_dice) / len(self.reference_dice)
         if self.cosine:
             out.update(cosine_min=min(self.cosine), cosine_mean=sum(self.cosine) / len(self.cosine),
                        max_abs_diff=self.max_abs_diff)

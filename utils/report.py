@@ -16,12 +16,15 @@ COLUMNS = [  # (header, row key, format)
     ("IoU", "iou", "{:.4f}"),
     ("cos min", "cosine_min", "{:.6f}"),
     ("cos mean", "cosine_mean", "{:.6f}"),
+    ("fidelity", "fidelity", "{}"),
+    ("dice delta", "dice_delta", "{:+.4f}"),
     ("median ms", "latency_median_ms", "{:.1f}"),
     ("p90 ms", "latency_p90_ms", "{:.1f}"),
     ("p99 ms", "latency_p99_ms", "{:.1f}"),
     ("fps", "fps", "{:.3f}"),
     ("e2e fps", "e2e_fps", "{:.3f}"),
     ("compile s", "compile_s", "{:.1f}"),
+    ("artifact", "artifact", "{}"),
 ]
 
 
@@ -63,6 +66,9 @@ def format_report(report: dict) -> str:
              if c.get("eval_resolution") == "original" else f"at the model's {c['image_size'][0]}x{c['image_size'][1]}")
     lines.append(f"dice = mean over images of per-image dice (Pytorch-UNet's), scored {where}; micro dice pools all "
                  "pixels; IoU = mean per-image IoU; cos = per-sample cosine vs eager fp32 on the CPU")
+    lines.append("fidelity: worst cosine vs the precision's bar (fp32 0.99999, fp16/bf16 0.999, int8 0.99; LOW = below); "
+                 "dice delta = dice - eager fp32 dice on the same images (at model size); "
+                 "artifact: compiled now or loaded from the cache")
     for row in report["rows"]:
         lines.append(f"{row['engine']} {row['precision']}: timed region = {row.get('timed_region')}; "
                      f"first call {_cell(row, 'first_call_ms', '{:.1f}')} ms; compile / export {row['compile_s']:.1f} s "
@@ -79,7 +85,8 @@ def format_report(report: dict) -> str:
             lines.append(f"{row['engine']} {row['precision']}: {len(row['failed_images'])} image(s) skipped: "
                          + "; ".join(f["error"] for f in row["failed_images"][:3]))
     for skip in report.get("skipped", []):
-        lines.append(f"skipped {skip['engine']} {skip['precision']}: {skip['reason']}")
+        lines.append(f"{'FAILED' if skip.get('failed') else 'skipped'} {skip['engine']} {skip['precision']}: "
+                     f"{skip['reason']}")
     if report.get("partial"):
         lines.append("PARTIAL: the run was interrupted; the rows above are the ones that finished")
     return "\n".join(lines)

@@ -1,0 +1,61 @@
+"""torch.compile (TorchInductor) at the real batch shape; on the CPU with freezing (weights folded as constants).
+
+Compilation happens on the first call, so `load` makes that call: its wall time is the reported compile time.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from contextlib import contextmanager
+
+import torch
+
+from engines.base import DTYPES, Engine, torch_io
+from utils.cache import ArtifactCache
+from utils.device import synchronizer
+
+DEVICES = ("cpu", "cuda")
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+@contextmanager
+def inductor_options(**values):
+    """Set torch._inductor.config values for the duration (by hand: `config.patch` is not in torch 2.0)."""
+    import torch._inductor.config as config
+
+    old = {k: getattr(config, k) for k in values}
+    for k, v in values.items():
+        setattr(config, k, v)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            setattr(config, k, v)
+
+
+def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, precision: str = "fp32",
+         mode: str | None = None, cache: ArtifactCache | None = None) -> Engine:
+    """Compile a copy of the model; `mode` defaults to max-autotune on CUDA (it pays there) and default on the CPU."""
+    if cache is not None and cache.enabled:
+        # Inductor keeps its own artifact cache (keyed by graph, weights and versions); keep it beside ours.
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(cache.root, "inductor"))
+    if mode is None:
+        # max-autotune benchmarks GEMM / conv templates at compile time: it pays on GPUs; on the CPU it is opt-in.
+        mode = "max-autotune" if device.type == "cuda" else "default"
+    net = copy.deepcopy(model).to(device=device, dtype=DTYPES[precision]).eval()
+    prepare, to_torch = torch_io(device, precision)
+    compiled = torch.compile(net, mode=mode, dynamic=False)
+    example = prepare(torch.rand(example_shape))
+    # Freezing folds weights and BatchNorm into constants; it needs the graph to run without grad.
+    with inductor_options(freezing=device.type == "cpu"), torch.no_grad():
+        compiled(example)
+    sync = synchronizer(device)
+    sync()
+
+    def run(x):
+        with torch.no_grad():
+            return compiled(x)
+
+    return Engine("inductor", device, precision, run, prepare, to_torch, sync,
+                  timed=f"compiled model call ({mode} mode) on a device-resident batch",
+                  artifact="compiled (inductor's own cache)", artifact_path=os.environ.get("TORCHINDUCTOR_CACHE_DIR", ""))
