@@ -123,6 +123,8 @@ def make_outputs(args, dataset, n_classes: int) -> Outputs | None:
                                (args.submission, False, "--submission"), (args.csv, False, "--csv")]:
         if path:
             check_destination(path, folder=folder, overwrite=args.overwrite, flag=flag)
+    if args.json:
+        check_destination(args.json, folder=False, overwrite=True, flag="--json")
     if args.plots:
         from utils.plots import require_matplotlib
         require_matplotlib()
@@ -135,7 +137,11 @@ def make_outputs(args, dataset, n_classes: int) -> Outputs | None:
 def load_data(args):
     """The data set to evaluate: the user's folders, or the synthetic set written in Carvana's layout."""
     if args.image_path is None:
-        images, masks = ensure_synthetic(args.synthetic_count, args.seed, args.cache_dir)
+        try:
+            images, masks = ensure_synthetic(args.synthetic_count, args.seed, args.cache_dir)
+        except OSError as exc:
+            raise SampleError(f"cannot write the synthetic set under {exc.filename or args.cache_dir}: "
+                              f"{exc.strerror or exc}; pass a writable --cache_dir") from None
         return find_pairs(images, masks, args.limit), f"synthetic Carvana-like set ({images})"
     dataset = find_pairs(args.image_path, args.mask_path, args.limit)
     return dataset, args.image_path
@@ -156,19 +162,25 @@ def main(argv=None) -> int:
         parser.error(f"unet++ needs --image_size sides that are multiples of 16, got {args.image_size}")
     if args.threads:
         torch.set_num_threads(args.threads)
-
     try:
-        device = parse_device(args.device)
-        precisions = parse_precisions(args.precision)
-        plan, skipped = plan_rows(args.engine, precisions, device)
-        torch.manual_seed(args.seed)
-        model, info = models.create_model(name, args.pth, n_classes=args.n_classes, bilinear=args.bilinear)
-        dataset, data_label = load_data(args)
-        outputs = make_outputs(args, dataset, info["n_classes"])
+        return run(args, name)
     except SampleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("error: interrupted before any engine row finished; nothing was written", file=sys.stderr)
+        return 130
 
+
+def run(args, name: str) -> int:
+    """Set up (errors here lose nothing: no row has run yet), run every row, then report whatever finished."""
+    device = parse_device(args.device)
+    precisions = parse_precisions(args.precision)
+    plan, skipped = plan_rows(args.engine, precisions, device)
+    torch.manual_seed(args.seed)
+    model, info = models.create_model(name, args.pth, n_classes=args.n_classes, bilinear=args.bilinear)
+    dataset, data_label = load_data(args)
+    outputs = make_outputs(args, dataset, info["n_classes"])
     for sample in dataset.unpaired:
         print(f"warning: no mask for {sample.image}; it is timed but not scored", file=sys.stderr)
     config = {
@@ -186,35 +198,42 @@ def main(argv=None) -> int:
     def make_batches():
         return iter_dataset(dataset, args.image_size, args.batch_size, args.workers)
 
-    try:
-        options = engine_options(args, dataset, shape, precisions)
-    except SampleError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    options = engine_options(args, dataset, shape, precisions)
     config["artifact_cache"] = options["cache"].root if options["cache"].enabled else None
     if "calibration" in options:
         config["calibration_images"] = options["calibration"].images
     status = run_rows(plan, model, shape, device, make_batches, len(dataset), reference, report, args.loop,
                       args.warm_counter, show_progress=not args.quiet, outputs=outputs, **options)
     options["cache"].cleanup()
+    return finish(args, report, outputs, status)
+
+
+def finish(args, report: dict, outputs, status: int) -> int:
+    """Print the report and write every result file; one failing write is an error line, never the loss of the rest."""
     low = failures(report["rows"])
     if low and args.strict and status == 0:
         status = 1
+    errors = []
+
+    def attempt(step):
+        try:
+            step()
+        except (SampleError, OSError) as exc:
+            errors.append(str(exc))
 
     if outputs:
-        outputs.close(report)
+        attempt(lambda: outputs.close(report))
     print(format_report(report))
     if outputs and outputs.worst():
         print(format_worst(outputs.worst()))
     if args.plots:
         from utils.plots import write_plots
-        try:
+
+        def plots():
             report["plots"] = write_plots(report, args.plots)
-        except SampleError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            status = 1
+        attempt(plots)
     if args.json:
-        write_json(args.json, report)
+        attempt(lambda: write_json(args.json, report))
     for skip in report["skipped"]:
         if skip.get("failed"):
             print(f"error: {skip['reason']}", file=sys.stderr)
@@ -225,7 +244,11 @@ def main(argv=None) -> int:
             failed = row["failed_images"]
             print(f"error: {len(failed)} image(s) could not be read and were left out of the scores "
                   f"(fix or remove them): {failed[0]['error']}" + (" ..." if len(failed) > 1 else ""), file=sys.stderr)
-    return status
+    for message in errors:
+        print(f"error: {message}", file=sys.stderr)
+    if report["partial"]:
+        return 130
+    return 1 if errors else status
 
 
 if __name__ == "__main__":

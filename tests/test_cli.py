@@ -188,3 +188,37 @@ def test_python39_compatible_syntax():
     if "version" in proc.stderr and "not installed" in proc.stderr:
         pytest.skip("pyenv has no 3.9.18 here")
     assert proc.returncode == 0, proc.stderr
+
+
+def test_two_images_with_one_id_are_refused(small_set, capsys):
+    images, masks = small_set
+    from PIL import Image
+    Image.new("RGB", (96, 64)).save(os.path.join(images, "car0_01.png"))
+    code, out, err = run(FAST + ["--image_path", images, "--mask_path", masks], capsys)
+    assert code == 1 and "two images share the id 'car0_01'" in err
+
+
+def test_per_image_lists_stay_aligned_when_a_mask_is_missing(small_set, tmp_path, capsys):
+    images, masks = small_set
+    os.remove(os.path.join(masks, "car1_01_mask.gif"))
+    report_path = tmp_path / "r.json"
+    assert run(FAST + ["--image_path", images, "--mask_path", masks, "--engine", "torch",
+                       "--json", str(report_path)], capsys)[0] == 0
+    per = json.loads(report_path.read_text())["rows"][0]["per_image"]
+    assert per["id"] == ["car0_01", "car2_01", "car1_01"]
+    assert per["dice"][2] is None and None not in per["dice"][:2] and len(per["cosine"]) == 3
+
+
+@pytest.mark.parametrize("flag", ["--json", "--cache_dir"])
+def test_unwritable_destinations_fail_before_the_run(flag, small_set, capsys):
+    target = "/proc/unet-sample-test/x.json" if flag == "--json" else "/proc/unet-sample-test"
+    args = FAST + [flag, target] + (["--image_path", small_set[0]] if flag == "--json" else ["--synthetic_count", "1"])
+    code, out, err = run(args, capsys)
+    assert code == 1 and err.startswith("error: ") and "Traceback" not in err
+    assert out == ""  # stopped before running anything
+
+
+@pytest.mark.parametrize("spec", [",", " "])
+def test_engine_list_naming_nothing(spec, small_set, capsys):
+    code, out, err = run(FAST + ["--image_path", small_set[0], "--engine", spec], capsys)
+    assert code == 1 and "names no engine" in err

@@ -13,6 +13,10 @@ from utils.metrics import cosine_per_sample
 CPU = torch.device("cpu")
 
 
+def name_of(model) -> str:
+    return "unet" if hasattr(model, "inc") else "unet++"
+
+
 @pytest.fixture(scope="module", params=["unet", "unet++"])
 def model(request):
     torch.manual_seed(0)
@@ -25,8 +29,11 @@ def test_engine_matches_eager(model, name):
     x = torch.rand(2, 3, 64, 64)
     engine = engines.load(name, model, tuple(x.shape), CPU)
     out = engine.to_torch(engine.run(engine.prepare(x)))
+    # An independent copy: the eager fp32 CPU engine calls `model` itself, so comparing with it would prove nothing.
+    twin = type(model)(**({"n_channels": 3, "n_classes": 2} if name_of(model) == "unet" else {"num_classes": 2}))
+    twin.load_state_dict(model.state_dict())
     with torch.no_grad():
-        ref = model(x)
+        ref = twin.eval()(x)
     assert out.shape == ref.shape and out.dtype == torch.float32
     assert cosine_per_sample(out, ref).min().item() >= 0.99999
     assert engine.compile_s >= 0 and engine.device == CPU
@@ -63,3 +70,14 @@ def test_default_device_without_accelerator_is_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr("utils.device.npu_available", lambda: False)
     assert parse_device(None) == CPU and parse_device("CPU") == CPU
+
+
+def test_npu_without_a_registered_device_type_is_a_clear_error(monkeypatch):
+    """A host with torch_aie but no torch_npu: torch cannot parse `npu:0`; say what to install."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("utils.device.npu_available", lambda: True)
+    monkeypatch.setattr("utils.device._count", lambda kind: 1)
+    if hasattr(torch, "npu"):
+        pytest.skip("torch_npu is installed here")
+    with pytest.raises(SampleError, match="install torch_npu"):
+        parse_device(None)

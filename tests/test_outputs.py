@@ -5,7 +5,8 @@ import csv
 import importlib.util
 import json
 import os
-import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,7 +16,6 @@ import sample
 from tests.conftest import write_pair
 from utils.data import find_pairs, load_mask
 from utils.metrics import dice_from_counts, overlap_counts
-from utils.outputs import Hook
 from utils.overlay import read_mask_png
 from utils.report import write_atomic
 from utils.rle import decode_rle, encode_rle
@@ -166,26 +166,37 @@ def test_plots_of_several_saved_reports(tmp_path, capsys):
     assert "cannot read report" in capsys.readouterr().err
 
 
-def test_sigint_keeps_finished_files_and_a_partial_report(tmp_path, monkeypatch):
+# A real Ctrl-C, in a process of its own (as a user's would be): the run is interrupted after its second batch.
+SIGINT_DRIVER = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+import sample
+from utils.outputs import Hook
+original_add, calls = Hook.add, []
+def add_then_interrupt(self, batch, logits, call_s):
+    original_add(self, batch, logits, call_s)
+    calls.append(batch.ids)
+    if len(calls) == 2:
+        os.kill(os.getpid(), signal.SIGINT)
+Hook.add = add_then_interrupt
+sys.exit(sample.main(sys.argv[2:]))
+"""
+
+
+def test_sigint_keeps_finished_files_and_a_partial_report(tmp_path):
     for i in range(6):
         write_pair(str(tmp_path), f"car{i}_01", seed=i)
     out, per, rep = tmp_path / "out", tmp_path / "per.csv", tmp_path / "r.json"
-    original_add, calls = Hook.add, []
-
-    def add_then_interrupt(self, batch, logits, call_s):
-        original_add(self, batch, logits, call_s)
-        calls.append(batch.ids)
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, delivered to this (main) thread
-
-    monkeypatch.setattr(Hook, "add", add_then_interrupt)
-    status = run(["--image_path", str(tmp_path / "images"), "--mask_path", str(tmp_path / "masks"),
-                  "--output", str(out), "--csv", str(per), "--json", str(rep)])
-    assert status == 130
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", SIGINT_DRIVER, root] + FAST + [
+        "--image_path", str(tmp_path / "images"), "--mask_path", str(tmp_path / "masks"),
+        "--output", str(out), "--csv", str(per), "--json", str(rep)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 130, proc.stderr
+    assert "Traceback" not in proc.stderr
     report = json.loads(rep.read_text())
     assert report["partial"] is True and report["rows"] == []
     rows = read_csv(str(per))
-    assert 1 <= len(rows) <= 2 == len(calls) and report["outputs"]["csv_rows"] == len(rows)
+    assert 1 <= len(rows) <= 2 and report["outputs"]["csv_rows"] == len(rows)
     written = sorted(os.listdir(out))
     assert written == sorted(f"{r['id']}_mask.png" for r in rows)  # every finished image, nothing half-written
     assert all(read_mask_png(str(out / f)).shape == (64, 96) for f in written)

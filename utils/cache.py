@@ -10,6 +10,7 @@ from contextlib import contextmanager
 
 import torch
 
+from utils.errors import SampleError
 from utils.synthetic import default_cache_dir
 
 READY = "key.json"  # written last: a folder without it is an interrupted build and is rebuilt
@@ -33,8 +34,13 @@ class ArtifactCache:
 
     def __init__(self, root: str | None = None, enabled: bool = True):
         self.enabled = enabled
-        self.root = os.path.join(root or default_cache_dir(), "engines") if enabled else tempfile.mkdtemp(
-            prefix="unet-sample-engines-")
+        try:
+            self.root = os.path.join(root or default_cache_dir(), "engines") if enabled else tempfile.mkdtemp(
+                prefix="unet-sample-engines-")
+            os.makedirs(self.root, exist_ok=True)
+        except OSError as exc:
+            raise SampleError(f"cannot create the engine cache {exc.filename or root}: {exc.strerror or exc}; "
+                              "pass a writable --cache_dir or --no_cache") from None
         self._digests: dict[int, str] = {}
 
     def digest(self, model: torch.nn.Module) -> str:

@@ -69,6 +69,15 @@ def _stem(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
 
+def _check_unique(images: list[str]) -> None:
+    seen: dict[str, str] = {}
+    for p in images:
+        if _stem(p) in seen:
+            raise SampleError(f"two images share the id {_stem(p)!r}: {seen[_stem(p)]} and {p}; ids name masks, "
+                              "cache entries and output files, so keep one")
+        seen[_stem(p)] = p
+
+
 def find_pairs(image_path: str, mask_path: str | None = None, limit: int | None = None) -> Dataset:
     """Pair `<id>.jpg` images with `<id>_mask.gif|png` masks (a mask named `<id>.<ext>` also pairs).
 
@@ -76,6 +85,7 @@ def find_pairs(image_path: str, mask_path: str | None = None, limit: int | None 
     cosine only. Masks without an image are an error (wrong folder?); images without a mask are reported.
     """
     images = _list_files(image_path, IMAGE_EXTS, "image")
+    _check_unique(images)
     if mask_path is None:
         samples = [Sample(_stem(p), p) for p in images]
         return Dataset(samples[:limit] if limit else samples)
@@ -188,24 +198,28 @@ def iter_batches(samples: list[Sample], size: tuple[int, int], batch_size: int, 
                     return
                 pending.append(pool.submit(_load_sample, sample, size))
 
-        refill()
-        while pending:
-            sample, image, mask, original, error = pending.popleft().result()
+        try:
             refill()
-            if error:
-                failed.append((sample.id, error))
-                continue
-            ready.append((sample, image, mask, original))
-            if len(ready) == batch_size:
+            while pending:
+                sample, image, mask, original, error = pending.popleft().result()
+                refill()
+                if error:
+                    failed.append((sample.id, error))
+                    continue
+                ready.append((sample, image, mask, original))
+                if len(ready) == batch_size:
+                    batch = _assemble(ready, batch_size, has_masks)
+                    batch.failed, ready, failed = failed, [], []
+                    yield batch
+            if ready:
                 batch = _assemble(ready, batch_size, has_masks)
-                batch.failed, ready, failed = failed, [], []
+                batch.failed = failed
                 yield batch
-        if ready:
-            batch = _assemble(ready, batch_size, has_masks)
-            batch.failed = failed
-            yield batch
-        elif failed:
-            yield Batch([], torch.empty(0), None, 0, [], failed)
+            elif failed:
+                yield Batch([], torch.empty(0), None, 0, [], failed)
+        finally:
+            for future in pending:  # closed early (Ctrl-C, an engine error): decode nothing more
+                future.cancel()
 
 
 def iter_dataset(dataset: Dataset, size: tuple[int, int], batch_size: int, workers: int = 2) -> Iterator[Batch]:

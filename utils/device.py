@@ -38,11 +38,29 @@ def _count(kind: str) -> int:
     return torch.npu.device_count() if hasattr(torch, "npu") else 1 << 16  # torch_aie alone cannot count
 
 
+def _device(kind: str, index: int | str) -> torch.device:
+    """torch.device for `kind:index`; `npu` exists in torch only once an Ascend package has registered it."""
+    if kind == "npu":
+        for package in ("torch_npu", "torch_aie"):
+            if importlib.util.find_spec(package) is not None:
+                try:
+                    importlib.import_module(package)
+                except Exception:  # noqa: BLE001  a broken CANN install: reported below as an unusable device
+                    pass
+    try:
+        return torch.device(f"{kind}:{index}")
+    except RuntimeError:
+        raise SampleError(
+            f"device {kind}:{index} is not known to this torch: install torch_npu (Ascend's PyTorch adapter, which "
+            "registers the npu device) for your CANN version, or use --device cpu"
+        ) from None
+
+
 def parse_device(text: str | None) -> torch.device:
     """Resolve --device: None picks accelerator 0 when present, else the CPU; `N` means the accelerator N."""
     if text is None or text == "auto":
         kind = accelerator()
-        return torch.device(f"{kind}:0") if kind else torch.device("cpu")
+        return _device(kind, 0) if kind else torch.device("cpu")
     text = text.strip().lower()
     if text == "cpu":
         return torch.device("cpu")
@@ -61,7 +79,7 @@ def parse_device(text: str | None) -> torch.device:
         raise SampleError(f"--device {text}: no {kind.upper()} device is available here; use --device cpu")
     if int(index) >= _count(kind):
         raise SampleError(f"--device {text}: only {_count(kind)} {kind.upper()} device(s) present (indices from 0)")
-    return torch.device(f"{kind}:{index}")
+    return _device(kind, index)
 
 
 def synchronizer(device: torch.device):

@@ -36,14 +36,12 @@ class Reference:
         with torch.inference_mode():
             logits = self.model(images.float())[: len(ids)]
         self.seconds += time.perf_counter() - start
-        for i, row in zip(ids, logits):
-            if self.used + row.numel() * 4 <= self.budget:
-                self.cache[i] = row.clone()
-                self.used += row.numel() * 4
+        self.offer(ids, logits)
         return logits
 
     def offer(self, ids: list[str], logits: torch.Tensor) -> None:
-        """Cache logits computed elsewhere that are the reference by construction (eager fp32 on the CPU)."""
+        """Cache reference logits per id while the budget lasts (also those computed elsewhere that are the
+        reference by construction: eager fp32 on the CPU)."""
         for i, row in zip(ids, logits):
             if i not in self.cache and self.used + row.numel() * 4 <= self.budget:
                 self.cache[i] = row.clone()
@@ -120,6 +118,8 @@ def accuracy_pass(engine: Engine, batches: Iterable[Batch], total: int, referenc
             on_batch.flush()
     finally:
         bar.close()
+        if hasattr(batches, "close"):
+            batches.close()  # stop the decoding threads now (Ctrl-C, engine error), not whenever GC gets to it
         result.e2e_s = time.perf_counter() - start - ((reference.seconds - ref_before) if reference else 0.0)
     return result
 
@@ -135,6 +135,12 @@ def timing_pass(engine: Engine, batch: torch.Tensor, loop: int, warmup: int, sho
     stats = summarize(latencies, batch.shape[0] * engine.parallel)
     stats["latencies_ms"] = [s * 1000.0 for s in latencies]
     return stats
+
+
+def per_image(accuracy) -> dict:
+    """Per-image lists aligned with `id`; dice is None for an image without a mask."""
+    dice = dict(zip(accuracy.scored_ids, accuracy.dice))
+    return {"id": accuracy.ids, "dice": [dice.get(i) for i in accuracy.ids], "cosine": accuracy.cosine}
 
 
 def run_engine(engine: Engine, make_batches: Callable[[], Iterable[Batch]], total: int,
@@ -155,7 +161,7 @@ def run_engine(engine: Engine, make_batches: Callable[[], Iterable[Batch]], tota
         "e2e_s": result.e2e_s,
         "e2e_fps": result.images / result.e2e_s if result.e2e_s > 0 and result.images else None,
         "timed_region": engine.timed,
-        "per_image": {"id": result.accuracy.ids, "dice": result.accuracy.dice, "cosine": result.accuracy.cosine},
+        "per_image": per_image(result.accuracy),
     }
     if result.timing_batch is not None:
         row.update(timing_pass(engine, result.timing_batch, loop, warmup, show_progress))

@@ -57,12 +57,14 @@ class Accuracy:
     cosine: list[float] = field(default_factory=list)
     max_abs_diff: float = 0.0
     reference_dice: list[float] = field(default_factory=list)  # the eager fp32 reference's dice on the same images
+    scored_ids: list[str] = field(default_factory=list)  # the ids that had a mask, in the order of `dice`
 
     def add(self, ids: list[str], logits: torch.Tensor, masks: torch.Tensor | None,
             reference: torch.Tensor | None) -> None:
         """Score the real rows of one batch (padding already dropped by the caller)."""
         self.ids.extend(ids)
         if masks is not None:
+            self.scored_ids.extend(ids)
             self.score(predict(logits), masks, logits.shape[1])
         if reference is not None and masks is not None:
             ref_counts = overlap_counts(predict(reference), masks, reference.shape[1])
@@ -83,11 +85,10 @@ class Accuracy:
         """dice = mean over images of per-image dice (the table's figure, Pytorch-UNet's); micro_dice pools all pixels."""
         out: dict = {"images_scored": len(self.dice)}
         if self.dice:
-            inter, p, t = torch.stack(self.counts).sum(0).double().unbind(-1)
             out.update(
                 dice=sum(self.dice) / len(self.dice),
                 dice_min=min(self.dice),
-                micro_dice=((2 * inter + EPS) / (p + t + EPS)).mean().item(),
+                micro_dice=dice_from_counts(torch.stack(self.counts).sum(0)).item(),
                 iou=sum(self.iou) / len(self.iou),
             )
         if self.reference_dice:

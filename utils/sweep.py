@@ -41,6 +41,9 @@ def plan_rows(engine_spec: str, precisions: list[str], device: torch.device) -> 
         names, explicit = list(engines.ENGINES), False
     else:
         names, explicit = list(dict.fromkeys(engines.canonical_name(n) for n in spec.split(",") if n.strip())), True
+        if not names:
+            raise SampleError(f"--engine {engine_spec!r} names no engine; use auto, all or a comma list of "
+                              f"{', '.join(engines.ENGINES)}")
     rows, skipped = [], []
     for name in names:
         reason = None if explicit else engines.missing(name, device)
