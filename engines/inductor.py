@@ -23,6 +23,8 @@ def inductor_options(**values):
     """Set torch._inductor.config values for the duration (by hand: `config.patch` is not in torch 2.0)."""
     import torch._inductor.config as config
 
+    # torch 2.0 has no `freezing` option: there the graph is compiled without it (slower, same numbers).
+    values = {k: v for k, v in values.items() if hasattr(config, k)}
     old = {k: getattr(config, k) for k in values}
     for k, v in values.items():
         setattr(config, k, v)
