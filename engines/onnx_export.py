@@ -4,6 +4,7 @@ from __future__ import annotations
 import inspect
 import warnings
 
+import numpy as np
 import torch
 
 OPSET = 17
@@ -21,3 +22,8 @@ def export_onnx(model: torch.nn.Module, shape: tuple, path: str, opset: int = OP
         warnings.simplefilter("ignore")  # TracerWarnings about sizes used as constants: intended at a static shape
         torch.onnx.export(model.eval(), (example,), path, opset_version=opset, input_names=["input"],
                           output_names=["logits"], do_constant_folding=True, **kwargs)
+
+
+def host_array(batch: torch.Tensor) -> np.ndarray:
+    """The input ONNX Runtime and OpenVINO read: host memory, a contiguous float32 array."""
+    return np.ascontiguousarray(batch.numpy(), dtype=np.float32)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from engines.base import Engine, Unsupported
-from engines.onnx_export import OPSET, export_onnx
+from engines.onnx_export import OPSET, export_onnx, host_array
 from utils.cache import ArtifactCache, ensure
 from utils.calibration import Calibration
 from utils.errors import SampleError
@@ -100,9 +100,6 @@ def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, pre
     def run(x: np.ndarray):
         return session.run(None, {"input": x})[0]
 
-    def prepare(batch: torch.Tensor) -> np.ndarray:
-        return np.ascontiguousarray(batch.numpy(), dtype=np.float32)
-
     timed = "session.run on a host array" + ("" if device.type == "cpu" else " (includes host<->device copies)")
-    return Engine("onnxruntime", device, precision, run, prepare, lambda y: torch.from_numpy(y).float(),
+    return Engine("onnxruntime", device, precision, run, host_array, lambda y: torch.from_numpy(y).float(),
                   timed=timed, artifact=artifact, artifact_path=folder)

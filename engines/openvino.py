@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from engines.base import Engine, Unsupported
-from engines.onnx_export import OPSET, export_onnx
+from engines.onnx_export import OPSET, export_onnx, host_array
 from utils.cache import ArtifactCache, ensure
 from utils.calibration import Calibration
 from utils.errors import SampleError
@@ -93,17 +93,12 @@ def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, pre
     def run(x: np.ndarray):
         return request.infer({0: x}, share_inputs=True)[0]
 
-    engine = Engine("openvino", device, precision, run, prepare, lambda y: torch.from_numpy(np.array(y)).float(),
+    engine = Engine("openvino", device, precision, run, host_array, lambda y: torch.from_numpy(np.array(y)).float(),
                     timed=f"infer request on a host array (OpenVINO {ov_device}, {hint} hint)", artifact=artifact,
                     artifact_path=folder)
     if hint == "throughput":
         attach_async(engine, compiled)
     return engine
-
-
-def prepare(batch: torch.Tensor) -> np.ndarray:
-    """OpenVINO reads host memory: a contiguous float32 array."""
-    return np.ascontiguousarray(batch.numpy(), dtype=np.float32)
 
 
 def attach_async(engine: Engine, compiled) -> None:
