@@ -121,3 +121,31 @@ def test_a_precision_refused_here_is_skipped_not_failed(small_set, tmp_path, cap
     assert [(r["engine"], r["precision"]) for r in report(tmp_path)["rows"]] == [("onnxruntime", "fp32")]
     assert "skipped onnxruntime fp16: onnxruntime fp16 needs the CUDA provider" in capsys.readouterr().out
     assert sample.main(argv(small_set, tmp_path, "--engine", "onnxruntime", "--precision", "fp16")) == 1
+
+
+def test_a_row_failing_part_way_leaves_no_records_and_the_next_row_writes_the_files(small_set, tmp_path, monkeypatch,
+                                                                                      capsys):
+    """The first row dies on its second batch: the CSV holds only the row that finished, which also wrote the masks."""
+    module = types.ModuleType("fake_flaky_engine")
+    module.DEVICES, module.PRECISIONS = ("cpu",), ("fp32",)
+    calls = []
+
+    def load(model, shape, device, precision):
+        def run(x):
+            calls.append(1)
+            if len(calls) == 2:
+                raise RuntimeError("device lost")
+            with torch.no_grad():
+                return model(x)
+        return Engine("flaky", device, precision, run, lambda b: b, lambda y: y)
+
+    module.load = load
+    monkeypatch.setitem(sys.modules, "fake_flaky_engine", module)
+    monkeypatch.setitem(engines.ENGINES, "flaky", "fake_flaky_engine")
+    per_image = tmp_path / "per.csv"
+    args = argv(small_set, tmp_path, "--engine", "flaky,torch", "--csv", str(per_image), "--output", str(tmp_path / "o"))
+    assert sample.main(args) == 1
+    rows = per_image.read_text().strip().splitlines()[1:]
+    assert len(rows) == 2 and all(r.startswith("torch,") for r in rows)
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["car0_01_mask.png", "car1_01_mask.png"]
+    assert "device lost" in capsys.readouterr().err

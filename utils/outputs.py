@@ -92,6 +92,20 @@ class Outputs:
         self.scores[key], self.busy_s[key] = Accuracy(), 0.0
         return Hook(self, key, write_files=len(self.scores) == 1)
 
+    def discard(self, engine: str, precision: str) -> None:
+        """Forget a row that failed part-way: its per-image records leave the CSV and the worst list, and when it
+        was the row writing files, the next row writes them (over any it left)."""
+        key = (engine, precision)
+        try:
+            self.wait()
+        except Exception:  # noqa: BLE001  the writer's own error is what failed the row; it is reported there
+            self.pending.clear()
+        self.records = [r for r in self.records if (r["engine"], r["precision"]) != key]
+        if key in self.scores and next(iter(self.scores)) == key:
+            self.rle_rows = []
+        self.scores.pop(key, None)
+        self.busy_s.pop(key, None)
+
     def submit(self, task: tuple) -> None:
         """Queue a batch for the writer thread; first wait for the oldest while MAX_PENDING are queued."""
         while len(self.pending) >= MAX_PENDING:

@@ -93,6 +93,8 @@ def run_rows(plan: list[tuple[str, str]], model: torch.nn.Module, shape: tuple, 
             reason = str(exc) if isinstance(exc, SampleError) else \
                 f"engine {name} {precision} failed: {type(exc).__name__}: {first_line(exc)}"
             report["skipped"].append({"engine": name, "precision": precision, "reason": reason, "failed": True})
+            if outputs:
+                outputs.discard(name, precision)
             status = 1
             continue
         row["artifact_path"] = engine.artifact_path
