@@ -25,7 +25,7 @@ def load_calibration(dataset: Dataset, size: tuple[int, int], batch_size: int, c
     batches = [b.images for b in iter_batches(samples, size, batch_size, workers) if b.n]
     ids = ",".join(s.id for s in samples)
     key = hashlib.sha256(f"{ids}|{size}|{batch_size}".encode()).hexdigest()[:16]
-    return Calibration(batches, key, sum(1 for _ in samples))
+    return Calibration(batches, key, len(samples))
 
 
 def random_calibration(shape: tuple, count: int = 2, seed: int = 0) -> Calibration:

@@ -162,10 +162,7 @@ class Outputs:
             self._write(os.path.join(self.folder, f"{sample.id}_overlay.jpg"), encode_jpeg(draw_overlay(image, pred, truth)))
 
     def _write(self, path: str, data: bytes) -> None:
-        try:
-            write_atomic(path, data)
-        except OSError as exc:
-            raise SampleError(f"cannot write {path}: {exc.strerror or exc}") from None
+        write_atomic(path, data)
         self.files_written += 1
 
     def finish_row(self, row: dict) -> None:

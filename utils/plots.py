@@ -34,10 +34,7 @@ def _figure():
 def _save(fig, path: str) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    try:
-        write_atomic(path, buffer.getvalue())
-    except OSError as exc:
-        raise SampleError(f"cannot write {path}: {exc.strerror or exc}") from None
+    write_atomic(path, buffer.getvalue())
     return path
 
 

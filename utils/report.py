@@ -6,6 +6,8 @@ import math
 import os
 import tempfile
 
+from utils.errors import SampleError
+
 COLUMNS = [  # (header, row key, format)
     ("engine", "engine", "{}"),
     ("device", "device", "{}"),
@@ -93,7 +95,17 @@ def format_report(report: dict) -> str:
 
 
 def write_atomic(path: str, data: str | bytes) -> None:
-    """Write text or bytes to a temporary file beside `path`, then rename: a reader never sees half a file."""
+    """Write text or bytes to a temporary file beside `path`, then rename: a reader never sees half a file.
+
+    A file system error becomes a SampleError naming the path, for every result file alike.
+    """
+    try:
+        _write_atomic(path, data)
+    except OSError as exc:
+        raise SampleError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _write_atomic(path: str, data: str | bytes) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import io
 
-from utils.errors import SampleError
 from utils.report import write_atomic
 
 PER_IMAGE_COLUMNS = ("engine", "precision", "id", "resolution", "width", "height", "dice", "iou", "fg_true", "fg_pred",
@@ -16,10 +15,7 @@ def _write_rows(path: str, header: tuple[str, ...], rows: list) -> None:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
-    try:
-        write_atomic(path, buffer.getvalue())
-    except OSError as exc:
-        raise SampleError(f"cannot write {path}: {exc.strerror or exc}") from None
+    write_atomic(path, buffer.getvalue())
 
 
 def write_per_image_csv(path: str, records: list[dict]) -> None:
