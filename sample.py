@@ -12,7 +12,7 @@ import models
 from utils.cache import ArtifactCache
 from utils.calibration import load_calibration
 from utils.data import find_pairs, iter_dataset, parse_size
-from utils.device import parse_device
+from utils.device import describe_host, parse_device
 from utils.errors import SampleError
 from utils.evaluate import Reference
 from utils.fidelity import failures
@@ -189,7 +189,7 @@ def run(args, name: str) -> int:
         "images": len(dataset), "unpaired": len(dataset.unpaired), "image_size": list(args.image_size),
         "eval_resolution": args.eval_resolution,
         "batch_size": args.batch_size, "loop": args.loop, "warm_counter": args.warm_counter,
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "host": describe_host(device),
     }
     report = {"version": 1, "config": config, "rows": [], "skipped": skipped, "partial": False}
     reference = None if args.no_reference else Reference(model)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import platform
 
 import torch
 
@@ -89,3 +91,29 @@ def synchronizer(device: torch.device):
     if device.type == "npu":
         return lambda: torch.npu.synchronize(device)
     return lambda: None
+
+
+# ISA features that decide which engine and precision is fast on a CPU (AMX / AVX512-BF16 / VNNI run bf16 / int8 natively).
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_fp16")
+
+
+def describe_host(device: torch.device) -> dict:
+    """The CPU (model name, the ISA flags in ISA_FLAGS) and, on an accelerator, its name: every figure's context."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass  # not Linux: the model name from platform is all there is
+    host = {"cpu": model, "cpu_count": os.cpu_count(), "isa": [f for f in ISA_FLAGS if f in flags]}
+    if device.type == "cuda":
+        host["accelerator"] = torch.cuda.get_device_name(device)
+    elif device.type == "npu":
+        host["accelerator"] = torch.npu.get_device_name(device.index or 0) if hasattr(torch, "npu") else "npu"
+    return host

@@ -47,6 +47,15 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def describe(host: dict | None) -> str:
+    """'AMD EPYC, 2 cores (avx2, avx512f); NVIDIA H200': the machine a report's figures belong to."""
+    if not host:
+        return "unknown"
+    isa = f" ({', '.join(host['isa'])})" if host.get("isa") else ""
+    text = f"{host['cpu']}, {host['cpu_count']} cores{isa}"
+    return text + (f"; {host['accelerator']}" if host.get("accelerator") else "")
+
+
 def format_report(report: dict) -> str:
     """The human-readable report: what was run on what, the table, and the notes that qualify the numbers."""
     c = report["config"]
@@ -58,6 +67,7 @@ def format_report(report: dict) -> str:
         + (f", {c['unpaired']} without a mask (timed, not scored)" if c.get("unpaired") else ""),
         f"timing     {c['warm_counter']} warm-up + {c['loop']} timed calls per engine; torch {c['torch']},"
         f" {c['threads']} CPU threads",
+        f"host       {describe(c.get('host'))}",
         "",
         format_table(report["rows"]),
         "",
