@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import datetime
+import shlex
 import sys
 
 import torch
@@ -149,7 +151,9 @@ def load_data(args):
 
 def main(argv=None) -> int:
     parser = get_args_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.command = "python sample.py " + shlex.join(argv)
     if args.mask_path and not args.image_path:
         parser.error("--mask_path needs --image_path")
     if args.overlay and not args.output:
@@ -187,7 +191,8 @@ def run(args, name: str) -> int:
         "model": name, "parameters": sum(p.numel() for p in model.parameters()),
         "n_classes": info["n_classes"], "weights": info["weights"], "data": data_label,
         "images": len(dataset), "unpaired": len(dataset.unpaired), "image_size": list(args.image_size),
-        "eval_resolution": args.eval_resolution,
+        "eval_resolution": args.eval_resolution, "command": args.command,
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "batch_size": args.batch_size, "loop": args.loop, "warm_counter": args.warm_counter,
         "torch": torch.__version__, "threads": torch.get_num_threads(), "host": describe_host(device),
     }
