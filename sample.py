@@ -11,18 +11,20 @@ import torch
 
 import engines
 import models
+from engines.base import EngineOptions
+from pipeline.fidelity import failures
+from pipeline.passes import Reference
+from pipeline.rows import Job, parse_precisions, plan_rows, run_rows
+from report.csv_files import per_image_records, write_per_image_csv
+from report.outputs import Outputs
+from report.summary import format_report, format_worst, write_json
 from utils.cache import ArtifactCache
 from utils.calibration import load_calibration
 from utils.data import find_pairs, iter_dataset, parse_size
 from utils.device import describe_host, parse_device
 from utils.errors import SampleError
-from utils.evaluate import Reference
-from utils.fidelity import failures
-from utils.outputs import Outputs, check_destination
-from utils.report import format_report, write_json
-from utils.sweep import parse_precisions, plan_rows, run_rows
+from utils.files import check_destination
 from utils.synthetic import ensure_synthetic
-from utils.table import format_worst
 
 
 def positive_int(text: str) -> int:
@@ -56,7 +58,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--limit", type=positive_int, help="use only the first N pairs (sorted by name)")
     data.add_argument("--workers", type=positive_int, default=2, help="decoding threads (default 2)")
     data.add_argument("--synthetic_count", type=positive_int, default=4, help="size of the synthetic set (default 4)")
-    data.add_argument("--cache_dir", help="where generated data is kept (default ~/.cache/unet-sample)")
+    data.add_argument("--cache_dir", help="where the generated data set and the compiled engines (<cache_dir>/engines) "
+                                           "are kept (default: $UNET_SAMPLE_CACHE, else ~/.cache/unet-sample)")
     model = p.add_argument_group("model")
     model.add_argument("--model_name", default="unet", help="unet (default) or unet++ (also unetpp, nested_unet)")
     model.add_argument("--pth", help="checkpoint (state dict); without it the weights are random")
@@ -87,7 +90,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def add_engine_options(group) -> None:
     """Flags that reach the engines (int8 calibration, artifact cache, fidelity gate, per-engine settings)."""
-    group.add_argument("--calib", type=positive_int, default=8, help="int8: calibrate on the first N images of the data")
+    group.add_argument("--calib", type=positive_int, default=8,
+                       help="int8: calibrate on the first N images of the data (default 8)")
     group.add_argument("--no_cache", action="store_true",
                        help="build engines afresh in a temporary folder (default: reuse <cache_dir>/engines)")
     group.add_argument("--strict", action="store_true", help="exit 1 when a row's cosine is below its precision's bar")
@@ -97,13 +101,14 @@ def add_engine_options(group) -> None:
     group.add_argument("--soc_version", default="Ascend310P3", help="torch_aie: the Ascend SoC to compile for")
 
 
-def engine_options(args, dataset, shape: tuple, precisions: list[str]) -> dict:
-    """Keyword options for engines.load; int8 calibration images are decoded only when an int8 row is planned."""
-    options = {"threads": args.threads, "cache": ArtifactCache(args.cache_dir, enabled=not args.no_cache),
-               "hint": args.openvino_hint, "ov_device": args.openvino_device, "soc_version": args.soc_version}
+def engine_options(args, dataset, shape: tuple, precisions: list[str]) -> EngineOptions:
+    """What engines.load gets; int8 calibration images are decoded only when an int8 row is planned."""
+    calibration = None
     if "int8" in precisions:
-        options["calibration"] = load_calibration(dataset, args.image_size, shape[0], args.calib, args.workers)
-    return options
+        calibration = load_calibration(dataset, args.image_size, shape[0], args.calib, args.workers)
+    return EngineOptions(threads=args.threads, cache=None if args.no_cache else ArtifactCache(args.cache_dir),
+                         calibration=calibration, openvino_hint=args.openvino_hint,
+                         openvino_device=args.openvino_device, soc_version=args.soc_version)
 
 
 def add_result_arguments(p: argparse.ArgumentParser) -> None:
@@ -120,7 +125,8 @@ def add_result_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def make_outputs(args, dataset, n_classes: int) -> Outputs | None:
-    """Check every result destination before the run; None when no per-image result is asked for."""
+    """Check every result destination before the run; None when no file is written during the run and dice is
+    scored at the model's size (the CSV is written from the report at the end)."""
     for path, folder, flag in [(args.output, True, "--output"), (args.plots, True, "--plots"),
                                (args.submission, False, "--submission"), (args.csv, False, "--csv")]:
         if path:
@@ -128,19 +134,20 @@ def make_outputs(args, dataset, n_classes: int) -> Outputs | None:
     if args.json:
         check_destination(args.json, folder=False, overwrite=True, flag="--json")
     if args.plots:
-        from utils.plots import require_matplotlib
+        from report.plots import require_matplotlib
         require_matplotlib()
-    if not (args.output or args.submission or args.csv or args.eval_resolution == "original"):
+    if not (args.output or args.submission or args.eval_resolution == "original"):
         return None
     return Outputs(dataset, n_classes=n_classes, folder=args.output, overlay=args.overlay, submission=args.submission,
-                   csv=args.csv, eval_resolution=args.eval_resolution)
+                   eval_resolution=args.eval_resolution)
 
 
 def load_data(args):
     """The data set to evaluate: the user's folders, or the synthetic set written in Carvana's layout."""
     if args.image_path is None:
         try:
-            images, masks = ensure_synthetic(args.synthetic_count, args.seed, args.cache_dir)
+            images, masks = ensure_synthetic(args.synthetic_count, args.seed, args.cache_dir,
+                                             log=lambda line: print(line, file=sys.stderr))
         except OSError as exc:
             raise SampleError(f"cannot write the synthetic set under {exc.filename or args.cache_dir}: "
                               f"{exc.strerror or exc}; pass a writable --cache_dir") from None
@@ -187,6 +194,8 @@ def run(args, name: str) -> int:
     outputs = make_outputs(args, dataset, info["n_classes"])
     for sample in dataset.unpaired:
         print(f"warning: no mask for {sample.image}; it is timed but not scored", file=sys.stderr)
+    shape = (args.batch_size, info["n_channels"], args.image_size[1], args.image_size[0])
+    options = engine_options(args, dataset, shape, precisions)
     config = {
         "model": name, "parameters": sum(p.numel() for p in model.parameters()),
         "n_classes": info["n_classes"], "weights": info["weights"], "data": data_label,
@@ -195,50 +204,59 @@ def run(args, name: str) -> int:
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "batch_size": args.batch_size, "loop": args.loop, "warm_counter": args.warm_counter,
         "torch": torch.__version__, "threads": torch.get_num_threads(), "host": describe_host(device),
+        "artifact_cache": options.cache.root if options.cache else None,
     }
-    report = {"version": 1, "config": config, "rows": [], "skipped": skipped, "partial": False}
-    reference = None if args.no_reference else Reference(model)
-    shape = (args.batch_size, info["n_channels"], args.image_size[1], args.image_size[0])
-
-    def make_batches():
-        return iter_dataset(dataset, args.image_size, args.batch_size, args.workers)
-
-    options = engine_options(args, dataset, shape, precisions)
-    config["artifact_cache"] = options["cache"].root if options["cache"].enabled else None
-    if "calibration" in options:
-        config["calibration_images"] = options["calibration"].images
-    status = run_rows(plan, model, shape, device, make_batches, len(dataset), reference, report, args.loop,
-                      args.warm_counter, show_progress=not args.quiet, outputs=outputs, **options)
-    options["cache"].cleanup()
-    return finish(args, report, outputs, status)
+    if options.calibration:
+        config["calibration_images"] = options.calibration.images
+    job = Job(model, shape, device, lambda: iter_dataset(dataset, args.image_size, args.batch_size, args.workers),
+              len(dataset), reference=None if args.no_reference else Reference(model), loop=args.loop,
+              warmup=args.warm_counter, show_progress=not args.quiet)
+    result = run_rows(plan, job, options, outputs)
+    report = {"version": 1, "config": config, "rows": result.rows, "skipped": skipped + result.skipped,
+              "partial": result.interrupted}
+    return finish(args, report, outputs, result.status)
 
 
-def finish(args, report: dict, outputs, status: int) -> int:
-    """Print the report and write every result file; one failing write is an error line, never the loss of the rest."""
-    low = failures(report["rows"])
-    if low and args.strict and status == 0:
-        status = 1
+def finish(args, report: dict, outputs: Outputs | None, status: int) -> int:
+    """Write every result file, then print the report; one failing write is an error line, never the loss of the
+    rest, and the files are written before anything can go wrong on stdout."""
     errors = []
 
-    def attempt(step):
+    def attempt(step) -> bool:
         try:
             step()
+            return True
         except (SampleError, OSError) as exc:
             errors.append(str(exc))
+            return False
 
+    records = per_image_records(report["rows"], args.eval_resolution, args.image_size)
+    summary = {"eval_resolution": args.eval_resolution, "folder": None, "overlay": False, "files": 0,
+               "submission": None, "submission_rows": 0, "csv": args.csv, "csv_rows": len(records) if args.csv else 0}
     if outputs:
-        attempt(lambda: outputs.close(report))
-    print(format_report(report))
-    if outputs and outputs.worst():
-        print(format_worst(outputs.worst()))
+        attempt(lambda: summary.update(outputs.close()))
+    if args.csv:
+        attempt(lambda: write_per_image_csv(args.csv, records))
+    if outputs or args.csv:
+        report["outputs"] = summary
     if args.plots:
-        from utils.plots import write_plots
+        from report.plots import write_plots
 
         def plots():
             report["plots"] = write_plots(report, args.plots)
         attempt(plots)
-    if args.json:
-        attempt(lambda: write_json(args.json, report))
+    json_written = bool(args.json) and attempt(lambda: write_json(args.json, report))
+    # The worst images are named when per-image results were asked for (a plain run keeps its report short).
+    worst = format_worst(records) if outputs or args.csv else ""
+    print(format_report(report, json_path=args.json if json_written else None, worst=worst))
+    return exit_status(args, report, errors, status)
+
+
+def exit_status(args, report: dict, errors: list[str], status: int) -> int:
+    """Say on stderr what went wrong (failed rows, low fidelity, unreadable images, failed writes); the exit status."""
+    low = failures(report["rows"])
+    if low and args.strict and status == 0:
+        status = 1
     for skip in report["skipped"]:
         if skip.get("failed"):
             print(f"error: {skip['reason']}", file=sys.stderr)

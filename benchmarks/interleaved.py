@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import engines  # noqa: E402
 import models  # noqa: E402
+from engines.base import EngineOptions  # noqa: E402
 from utils.cache import ArtifactCache  # noqa: E402
 from utils.calibration import load_calibration  # noqa: E402
 from utils.data import find_pairs, load_image, parse_size, to_tensor  # noqa: E402
@@ -51,12 +52,11 @@ def main(argv=None) -> int:
     with torch.inference_mode():
         reference = model(batch)
     rows = [tuple(r.split(":")) for r in args.rows.split(",")]
-    options = {"cache": ArtifactCache(args.cache_dir)}
-    if any(p == "int8" for _, p in rows):
-        options["calibration"] = load_calibration(dataset, size, 1, args.calib)
+    calibration = load_calibration(dataset, size, 1, args.calib) if any(p == "int8" for _, p in rows) else None
+    options = EngineOptions(cache=ArtifactCache(args.cache_dir), calibration=calibration)
     loaded = []
     for name, precision in rows:
-        engine = engines.load(name, model, shape, torch.device("cpu"), precision, **options)
+        engine = engines.load(name, model, shape, torch.device("cpu"), precision, options)
         native = engine.prepare(batch)
         cosine = cosine_per_sample(engine.to_torch(engine.run(native)), reference).min().item()
         loaded.append((engine, native, cosine, []))

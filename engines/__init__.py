@@ -3,16 +3,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import inspect
-import time
 
 import torch
 
-from engines.base import Engine
-from utils.cache import ArtifactCache
+from engines.base import Engine, EngineOptions
 from utils.errors import SampleError, first_line
 
-# Each module defines DEVICES, PRECISIONS and load(model, example_shape, device, precision, **options) -> Engine;
+# Each module defines DEVICES, PRECISIONS and load(model, example_shape, device, precision, options) -> Engine;
 # an engine that needs a package names it in PACKAGE and says how to get it in INSTALL.
 ENGINES = {
     "torch": "engines.torch_eager",
@@ -75,10 +72,10 @@ def default_engine(device: torch.device, precision: str = "fp32") -> str:
 
 
 def load(name: str, model: torch.nn.Module, example_shape: tuple, device: torch.device,
-         precision: str = "fp32", **options) -> Engine:
-    """Compile `model` for engine `name` at the static `example_shape`; the wall time goes into `compile_s`.
+         precision: str = "fp32", options: EngineOptions | None = None) -> Engine:
+    """Compile `model` for engine `name` at the static `example_shape` (the caller times this call).
 
-    `options` (threads, cache, calibration, soc_version, ...) reach the engines whose `load` takes them.
+    `options` (threads, cache, calibration, per-engine settings) reach every engine, which reads what it needs.
     """
     key = canonical_name(name)
     reason = missing(key, device)
@@ -87,28 +84,9 @@ def load(name: str, model: torch.nn.Module, example_shape: tuple, device: torch.
     module = module_of(key)
     if precision not in module.PRECISIONS:
         raise SampleError(f"engine {key} does not support {precision}; it supports {', '.join(module.PRECISIONS)}")
-    accepted = inspect.signature(module.load).parameters
-    own_cache = options.get("cache") is None and "cache" in accepted
-    if own_cache:
-        options["cache"] = ArtifactCache(enabled=False)
-    start = time.perf_counter()
     try:
-        engine = module.load(model, example_shape, device, precision,
-                             **{k: v for k, v in options.items() if k in accepted})
+        return module.load(model, example_shape, device, precision, options or EngineOptions())
     except ImportError as exc:
         raise SampleError(f"engine {key}: {first_line(exc)}; {getattr(module, 'INSTALL', 'install its package')}") from None
     except (RuntimeError, ValueError, TypeError, OSError) as exc:
         raise SampleError(f"engine {key} failed to compile for {device} {precision}: {first_line(exc)}") from None
-    engine.compile_s = time.perf_counter() - start
-    if own_cache:
-        engine.close = _then(engine.close, options["cache"].cleanup)
-    return engine
-
-
-def _then(first, second):
-    def both():
-        try:
-            first()
-        finally:
-            second()
-    return both

@@ -1,4 +1,4 @@
-"""The one interface every inference engine implements."""
+"""The one interface every inference engine implements, and the options engines are built with."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,6 +6,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from utils.cache import ArtifactCache
+from utils.calibration import Calibration
 from utils.errors import SampleError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -19,13 +21,28 @@ def _noop() -> None:
     return None
 
 
-@dataclass
+@dataclass(frozen=True)
+class EngineOptions:
+    """Everything an engine may be built with beyond the model, shape, device and precision; each engine reads the
+    fields it needs by name (a misspelt one is a TypeError here, not an option that silently vanishes)."""
+
+    threads: Optional[int] = None  # CPU threads: onnxruntime intra-op, OpenVINO INFERENCE_NUM_THREADS
+    cache: Optional[ArtifactCache] = None  # None: build in a temporary folder, removed once the engine is loaded
+    calibration: Optional[Calibration] = None  # int8 only
+    openvino_hint: str = "latency"  # or "throughput": time one async request per stream in flight
+    openvino_device: str = "CPU"  # or "GPU" (an Intel GPU)
+    soc_version: str = "Ascend310P3"  # torch_aie's compile target
+    inductor_mode: Optional[str] = None  # None: max-autotune on CUDA, default on the CPU
+
+
+@dataclass(frozen=True)
 class Engine:
-    """A compiled model ready to run.
+    """A compiled model ready to run; every field is set by the engine module that builds it.
 
     `prepare` turns a CPU float32 NCHW batch into the engine's native input (device copy, dtype); `run` is the
     only call the timing loop times; `synchronize` waits for the device; `to_torch` brings an output back as a
-    CPU float32 tensor. `timed` says in words what a timed call holds.
+    CPU float32 tensor. `timed` says in words what a timed call holds. `is_reference` is true for the engine that
+    computes exactly what the eager fp32 reference computes (its own output is its reference, for free).
     """
 
     name: str
@@ -36,10 +53,9 @@ class Engine:
     to_torch: Callable[[Any], torch.Tensor]
     synchronize: Callable[[], None] = _noop
     timed: str = "model call on a device-resident batch (no host<->device copies)"
-    compile_s: float = 0.0
-    artifact: str = "compiled"  # or "loaded" (from the artifact cache)
+    artifact: str = "compiled"  # "loaded" (from the artifact cache), "eager", ...
     artifact_path: str = ""
-    close: Callable[[], None] = _noop
+    is_reference: bool = False
     # Engines that gain throughput from concurrent requests time `run_parallel`, which runs `parallel` batches.
     run_parallel: Optional[Callable[[Any], Any]] = None
     parallel: int = 1

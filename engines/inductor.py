@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
+import tempfile
 from contextlib import contextmanager
 
 import torch
 
-from engines.base import DTYPES, Engine, torch_io
+from engines.base import DTYPES, Engine, EngineOptions, torch_io
 from utils.cache import ArtifactCache
 from utils.device import synchronizer
 
@@ -35,24 +37,38 @@ def inductor_options(**values):
             setattr(config, k, v)
 
 
-def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, precision: str = "fp32",
-         mode: str | None = None, cache: ArtifactCache | None = None) -> Engine:
-    """Compile a copy of the model; `mode` defaults to max-autotune on CUDA (it pays there) and default on the CPU."""
-    if cache is not None and cache.enabled:
-        # Inductor keeps its own artifact cache (keyed by graph, weights and versions); keep it beside ours.
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(cache.root, "inductor"))
-    if mode is None:
-        # max-autotune benchmarks GEMM / conv templates at compile time: it pays on GPUs; on the CPU it is opt-in.
-        mode = "max-autotune" if device.type == "cuda" else "default"
+@contextmanager
+def inductor_cache(cache: ArtifactCache | None):
+    """Point inductor's own cache (keyed by graph, weights and versions) at `<cache>/engines/inductor` while it
+    compiles; without our cache, at a temporary folder removed afterwards (the compiled code is loaded by then)."""
+    folder = os.path.join(cache.root, "inductor") if cache else tempfile.mkdtemp(prefix="unet-sample-inductor-")
+    old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+    try:
+        yield folder if cache else ""
+    finally:
+        if old is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = old
+        if not cache:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, precision: str,
+         options: EngineOptions) -> Engine:
+    """Compile a copy of the model; the mode defaults to max-autotune on CUDA (it pays there) and default on the CPU."""
+    # max-autotune benchmarks GEMM / conv templates at compile time: it pays on GPUs; on the CPU it is opt-in.
+    mode = options.inductor_mode or ("max-autotune" if device.type == "cuda" else "default")
     net = copy.deepcopy(model).to(device=device, dtype=DTYPES[precision]).eval()
     prepare, to_torch = torch_io(device, precision)
     compiled = torch.compile(net, mode=mode, dynamic=False)
     example = prepare(torch.rand(example_shape))
-    # Freezing folds weights and BatchNorm into constants; it needs the graph to run without grad.
-    with inductor_options(freezing=device.type == "cpu"), torch.no_grad():
-        compiled(example)
     sync = synchronizer(device)
-    sync()
+    # Freezing folds weights and BatchNorm into constants; it needs the graph to run without grad.
+    with inductor_cache(options.cache) as cache_dir, inductor_options(freezing=device.type == "cpu"), torch.no_grad():
+        compiled(example)
+        sync()
 
     def run(x):
         with torch.no_grad():
@@ -60,4 +76,4 @@ def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, pre
 
     return Engine("inductor", device, precision, run, prepare, to_torch, sync,
                   timed=f"compiled model call ({mode} mode) on a device-resident batch",
-                  artifact="compiled (inductor's own cache)", artifact_path=os.environ.get("TORCHINDUCTOR_CACHE_DIR", ""))
+                  artifact="compiled (inductor's own cache)" if cache_dir else "compiled", artifact_path=cache_dir)

@@ -10,9 +10,9 @@ import os
 import numpy as np
 import torch
 
-from engines.base import Engine, Unsupported
+from engines.base import Engine, EngineOptions, Unsupported
 from engines.onnx_export import OPSET, export_onnx, host_array
-from utils.cache import ArtifactCache, ensure
+from utils.cache import artifact
 from utils.calibration import Calibration
 from utils.errors import SampleError
 
@@ -77,29 +77,29 @@ def build(folder: str, model: torch.nn.Module, shape: tuple, precision: str,
     os.remove(source)
 
 
-def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, precision: str = "fp32",
-         threads: int | None = None, cache: ArtifactCache | None = None,
-         calibration: Calibration | None = None) -> Engine:
+def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, precision: str,
+         options: EngineOptions) -> Engine:
     """Build or reuse the ONNX file, then open an InferenceSession with all graph optimisations."""
     import onnxruntime as ort
 
     if precision == "fp16" and device.type == "cpu":
         raise Unsupported("onnxruntime fp16 needs the CUDA provider (CPU kernels are fp32 / int8); use --device cuda:0")
+    calibration = options.calibration
     if precision == "int8" and calibration is None:
         raise SampleError("onnxruntime int8 needs calibration images (--calib N)")
     chosen = providers(ort, device)
     version = f"{ARTIFACT_VERSION}-ort{ort.__version__}-opset{OPSET}-torch{torch.__version__}"
     extra = {"calibration": calibration.key} if precision == "int8" else {}
-    folder, artifact = ensure(cache, "onnxruntime", version, model, example_shape, precision,
-                              lambda tmp: build(tmp, model, example_shape, precision, calibration), **extra)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or 0  # 0 = onnxruntime's default (one per physical core)
-    session = ort.InferenceSession(os.path.join(folder, "model.onnx"), options, providers=chosen)
+    settings = ort.SessionOptions()
+    settings.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    settings.intra_op_num_threads = options.threads or 0  # 0 = onnxruntime's default (one per physical core)
+    with artifact(options.cache, "onnxruntime", version, model, example_shape, precision,
+                  lambda tmp: build(tmp, model, example_shape, precision, calibration), **extra) as built:
+        session = ort.InferenceSession(os.path.join(built.folder, "model.onnx"), settings, providers=chosen)
 
     def run(x: np.ndarray):
         return session.run(None, {"input": x})[0]
 
     timed = "session.run on a host array" + ("" if device.type == "cpu" else " (includes host<->device copies)")
     return Engine("onnxruntime", device, precision, run, host_array, lambda y: torch.from_numpy(y).float(),
-                  timed=timed, artifact=artifact, artifact_path=folder)
+                  timed=timed, artifact=built.state, artifact_path=built.path)

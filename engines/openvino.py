@@ -12,9 +12,9 @@ import sys
 import numpy as np
 import torch
 
-from engines.base import Engine, Unsupported
+from engines.base import Engine, EngineOptions, Unsupported
 from engines.onnx_export import OPSET, export_onnx, host_array
-from utils.cache import ArtifactCache, ensure
+from utils.cache import artifact
 from utils.calibration import Calibration
 from utils.errors import SampleError
 
@@ -69,12 +69,12 @@ def compile_ir(core, path: str, target: str, precision: str, hint: str, threads:
     return core.compile_model(core.read_model(path), target, config)
 
 
-def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, precision: str = "fp32",
-         threads: int | None = None, cache: ArtifactCache | None = None, calibration: Calibration | None = None,
-         hint: str = "latency", ov_device: str = "CPU") -> Engine:
-    """Build or reuse the IR and compile it for `ov_device` (CPU by default; GPU = an Intel GPU) with `hint`."""
+def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, precision: str,
+         options: EngineOptions) -> Engine:
+    """Build or reuse the IR and compile it for `openvino_device` (CPU by default; GPU = an Intel GPU) with the hint."""
     import openvino as ov
 
+    calibration, ov_device, hint = options.calibration, options.openvino_device, options.openvino_hint
     if precision == "int8" and calibration is None:
         raise SampleError("openvino int8 needs calibration images (--calib N)")
     core = ov.Core()
@@ -85,24 +85,24 @@ def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, pre
     extra = {"calibration": calibration.key} if precision == "int8" else {}
     # fp32 / fp16 / bf16 share one fp32 IR: OpenVINO picks the precision when it compiles.
     stored = "int8" if precision == "int8" else "fp32"
-    folder, artifact = ensure(cache, "openvino", version, model, example_shape, stored,
-                              lambda tmp: build(tmp, model, example_shape, stored, calibration), **extra)
-    compiled = compile_ir(core, os.path.join(folder, "model.xml"), ov_device, precision, hint, threads)
+    with artifact(options.cache, "openvino", version, model, example_shape, stored,
+                  lambda tmp: build(tmp, model, example_shape, stored, calibration), **extra) as built:
+        compiled = compile_ir(core, os.path.join(built.folder, "model.xml"), ov_device, precision, hint, options.threads)
     request = compiled.create_infer_request()
 
     def run(x: np.ndarray):
         return request.infer({0: x}, share_inputs=True)[0]
 
-    engine = Engine("openvino", device, precision, run, host_array, lambda y: torch.from_numpy(np.array(y)).float(),
-                    timed=f"infer request on a host array (OpenVINO {ov_device}, {hint} hint)", artifact=artifact,
-                    artifact_path=folder)
-    if hint == "throughput":
-        attach_async(engine, compiled)
-    return engine
+    parallel = async_runner(compiled) if hint == "throughput" else {}
+    timed = f"infer request on a host array (OpenVINO {ov_device}, {hint} hint)"
+    if parallel:
+        timed = f"{parallel['parallel']} async infer requests of the batch in flight per timed call (THROUGHPUT hint)"
+    return Engine("openvino", device, precision, run, host_array, lambda y: torch.from_numpy(np.array(y)).float(),
+                  timed=timed, artifact=built.state, artifact_path=built.path, **parallel)
 
 
-def attach_async(engine: Engine, compiled) -> None:
-    """Give the engine a timed call that keeps one request per stream in flight (the THROUGHPUT hint's point)."""
+def async_runner(compiled) -> dict:
+    """A timed call that keeps one request per stream in flight (the THROUGHPUT hint's point), as Engine fields."""
     import openvino as ov
 
     n = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
@@ -113,5 +113,4 @@ def attach_async(engine: Engine, compiled) -> None:
             queue.start_async({0: x}, share_inputs=True)
         queue.wait_all()
 
-    engine.run_parallel, engine.parallel = run_parallel, n
-    engine.timed = f"{n} async infer requests of the batch in flight per timed call (THROUGHPUT hint)"
+    return {"run_parallel": run_parallel, "parallel": n}

@@ -5,7 +5,7 @@ import copy
 
 import torch
 
-from engines.base import DTYPES, Engine, torch_io
+from engines.base import DTYPES, Engine, EngineOptions, torch_io
 from utils.device import synchronizer
 
 DEVICES = ("cuda",)
@@ -14,7 +14,8 @@ PACKAGE = "torch_tensorrt"
 INSTALL = "pip install torch-tensorrt (matching your torch and CUDA versions)"
 
 
-def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, precision: str = "fp32") -> Engine:
+def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, precision: str,
+         options: EngineOptions) -> Engine:
     """Trace a copy of the model on the GPU and compile it with torch_tensorrt for one static input shape."""
     import torch_tensorrt
 

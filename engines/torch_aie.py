@@ -10,15 +10,14 @@ import os
 
 import torch
 
-from engines.base import Engine
-from utils.cache import ArtifactCache, ensure
+from engines.base import Engine, EngineOptions
+from utils.cache import artifact
 
 DEVICES = ("npu",)
 PRECISIONS = ("fp32", "fp16")
 PACKAGE = "torch_aie"
 INSTALL = "install the torch_aie wheel shipped with Ascend CANN (Python 3.9, torch 2.0.1) and source CANN's set_env.sh"
 ARTIFACT_VERSION = "1"
-SOC_VERSION = "Ascend310P3"
 _finalize_registered = []  # torch_aie.finalize() must run once, at exit, after every engine is done
 
 
@@ -42,8 +41,7 @@ def build(folder: str, model: torch.nn.Module, shape: tuple, precision: str, soc
     compiled.save(os.path.join(folder, "model.ts"))
 
 
-def load(model: torch.nn.Module, example_shape: tuple, device, precision: str = "fp32",
-         cache: ArtifactCache | None = None, soc_version: str = SOC_VERSION) -> Engine:
+def load(model: torch.nn.Module, example_shape: tuple, device, precision: str, options: EngineOptions) -> Engine:
     """set_device, then build or reuse the compiled module and reload it from disk (what a deployment runs)."""
     import torch_aie
 
@@ -53,9 +51,10 @@ def load(model: torch.nn.Module, example_shape: tuple, device, precision: str = 
         atexit.register(torch_aie.finalize)
         _finalize_registered.append(True)
     version = f"{ARTIFACT_VERSION}-aie{getattr(torch_aie, '__version__', '?')}-torch{torch.__version__}"
-    folder, artifact = ensure(cache, "torch_aie", version, model, example_shape, precision,
-                              lambda tmp: build(tmp, model, example_shape, precision, soc_version), soc=soc_version)
-    compiled = torch.jit.load(os.path.join(folder, "model.ts"))
+    soc = options.soc_version
+    with artifact(options.cache, "torch_aie", version, model, example_shape, precision,
+                  lambda tmp: build(tmp, model, example_shape, precision, soc), soc=soc) as built:
+        compiled = torch.jit.load(os.path.join(built.folder, "model.ts"))
     compiled.eval()
     name = f"npu:{index}"
     stream = torch_aie.npu.Stream(name)
@@ -71,4 +70,4 @@ def load(model: torch.nn.Module, example_shape: tuple, device, precision: str = 
                   to_torch=lambda out: out.to("cpu").float(), synchronize=stream.synchronize,
                   timed=f"compiled call on an npu stream + stream.synchronize() (input already on {name}; "
                         "output copied back outside the timed region)",
-                  artifact=artifact, artifact_path=folder)
+                  artifact=built.state, artifact_path=built.path)

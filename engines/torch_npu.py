@@ -8,7 +8,7 @@ import copy
 
 import torch
 
-from engines.base import DTYPES, Engine
+from engines.base import DTYPES, Engine, EngineOptions
 
 DEVICES = ("npu",)
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -16,7 +16,7 @@ PACKAGE = "torch_npu"
 INSTALL = "pip install torch-npu matching your torch, with Ascend CANN installed and set_env.sh sourced"
 
 
-def load(model: torch.nn.Module, example_shape: tuple, device, precision: str = "fp32") -> Engine:
+def load(model: torch.nn.Module, example_shape: tuple, device, precision: str, options: EngineOptions) -> Engine:
     """Move a copy of the model to npu:N in `precision`; every timed call ends with torch.npu.synchronize()."""
     import torch_npu  # noqa: F401  registers torch.npu and the npu device
 

@@ -10,8 +10,8 @@ import warnings
 
 import torch
 
-from engines.base import DTYPES, Engine, torch_io
-from utils.cache import ArtifactCache, ensure
+from engines.base import DTYPES, Engine, EngineOptions, torch_io
+from utils.cache import artifact
 from utils.device import synchronizer
 
 DEVICES = ("cpu", "cuda", "npu")
@@ -28,8 +28,8 @@ def trace(model: torch.nn.Module, example: torch.Tensor, freeze: bool = True) ->
     return torch.jit.freeze(traced.eval()) if freeze else traced.eval()
 
 
-def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, precision: str = "fp32",
-         cache: ArtifactCache | None = None) -> Engine:
+def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, precision: str,
+         options: EngineOptions) -> Engine:
     """Trace + freeze a copy of the model on `device` in `precision`, saved to (or reloaded from) the cache."""
     if device.type == "npu":
         import torch_npu  # noqa: F401
@@ -40,12 +40,12 @@ def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, pre
         torch.jit.save(trace(net, prepare(torch.rand(example_shape))), os.path.join(folder, "model.pt"))
 
     version = f"{ARTIFACT_VERSION}-torch{torch.__version__}-{device.type}"
-    folder, artifact = ensure(cache, "torchscript", version, model, example_shape, precision, build)
-    scripted = torch.jit.load(os.path.join(folder, "model.pt"), map_location=device)
+    with artifact(options.cache, "torchscript", version, model, example_shape, precision, build) as built:
+        scripted = torch.jit.load(os.path.join(built.folder, "model.pt"), map_location=device)
 
     def run(x):
         with torch.inference_mode():
             return scripted(x)
 
     return Engine("torchscript", device, precision, run, prepare, to_torch, synchronizer(device),
-                  artifact=artifact, artifact_path=folder)
+                  artifact=built.state, artifact_path=built.path)

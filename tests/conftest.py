@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+CPU = torch.device("cpu")
 SHARED = os.environ.get("UNET_SAMPLE_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
 CARVANA = os.path.join(SHARED, "data", "carvana")
 CARVANA_512 = os.path.join(SHARED, "data", "carvana-other", "abdullah-al-masud-512")
@@ -68,3 +71,22 @@ def small_set(tmp_path) -> tuple[str, str]:
 def _deterministic():
     torch.manual_seed(0)
     torch.set_num_threads(2)
+
+
+def pytest_configure(config):
+    """One private temp dir and cache for the whole run, removed at its end: the suite leaves nothing behind.
+
+    tempfile, pytest's tmp_path, subprocesses (TMPDIR), inductor's own cache and the sample's default cache folder
+    all land in it, so a test never reads a cache that an earlier run (or a user) left in the home folder.
+    """
+    root = tempfile.mkdtemp(prefix="unet-sample-tests-")
+    config._unet_sample_root = root
+    os.environ["TMPDIR"] = tempfile.tempdir = root
+    os.environ["UNET_SAMPLE_CACHE"] = os.path.join(root, "cache")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(root, "inductor")
+
+
+def pytest_unconfigure(config):
+    root = getattr(config, "_unet_sample_root", None)
+    if root:
+        shutil.rmtree(root, ignore_errors=True)

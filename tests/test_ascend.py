@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import engines
+from engines.base import EngineOptions
 from utils.cache import ArtifactCache
 
 NPU1 = SimpleNamespace(type="npu", index=1)  # torch.device("npu:1") only parses once torch_npu is imported
@@ -94,8 +95,8 @@ def torch_aie(monkeypatch, tmp_path):
 
 def test_torch_aie_call_sequence(torch_aie):
     calls = torch_aie.calls
-    engine = engines.load("torch_aie", torch.nn.Conv2d(3, 2, 1), SHAPE, NPU1, "fp16", cache=torch_aie.cache,
-                          soc_version="Ascend310P3")
+    engine = engines.load("torch_aie", torch.nn.Conv2d(3, 2, 1), SHAPE, NPU1, "fp16",
+                          EngineOptions(cache=torch_aie.cache, soc_version="Ascend310P3"))
     assert calls == [
         ("set_device", 1),
         ("Input", SHAPE),
@@ -112,7 +113,6 @@ def test_torch_aie_call_sequence(torch_aie):
     del calls[:]
     engine.to_torch(out)  # copied back outside the timed region
     assert calls == [("to", "cpu")]
-    engine.close()
     assert torch_aie.registered == [torch_aie.finalize]  # finalize() once, at exit, not per engine
     torch_aie.registered[0]()
     assert calls[-1] == ("finalize",)
@@ -121,10 +121,11 @@ def test_torch_aie_call_sequence(torch_aie):
 def test_torch_aie_reuses_the_saved_module_and_takes_the_soc_flag(torch_aie):
     calls = torch_aie.calls
     model = torch.nn.Conv2d(3, 2, 1)
-    engines.load("torch_aie", model, SHAPE, NPU1, "fp32", cache=torch_aie.cache, soc_version="Ascend310P1")
+    options = EngineOptions(cache=torch_aie.cache, soc_version="Ascend310P1")
+    engines.load("torch_aie", model, SHAPE, NPU1, "fp32", options)
     assert ("compile", True, [("Input", SHAPE)], "PrecisionPolicy.FP32", "Ascend310P1") in calls
     del calls[:]
-    engine = engines.load("torch_aie", model, SHAPE, NPU1, "fp32", cache=torch_aie.cache, soc_version="Ascend310P1")
+    engine = engines.load("torch_aie", model, SHAPE, NPU1, "fp32", options)
     assert engine.artifact == "loaded"
     assert [c[0] for c in calls] == ["set_device", "torch.jit.load", "eval", "Stream"]
     assert len(torch_aie.registered) == 1

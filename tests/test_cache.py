@@ -1,12 +1,13 @@
 """The artifact cache: keys follow weights, shape, precision and version; only complete builds are reused."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
 import torch
 
-from utils.cache import ArtifactCache, ensure, is_ready
+from utils.cache import ArtifactCache, artifact, is_ready
 
 
 def test_key_changes_with_weights_shape_precision_version_and_extra(tmp_path):
@@ -25,7 +26,12 @@ def test_key_changes_with_weights_shape_precision_version_and_extra(tmp_path):
     assert base.startswith(os.path.join(str(tmp_path), "engines", "onnxruntime"))
 
 
-def test_ensure_builds_once_then_loads(tmp_path):
+def ensure(cache, *args):
+    with artifact(cache, *args) as built:
+        return built.folder, built.state
+
+
+def test_artifact_builds_once_then_loads(tmp_path):
     cache, model, built = ArtifactCache(str(tmp_path)), torch.nn.Conv2d(3, 2, 1), []
 
     def build(folder):
@@ -51,8 +57,19 @@ def test_an_interrupted_build_is_not_reused(tmp_path):
     assert ensure(cache, "e", "1", model, (1, 3, 8, 8), "fp32", lambda f: None)[1] == "compiled"
 
 
-def test_disabled_cache_is_temporary(tmp_path):
-    cache = ArtifactCache(str(tmp_path), enabled=False)
-    assert os.path.isdir(cache.root) and not cache.root.startswith(str(tmp_path))
-    cache.cleanup()
-    assert not os.path.exists(cache.root)
+@pytest.mark.parametrize("fail", [False, True])
+def test_without_a_cache_the_build_is_temporary(fail):
+    """--no_cache: the artifact lives only inside the block, which removes it whatever happens."""
+    seen = []
+
+    def build(folder):
+        open(os.path.join(folder, "model.bin"), "w").close()
+
+    with pytest.raises(RuntimeError) if fail else contextlib.nullcontext():
+        with artifact(None, "e", "1", torch.nn.Conv2d(3, 2, 1), (1, 3, 8, 8), "fp32", build) as built:
+            seen.append(built)
+            assert os.path.isfile(os.path.join(built.folder, "model.bin"))
+            assert (built.state, built.path) == ("compiled", "")  # a report never names a folder that is gone
+            if fail:
+                raise RuntimeError("the engine failed to load")
+    assert not os.path.exists(seen[0].folder)

@@ -1,6 +1,8 @@
-"""Every installed engine against eager fp32 on both models at 64 px; registry, missing packages and devices."""
+"""Every installed engine against an independent eager fp32 copy on both models at 64 px; registry, options,
+missing packages and devices."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 
@@ -9,10 +11,11 @@ import torch
 
 import engines
 import models
+from engines.base import EngineOptions
+from pipeline.fidelity import BARS
 from utils.cache import ArtifactCache
 from utils.calibration import random_calibration
 from utils.errors import SampleError
-from utils.fidelity import BARS
 from utils.metrics import cosine_per_sample
 
 SHAPE = (1, 3, 64, 64)
@@ -27,13 +30,23 @@ def need(key: str) -> None:
         pytest.skip(reason)
 
 
-@pytest.fixture(scope="module", params=["unet", "unet++"])
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory) -> ArtifactCache:
+    """One artifact cache for the matrix: an engine exported once is loaded by the tests after it."""
+    return ArtifactCache(str(tmp_path_factory.mktemp("matrix-cache")))
+
+
+@pytest.fixture(scope="session", params=["unet", "unet++"])
 def model_and_input(request):
+    """The model, an input, and the expected logits from an independent copy (another instance with the same
+    weights): the eager fp32 engine calls `model` itself, so comparing with `model` would prove nothing for it."""
     torch.manual_seed(0)
     model, _ = models.create_model(request.param)
+    twin = models.build(request.param)
+    twin.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})
     x = torch.rand(SHAPE, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        return model, x, model(x)
+        return model, x, twin.eval()(x)
 
 
 def run_once(engine, x):
@@ -42,20 +55,25 @@ def run_once(engine, x):
     return output
 
 
-@pytest.mark.parametrize("key", CPU_ENGINES)
-def test_engine_matches_eager_fp32(key, model_and_input, tmp_path):
+@pytest.mark.parametrize("key", [pytest.param(k, marks=pytest.mark.slow) if k == "inductor" else k for k in CPU_ENGINES])
+def test_engine_matches_eager_fp32(key, model_and_input, cache):
     need(key)
     model, x, expected = model_and_input
-    engine = engines.load(key, model, SHAPE, CPU, "fp32", cache=ArtifactCache(str(tmp_path)))
-    try:
-        out = run_once(engine, x)
-    finally:
-        engine.close()
+    engine = engines.load(key, model, SHAPE, CPU, "fp32", EngineOptions(cache=cache))
+    out = run_once(engine, x)
     assert out.shape == expected.shape and out.dtype == torch.float32
     assert cosine_per_sample(out, expected).min().item() >= BARS["fp32"]
-    assert engine.compile_s >= 0 and engine.timed
+    assert (engine.name, engine.device, engine.precision) == (key, CPU, "fp32") and engine.timed
+    assert engine.is_reference == (key == "torch")  # only eager fp32 on the CPU is the reference by construction
 
 
+def test_bf16_runs_close_to_fp32(model_and_input):
+    model, x, expected = model_and_input
+    engine = engines.load("torch", model, SHAPE, CPU, "bf16")
+    assert cosine_per_sample(run_once(engine, x), expected).min().item() > 0.99 and not engine.is_reference
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["onnxruntime", "openvino"])
 def test_int8_is_close_and_cached(key, tmp_path):
     need(key)
@@ -66,9 +84,9 @@ def test_int8_is_close_and_cached(key, tmp_path):
     x = torch.rand(SHAPE)
     with torch.no_grad():
         expected = model(x)
-    cache, calibration = ArtifactCache(str(tmp_path)), random_calibration(SHAPE, count=2)
-    first = engines.load(key, model, SHAPE, CPU, "int8", cache=cache, calibration=calibration)
-    second = engines.load(key, model, SHAPE, CPU, "int8", cache=cache, calibration=calibration)
+    options = EngineOptions(cache=ArtifactCache(str(tmp_path)), calibration=random_calibration(SHAPE, count=2))
+    first = engines.load(key, model, SHAPE, CPU, "int8", options)
+    second = engines.load(key, model, SHAPE, CPU, "int8", options)
     assert (first.artifact, second.artifact) == ("compiled", "loaded")
     assert first.artifact_path == second.artifact_path
     assert cosine_per_sample(run_once(second, x), expected).min().item() >= BARS["int8"]
@@ -147,9 +165,16 @@ def test_aliases_and_unknown_names():
 
 def test_openvino_throughput_hint_times_concurrent_requests():
     need("openvino")
-    from utils.evaluate import timing_pass
+    from pipeline.passes import timing_pass
 
-    engine = engines.load("openvino", torch.nn.Conv2d(3, 2, 1), SHAPE, CPU, hint="throughput")
+    engine = engines.load("openvino", torch.nn.Conv2d(3, 2, 1), SHAPE, CPU, options=EngineOptions(openvino_hint="throughput"))
     assert engine.parallel >= 1 and "async infer requests" in engine.timed
     stats = timing_pass(engine, torch.rand(SHAPE), loop=2, warmup=1, show_progress=False)
     assert stats["fps"] == pytest.approx(2 * engine.parallel / stats["timed_s"])
+
+
+def test_options_are_said_out_loud():
+    """A misspelt option is an error where it is written, never an option that silently vanishes."""
+    with pytest.raises(TypeError):
+        EngineOptions(hint="throughput")
+    assert {f.name for f in dataclasses.fields(EngineOptions)} >= {"threads", "cache", "calibration", "openvino_hint"}

@@ -77,12 +77,13 @@ def test_summary_reductions():
     half[0, :1] = 1
     acc.add(["a"], _logits_for(perfect), perfect, None)
     acc.add(["b"], _logits_for(half), perfect, None)  # P=4, T=8, I=4: dice 2/3, IoU 1/2
-    s = acc.summary()
+    s = acc.scores()
     assert s["dice"] == pytest.approx((1 + 2 / 3) / 2)
     assert s["micro_dice"] == pytest.approx(2 * 12 / (12 + 16))
     assert s["iou"] == pytest.approx((1 + 0.5) / 2)
     assert s["dice_min"] == pytest.approx(2 / 3)
-    assert "cosine_min" not in s
+    assert acc.agreement() == {} and acc.cosine == [None, None]
+    assert acc.fg_pred == [0.5, 0.25] and acc.fg_true == [0.5, 0.5]
 
 
 def test_cosine_is_per_sample_not_over_the_batch():
@@ -93,6 +94,6 @@ def test_cosine_is_per_sample_not_over_the_batch():
     assert cos.tolist() == pytest.approx([1.0, -1.0])
     acc = Accuracy()
     acc.add(["a", "b"], out, None, ref)
-    s = acc.summary()
+    s = acc.agreement()
     assert s["cosine_min"] == pytest.approx(-1.0) and s["cosine_mean"] == pytest.approx(0.0)
     assert s["max_abs_diff"] == pytest.approx(2 * ref[1].abs().max().item())

@@ -13,14 +13,15 @@ import pytest
 import torch
 
 import sample
+from report.overlay import read_mask_png
+from report.rle import decode_rle, encode_rle
 from tests.conftest import write_pair
 from utils.data import find_pairs, load_mask
+from utils.files import write_atomic
 from utils.metrics import dice_from_counts, overlap_counts
-from utils.overlay import read_mask_png
-from utils.report import write_atomic
-from utils.rle import decode_rle, encode_rle
 
-FAST = ["--engine", "torch", "--image_size", "32", "--loop", "1", "--warm_counter", "0", "--quiet", "--no_reference"]
+FAST = ["--engine", "torch", "--image_size", "32", "--loop", "1", "--warm_counter", "0", "--quiet", "--no_reference",
+        "--device", "cpu"]
 
 
 def run(args: list[str]) -> int:
@@ -138,7 +139,7 @@ def test_plots_without_matplotlib(small_set, tmp_path, monkeypatch, capsys):
 
 def test_plots_written(small_set, tmp_path):
     pytest.importorskip("matplotlib")
-    from utils.plots import write_plots
+    from report.plots import write_plots
 
     plots = tmp_path / "plots"
     assert run(["--image_path", small_set[0], "--mask_path", small_set[1], "--plots", str(plots)]) == 0
@@ -152,7 +153,7 @@ def test_plots_written(small_set, tmp_path):
 
 def test_plots_of_several_saved_reports(tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    from utils.plots import main as plots_main
+    from report.plots import main as plots_main
 
     for name, fps, dice in [("a", 1.0, 0.9), ("b", 2.0, 0.8)]:
         row = {"engine": name, "precision": "fp32", "latencies_ms": [1.0], "fps": fps, "dice": dice,
@@ -171,10 +172,10 @@ SIGINT_DRIVER = """
 import os, signal, sys
 sys.path.insert(0, sys.argv[1])
 import sample
-from utils.outputs import Hook
+from report.outputs import Hook
 original_add, calls = Hook.add, []
-def add_then_interrupt(self, batch, logits, call_s):
-    original_add(self, batch, logits, call_s)
+def add_then_interrupt(self, batch, logits):
+    original_add(self, batch, logits)
     calls.append(batch.ids)
     if len(calls) == 2:
         os.kill(os.getpid(), signal.SIGINT)
@@ -194,9 +195,10 @@ def test_sigint_keeps_finished_files_and_a_partial_report(tmp_path):
     assert proc.returncode == 130, proc.stderr
     assert "Traceback" not in proc.stderr
     report = json.loads(rep.read_text())
-    assert report["partial"] is True and report["rows"] == []
-    rows = read_csv(str(per))
-    assert 1 <= len(rows) <= 2 and report["outputs"]["csv_rows"] == len(rows)
+    assert report["partial"] is True and [r["interrupted"] for r in report["rows"]] == [True]
+    rows = read_csv(str(per))  # the interrupted row's finished images are results too: scored, written, reported
+    assert len(rows) == 2 == report["rows"][0]["images"] == report["outputs"]["csv_rows"]
+    assert "calls" not in report["rows"][0]  # no timing pass after Ctrl-C
     written = sorted(os.listdir(out))
     assert written == sorted(f"{r['id']}_mask.png" for r in rows)  # every finished image, nothing half-written
     assert all(read_mask_png(str(out / f)).shape == (64, 96) for f in written)

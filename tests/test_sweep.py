@@ -11,9 +11,9 @@ import torch
 import engines
 import sample
 from engines.base import Engine
-from utils import fidelity
+from pipeline import fidelity
+from pipeline.rows import parse_precisions, plan_rows
 from utils.errors import SampleError
-from utils.sweep import parse_precisions, plan_rows
 
 CPU = torch.device("cpu")
 
@@ -21,8 +21,8 @@ CPU = torch.device("cpu")
 def argv(small_set, tmp_path, *extra):
     images, masks = small_set
     return ["--image_path", images, "--mask_path", masks, "--image_size", "64", "--loop", "1", "--warm_counter", "0",
-            "--limit", "2", "--quiet", "--cache_dir", str(tmp_path / "cache"), "--json", str(tmp_path / "r.json"),
-            *extra]
+            "--limit", "2", "--quiet", "--device", "cpu", "--cache_dir", str(tmp_path / "cache"),
+            "--json", str(tmp_path / "r.json"), *extra]
 
 
 def report(tmp_path) -> dict:
@@ -39,7 +39,7 @@ def broken_engine(monkeypatch):
     def run(x):
         raise RuntimeError("kernel exploded")
 
-    module.load = lambda model, shape, device, precision: Engine("broken", device, precision, run, lambda b: b,
+    module.load = lambda model, shape, device, precision, options: Engine("broken", device, precision, run, lambda b: b,
                                                                  lambda y: y)
     monkeypatch.setitem(sys.modules, "fake_broken_engine", module)
     monkeypatch.setitem(engines.ENGINES, "broken", "fake_broken_engine")
@@ -130,7 +130,7 @@ def test_a_row_failing_part_way_leaves_no_records_and_the_next_row_writes_the_fi
     module.DEVICES, module.PRECISIONS = ("cpu",), ("fp32",)
     calls = []
 
-    def load(model, shape, device, precision):
+    def load(model, shape, device, precision, options):
         def run(x):
             calls.append(1)
             if len(calls) == 2:

@@ -6,12 +6,15 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from utils.errors import SampleError
-from utils.synthetic import default_cache_dir
+from utils.files import default_cache_dir
 
 READY = "key.json"  # written last: a folder without it is an interrupted build and is rebuilt
 
@@ -27,16 +30,11 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 
 class ArtifactCache:
-    """Folders of engine artifacts under `root` (default: the user cache folder, `engines/` inside it).
+    """Folders of engine artifacts under `<root>/engines` (root: the user cache folder by default)."""
 
-    With `root=None` and `enabled=False` every build goes to a temporary folder removed by `cleanup()`.
-    """
-
-    def __init__(self, root: str | None = None, enabled: bool = True):
-        self.enabled = enabled
+    def __init__(self, root: str | None = None):
         try:
-            self.root = os.path.join(root or default_cache_dir(), "engines") if enabled else tempfile.mkdtemp(
-                prefix="unet-sample-engines-")
+            self.root = os.path.join(root or default_cache_dir(), "engines")
             os.makedirs(self.root, exist_ok=True)
         except OSError as exc:
             raise SampleError(f"cannot create the engine cache {exc.filename or root}: {exc.strerror or exc}; "
@@ -57,10 +55,20 @@ class ArtifactCache:
         name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
         return os.path.join(self.root, engine, f"{precision}-{name}"), key
 
-    def cleanup(self) -> None:
-        """Remove the temporary folder of a disabled cache (a real cache is kept)."""
-        if not self.enabled:
-            shutil.rmtree(self.root, ignore_errors=True)
+
+@dataclass
+class Artifact:
+    """An engine artifact ready to load: its `folder`, whether it was `compiled` now or `loaded`, and whether it is
+    `kept` in the cache (a temporary one is removed when the `artifact` block ends)."""
+
+    folder: str
+    state: str
+    kept: bool
+
+    @property
+    def path(self) -> str:
+        """The folder a report may name: empty for a temporary build, which is gone once the engine is loaded."""
+        return self.folder if self.kept else ""
 
 
 def is_ready(folder: str) -> bool:
@@ -88,13 +96,26 @@ def building(folder: str, key: dict):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def ensure(cache: ArtifactCache | None, engine: str, version: str, model: torch.nn.Module, shape: tuple,
-           precision: str, build, **extra) -> tuple[str, str]:
-    """The artifact folder, built by `build(tmp_folder)` unless cached; returns (folder, 'compiled' | 'loaded')."""
-    cache = cache or ArtifactCache(enabled=False)
+@contextmanager
+def artifact(cache: ArtifactCache | None, engine: str, version: str, model: torch.nn.Module, shape: tuple,
+             precision: str, build: Callable[[str], None], **extra) -> Iterator[Artifact]:
+    """The artifact, built by `build(folder)` unless cached; load the engine from it inside the `with` block.
+
+    Without a cache (`--no_cache`) it is built in a temporary folder that the end of the block removes, whatever
+    happens: a run leaves nothing behind in the temp dir.
+    """
+    if cache is None:
+        tmp = tempfile.mkdtemp(prefix="unet-sample-build-")
+        try:
+            build(tmp)
+            yield Artifact(tmp, "compiled", kept=False)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
     folder, key = cache.folder(engine, version, model, shape, precision, **extra)
-    if is_ready(folder):
-        return folder, "loaded"
-    with building(folder, key) as tmp:
-        build(tmp)
-    return folder, "compiled"
+    state = "loaded"
+    if not is_ready(folder):
+        with building(folder, key) as tmp:
+            build(tmp)
+        state = "compiled"
+    yield Artifact(folder, state, kept=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
@@ -48,52 +49,65 @@ def cosine_per_sample(output: torch.Tensor, reference: torch.Tensor) -> torch.Te
 
 @dataclass
 class Accuracy:
-    """Accumulates per-image results over a run and reduces them with named reductions."""
+    """Per-image results over a run, in lists aligned with `ids` (None where an image has no mask or no reference),
+    reduced with named reductions by `scores` and `agreement`."""
 
     ids: list[str] = field(default_factory=list)
-    dice: list[float] = field(default_factory=list)
-    iou: list[float] = field(default_factory=list)
-    counts: list[torch.Tensor] = field(default_factory=list)
-    cosine: list[float] = field(default_factory=list)
+    dice: list[Optional[float]] = field(default_factory=list)
+    iou: list[Optional[float]] = field(default_factory=list)
+    fg_true: list[Optional[float]] = field(default_factory=list)  # fraction of pixels that are foreground in the mask
+    fg_pred: list[float] = field(default_factory=list)  # ... and in the prediction
+    cosine: list[Optional[float]] = field(default_factory=list)
+    counts: list[torch.Tensor] = field(default_factory=list)  # per batch, pooled for micro dice
+    reference_dice: list[float] = field(default_factory=list)  # the eager fp32 reference's dice on the scored images
     max_abs_diff: float = 0.0
-    reference_dice: list[float] = field(default_factory=list)  # the eager fp32 reference's dice on the same images
-    scored_ids: list[str] = field(default_factory=list)  # the ids that had a mask, in the order of `dice`
 
     def add(self, ids: list[str], logits: torch.Tensor, masks: torch.Tensor | None,
             reference: torch.Tensor | None) -> None:
-        """Score the real rows of one batch (padding already dropped by the caller)."""
-        self.ids.extend(ids)
-        if masks is not None:
-            self.scored_ids.extend(ids)
-            self.score(predict(logits), masks, logits.shape[1])
+        """Score the real rows of one batch of logits (padding already dropped by the caller)."""
+        self.score(ids, predict(logits), masks, logits.shape[1])
         if reference is not None and masks is not None:
             ref_counts = overlap_counts(predict(reference), masks, reference.shape[1])
             self.reference_dice.extend(dice_from_counts(ref_counts).tolist())
-        if reference is not None:
-            self.cosine.extend(cosine_per_sample(logits, reference).tolist())
-            diff = (logits.double() - reference.double()).abs().max().item()
-            self.max_abs_diff = max(self.max_abs_diff, diff)
+        if reference is None:
+            self.cosine.extend([None] * len(ids))
+            return
+        self.cosine.extend(cosine_per_sample(logits, reference).tolist())
+        diff = (logits.double() - reference.double()).abs().max().item()
+        self.max_abs_diff = max(self.max_abs_diff, diff)
 
-    def score(self, pred: torch.Tensor, masks: torch.Tensor, n_classes: int) -> None:
-        """Add per-image dice and IoU of class maps `pred` against `masks` (both (N, H, W)); ids are the caller's."""
+    def score(self, ids: list[str], pred: torch.Tensor, masks: torch.Tensor | None, n_classes: int) -> None:
+        """Add class maps `pred` (N, H, W) scored against `masks` (N, H, W), or unscored when `masks` is None."""
+        self.ids.extend(ids)
+        self.fg_pred.extend((pred != 0).flatten(1).float().mean(1).tolist())
+        if masks is None:
+            self.dice.extend([None] * len(ids))
+            self.iou.extend([None] * len(ids))
+            self.fg_true.extend([None] * len(ids))
+            return
         counts = overlap_counts(pred, masks, n_classes)
         self.counts.append(counts.sum(0))
         self.dice.extend(dice_from_counts(counts).tolist())
         self.iou.extend(iou_from_counts(counts).tolist())
+        self.fg_true.extend((masks != 0).flatten(1).float().mean(1).tolist())
 
-    def summary(self) -> dict:
-        """dice = mean over images of per-image dice (the table's figure, Pytorch-UNet's); micro_dice pools all pixels."""
-        out: dict = {"images_scored": len(self.dice)}
-        if self.dice:
-            out.update(
-                dice=sum(self.dice) / len(self.dice),
-                dice_min=min(self.dice),
-                micro_dice=dice_from_counts(torch.stack(self.counts).sum(0)).item(),
-                iou=sum(self.iou) / len(self.iou),
-            )
+    def scores(self) -> dict:
+        """dice = mean over scored images of per-image dice (the table's figure, Pytorch-UNet's); dice_min; micro_dice
+        pools all pixels; iou = mean per-image IoU; images_scored."""
+        dice = [d for d in self.dice if d is not None]
+        out: dict = {"images_scored": len(dice)}
+        if dice:
+            iou = [v for v in self.iou if v is not None]
+            out.update(dice=sum(dice) / len(dice), dice_min=min(dice),
+                       micro_dice=dice_from_counts(torch.stack(self.counts).sum(0)).item(), iou=sum(iou) / len(iou))
+        return out
+
+    def agreement(self) -> dict:
+        """Agreement with the eager fp32 reference: cosine min / mean, max abs diff, and the reference's own dice."""
+        out: dict = {}
         if self.reference_dice:
             out["reference_dice"] = sum(self.reference_dice) / len(self.reference_dice)
-        if self.cosine:
-            out.update(cosine_min=min(self.cosine), cosine_mean=sum(self.cosine) / len(self.cosine),
-                       max_abs_diff=self.max_abs_diff)
+        cosine = [c for c in self.cosine if c is not None]
+        if cosine:
+            out.update(cosine_min=min(cosine), cosine_mean=sum(cosine) / len(cosine), max_abs_diff=self.max_abs_diff)
         return out

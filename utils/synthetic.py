@@ -5,18 +5,14 @@ import os
 import random
 import shutil
 import tempfile
+from typing import Callable
 
 from PIL import Image, ImageDraw, ImageFilter
 
+from utils.files import default_cache_dir
+
 WIDTH, HEIGHT = 1918, 1280  # Carvana's resolution, so decoding and resizing cost what they cost on real data
 VERSION = 1  # bump when the drawing changes, so old caches are not reused
-
-
-def default_cache_dir() -> str:
-    """Where generated data lives: $UNET_SAMPLE_CACHE, else $XDG_CACHE_HOME/unet-sample, else ~/.cache/unet-sample."""
-    root = os.environ.get("UNET_SAMPLE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "unet-sample")
-    return root
 
 
 def _background(rng: random.Random) -> Image.Image:
@@ -86,8 +82,11 @@ def make_pair(seed: int) -> tuple[Image.Image, Image.Image]:
     return image, mask
 
 
-def ensure_synthetic(count: int = 8, seed: int = 0, cache_dir: str | None = None) -> tuple[str, str]:
+def ensure_synthetic(count: int = 8, seed: int = 0, cache_dir: str | None = None,
+                     log: Callable[[str], None] | None = None) -> tuple[str, str]:
     """Write `count` pairs in the Carvana layout (images/<id>.jpg, masks/<id>_mask.gif) once; return both folders.
+
+    `log` hears one line before a set is generated (a few seconds per pair: the first run is not silent).
 
     The folder is built under a temporary name and renamed into place, so an interrupted run never leaves a
     half-written set that a later run would trust.
@@ -98,6 +97,8 @@ def ensure_synthetic(count: int = 8, seed: int = 0, cache_dir: str | None = None
         return images, masks
     os.makedirs(os.path.dirname(root), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".synthetic-", dir=os.path.dirname(root))
+    if log:
+        log(f"generating {count} synthetic Carvana-like pairs ({WIDTH}x{HEIGHT} JPEG + GIF) in {root} (once) ...")
     try:
         os.makedirs(os.path.join(tmp, "images"))
         os.makedirs(os.path.join(tmp, "masks"))

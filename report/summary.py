@@ -1,12 +1,10 @@
-"""The report: a table on stdout, the same numbers as JSON (written atomically)."""
+"""The report: a table on stdout, the worst images under it, and the same numbers as JSON (written atomically)."""
 from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 
-from utils.errors import SampleError
+from utils.files import write_atomic
 
 COLUMNS = [  # (header, row key, format)
     ("engine", "engine", "{}"),
@@ -56,8 +54,9 @@ def describe(host: dict | None) -> str:
     return text + (f"; {host['accelerator']}" if host.get("accelerator") else "")
 
 
-def format_report(report: dict) -> str:
-    """The human-readable report: what was run on what, the table, and the notes that qualify the numbers."""
+def format_report(report: dict, json_path: str | None = None, worst: str = "") -> str:
+    """The human-readable report: what was run on what, the table, the notes that qualify the numbers, the `worst`
+    images' lines, and where every file went (`json_path`: the JSON report, when it was written)."""
     c = report["config"]
     lines = [
         f"model      {c['model']} ({c['parameters']:,} parameters, {c['n_classes']} classes)",
@@ -73,7 +72,8 @@ def format_report(report: dict) -> str:
         "",
     ]
     if c["weights"] == "random":
-        lines.append("note: random weights (no --pth): dice measures nothing; cosine and speed are still valid")
+        lines.append("note: random weights (no --pth): dice measures nothing; cosine and speed are still valid"
+                     + _random_prediction(report["rows"]))
     where = ("at each image's original size (logits resized bilinearly, Kaggle's metric)"
              if c.get("eval_resolution") == "original" else f"at the model's {c['image_size'][0]}x{c['image_size'][1]}")
     lines.append(f"dice = mean over images of per-image dice (Pytorch-UNet's), scored {where}; micro dice pools all "
@@ -101,33 +101,56 @@ def format_report(report: dict) -> str:
                      f"{skip['reason']}")
     if report.get("partial"):
         lines.append("PARTIAL: the run was interrupted; the rows above are the ones that finished")
+    if worst:
+        lines.append(worst)
+    lines.extend(_written(report, json_path))
     return "\n".join(lines)
 
 
-def write_atomic(path: str, data: str | bytes) -> None:
-    """Write text or bytes to a temporary file beside `path`, then rename: a reader never sees half a file.
+def _random_prediction(rows: list[dict]) -> str:
+    """Why random weights give the same dice with any architecture: they predict one class nearly everywhere."""
+    fg = [f for r in rows[:1] for f in r["per_image"]["fg_pred"]]
+    if not fg:
+        return ""
+    share = sum(fg) / len(fg)
+    if 0.02 < share < 0.98:
+        return f" (the untrained network marks {share:.1%} of pixels as car)"
+    what = "car" if share >= 0.98 else "background"
+    return (f" (the untrained network marks {share:.1%} of pixels as car: it predicts '{what}' nearly everywhere, so "
+            "any untrained model scores the same dice, set by how much of each image the car covers)")
 
-    A file system error becomes a SampleError naming the path, for every result file alike.
-    """
-    try:
-        _write_atomic(path, data)
-    except OSError as exc:
-        raise SampleError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+def _written(report: dict, json_path: str | None) -> list[str]:
+    """Where the run's files went, so nobody has to guess."""
+    out, lines = report.get("outputs") or {}, []
+    if out.get("folder"):
+        lines.append(f"wrote {out['files']} mask / overlay file(s) to {out['folder']}")
+    if out.get("submission"):
+        lines.append(f"wrote the submission ({out['submission_rows']} rows) to {out['submission']}")
+    if out.get("csv"):
+        lines.append(f"wrote the per-image CSV ({out['csv_rows']} rows) to {out['csv']}")
+    for path in report.get("plots") or []:
+        lines.append(f"wrote plot {path}")
+    if json_path:
+        lines.append(f"wrote the JSON report to {json_path}")
+    return lines
 
 
-def _write_atomic(path: str, data: str | bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; outputs are meant to be shared like any other
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+def format_worst(records: list[dict], count: int = 5) -> str:
+    """The `count` scored images with the lowest dice per engine row, worst first, so the images to look at are
+    named."""
+    rows: dict = {}
+    for r in records:
+        if r["dice"] is not None:
+            rows.setdefault((r["engine"], r["precision"]), []).append(r)
+    worst = [w for group in rows.values() for w in sorted(group, key=lambda r: r["dice"])[:count]]
+    if not worst:
+        return ""
+    lines = [f"worst {len(worst)} image(s) by dice ({worst[0]['resolution']} resolution):"]
+    for r in worst:
+        lines.append(f"  {r['engine']} {r['precision']}  {r['id']}  dice {r['dice']:.4f}  IoU {r['iou']:.4f}  "
+                     f"foreground true {r['fg_true']:.3f} / predicted {r['fg_pred']:.3f}")
+    return "\n".join(lines)
 
 
 def write_json(path: str, report: dict) -> None:

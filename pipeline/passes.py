@@ -1,10 +1,13 @@
 """The two passes over one engine: accuracy (streamed data, end-to-end fps) and timing (one resident batch)."""
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 from tqdm import tqdm
@@ -50,7 +53,8 @@ class Reference:
 
 @dataclass
 class PassResult:
-    """What the accuracy pass measured for one engine."""
+    """What the accuracy pass measured for one engine: scores at the model's resolution, per-image call times and
+    sizes (aligned with `accuracy.ids`), the end-to-end time, and one batch for the timing pass."""
 
     accuracy: Accuracy
     images: int = 0
@@ -58,21 +62,39 @@ class PassResult:
     first_call_s: float | None = None
     failed: list[tuple[str, str]] = field(default_factory=list)
     timing_batch: torch.Tensor | None = None
+    batch_ms: list[float] = field(default_factory=list)
+    sizes: list[tuple[int, int]] = field(default_factory=list)
+    interrupted: bool = False  # Ctrl-C stopped the pass; what it holds covers the images finished before
 
-
-def is_reference(engine: Engine) -> bool:
-    """An eager fp32 CPU engine computes exactly the reference: its output is compared with itself for free."""
-    return engine.name == "torch" and engine.precision == "fp32" and engine.device.type == "cpu"
+    @property
+    def e2e_fps(self) -> float | None:
+        return self.images / self.e2e_s if self.e2e_s > 0 and self.images else None
 
 
 class BatchHook(Protocol):
     """Something that wants each batch's logits during the accuracy pass (outputs, per-image scores)."""
 
-    def add(self, batch: Batch, logits: torch.Tensor, call_s: float) -> None:
-        """Called after each batch with its real rows' CPU float32 logits and the engine call's seconds."""
+    def add(self, batch: Batch, logits: torch.Tensor) -> None:
+        """Called after each batch with its real rows' CPU float32 logits."""
 
     def flush(self) -> None:
         """Called once after the last batch, inside the end-to-end time: finish any background work."""
+
+
+@contextmanager
+def deferred_interrupt():
+    """Hold Ctrl-C until the block ends (in the main thread; elsewhere signals never arrive anyway), then raise it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def accuracy_pass(engine: Engine, batches: Iterable[Batch], total: int, reference: Reference | None,
@@ -84,9 +106,11 @@ def accuracy_pass(engine: Engine, batches: Iterable[Batch], total: int, referenc
     timed on its own (lazy initialisation shows there).
     """
     result = PassResult(Accuracy())
-    bar = tqdm(total=total, desc=f"accuracy {engine.name} {engine.precision}", unit="img", disable=not show_progress,
-               leave=False)
-    own_reference = reference is not None and is_reference(engine)
+    own_reference = reference is not None and engine.is_reference
+    # The bar's clock runs through the reference's compute too; e2e fps leaves it out: say so where people look.
+    note = " (+ reference, not in e2e)" if reference is not None and not own_reference else ""
+    bar = tqdm(total=total, desc=f"accuracy {engine.name} {engine.precision}{note}", unit="img",
+               disable=not show_progress, leave=False)
     start = time.perf_counter()
     ref_before = reference.seconds if reference else 0.0
     try:
@@ -109,13 +133,18 @@ def accuracy_pass(engine: Engine, batches: Iterable[Batch], total: int, referenc
                 ref = logits
             else:
                 ref = reference(batch.ids, batch.images) if reference else None
-            result.accuracy.add(batch.ids, logits, masks, ref)
+            with deferred_interrupt():  # a batch's per-image lists grow together, or not at all
+                result.accuracy.add(batch.ids, logits, masks, ref)
+                result.batch_ms.extend([call_s * 1000.0] * batch.n)
+                result.sizes.extend(batch.original_sizes)
+                result.images += batch.n
             if on_batch is not None:
-                on_batch.add(batch, logits, call_s)
-            result.images += batch.n
+                on_batch.add(batch, logits)
             bar.update(batch.n)
         if on_batch is not None:
             on_batch.flush()
+    except KeyboardInterrupt:
+        result.interrupted = True  # the batches scored so far are a result: the caller reports them as partial
     finally:
         bar.close()
         if hasattr(batches, "close"):
@@ -135,34 +164,3 @@ def timing_pass(engine: Engine, batch: torch.Tensor, loop: int, warmup: int, sho
     stats = summarize(latencies, batch.shape[0] * engine.parallel)
     stats["latencies_ms"] = [s * 1000.0 for s in latencies]
     return stats
-
-
-def per_image(accuracy) -> dict:
-    """Per-image lists aligned with `id`; dice is None for an image without a mask."""
-    dice = dict(zip(accuracy.scored_ids, accuracy.dice))
-    return {"id": accuracy.ids, "dice": [dice.get(i) for i in accuracy.ids], "cosine": accuracy.cosine}
-
-
-def run_engine(engine: Engine, make_batches: Callable[[], Iterable[Batch]], total: int,
-               reference: Reference | None, loop: int, warmup: int, show_progress: bool = True,
-               on_batch: BatchHook | None = None) -> dict:
-    """Accuracy pass then timing pass for one engine; returns one flat report row."""
-    result = accuracy_pass(engine, make_batches(), total, reference, show_progress, on_batch)
-    row = {
-        "engine": engine.name,
-        "device": str(engine.device),
-        "precision": engine.precision,
-        "artifact": engine.artifact,
-        "images": result.images,
-        "failed_images": [{"id": i, "error": e} for i, e in result.failed],
-        **result.accuracy.summary(),
-        "compile_s": engine.compile_s,
-        "first_call_ms": None if result.first_call_s is None else result.first_call_s * 1000.0,
-        "e2e_s": result.e2e_s,
-        "e2e_fps": result.images / result.e2e_s if result.e2e_s > 0 and result.images else None,
-        "timed_region": engine.timed,
-        "per_image": per_image(result.accuracy),
-    }
-    if result.timing_batch is not None:
-        row.update(timing_pass(engine, result.timing_batch, loop, warmup, show_progress))
-    return row

@@ -8,7 +8,7 @@ import os
 import sys
 
 from utils.errors import SampleError
-from utils.report import write_atomic
+from utils.files import check_destination, write_atomic
 
 
 def require_matplotlib() -> None:
@@ -103,8 +103,7 @@ def _read_report(path: str) -> dict:
 
 
 def main(argv=None) -> int:
-    """`python -m utils.plots DIR a.json b.json ...`: plot the rows of several saved reports side by side."""
-    from utils.outputs import check_destination
+    """`python -m report.plots DIR a.json b.json ...`: plot the rows of several saved reports side by side."""
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("folder", help="where the PNGs go")

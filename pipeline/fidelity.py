@@ -7,21 +7,16 @@ from __future__ import annotations
 BARS = {"fp32": 0.99999, "fp16": 0.999, "bf16": 0.999, "int8": 0.99}
 
 
-def gate_row(row: dict) -> dict:
-    """Add cosine_bar, fidelity ('ok' / 'LOW' / 'unchecked') and dice_delta (vs eager fp32) to a report row."""
-    bar = BARS.get(row["precision"])
-    cosine = row.get("cosine_min")
-    row["cosine_bar"] = bar
-    if cosine is None or bar is None:
-        row["fidelity"] = "unchecked"
+def gate(precision: str, cosine_min: float | None, dice: float | None, reference_dice: float | None) -> dict:
+    """A row's fidelity part: cosine_bar, fidelity ('ok' / 'LOW' / 'unchecked') and dice_delta (model-resolution
+    dice minus the eager fp32 reference's on the same images; None without masks or a reference)."""
+    bar = BARS.get(precision)
+    if cosine_min is None or bar is None:
+        fidelity = "unchecked"
     else:
-        row["fidelity"] = "ok" if cosine >= bar else "LOW"
-    # The reference is scored at the model's resolution; at --eval_resolution original the row keeps its
-    # model-resolution dice as model_res_dice, and the delta compares like with like.
-    dice = row.get("model_res_dice", row.get("dice"))
-    if dice is not None and row.get("reference_dice") is not None:
-        row["dice_delta"] = dice - row["reference_dice"]
-    return row
+        fidelity = "ok" if cosine_min >= bar else "LOW"
+    delta = dice - reference_dice if dice is not None and reference_dice is not None else None
+    return {"cosine_bar": bar, "fidelity": fidelity, "dice_delta": delta}
 
 
 def failures(rows: list[dict]) -> list[str]:

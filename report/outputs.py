@@ -1,0 +1,159 @@
+"""Per-image results of a run written while it runs: predicted masks and overlays on disk, the Kaggle submission
+rows, and dice at each image's original size.
+
+The accuracy pass hands each batch's logits to a `Hook`; the slow part (bilinear resize to the original
+1918x1280, argmax, PNG / JPEG encoding, RLE) runs in one background thread so it overlaps the next engine call.
+At most `MAX_PENDING` batches wait, so a slow disk slows the pass instead of filling memory. The hook's `flush`
+waits for that thread inside the accuracy pass, so end-to-end fps includes all the output work. Scores at the
+model's resolution are the accuracy pass's own; this module scores only at the original resolution.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from report.csv_files import write_submission
+from report.overlay import draw_overlay, encode_jpeg, encode_mask_png
+from report.rle import encode_rle
+from utils.data import Batch, Dataset, load_mask
+from utils.files import write_atomic
+from utils.metrics import Accuracy, predict
+
+MAX_PENDING = 2
+
+
+@dataclass
+class RowOutputs:
+    """What the outputs did for one engine row: seconds of background work, and its scores at each image's
+    original size (None when dice is scored at the model's size, by the accuracy pass)."""
+
+    seconds: float
+    scores: Accuracy | None
+
+
+def upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(1, C, h, w) logits resized bilinearly to size=(W, H), as Pytorch-UNet's predict does before its argmax."""
+    if logits.shape[-1] == size[0] and logits.shape[-2] == size[1]:
+        return logits
+    return F.interpolate(logits, size=(size[1], size[0]), mode="bilinear", align_corners=False)
+
+
+class Hook:
+    """The accuracy pass's view of Outputs for one engine x precision row: `add` per batch, `flush` at the end."""
+
+    def __init__(self, outputs: Outputs, key: tuple[str, str], write_files: bool):
+        self.outputs, self.key, self.write_files = outputs, key, write_files
+
+    def add(self, batch: Batch, logits: torch.Tensor) -> None:
+        """Queue one batch (real rows only); blocks while MAX_PENDING batches are still being written."""
+        self.outputs.submit((self, list(batch.ids), logits.detach().clone(), list(batch.original_sizes)))
+
+    def flush(self) -> None:
+        """Wait until every queued batch is scored and written."""
+        self.outputs.wait()
+
+
+class Outputs:
+    """Files a person looks at (written by the first engine row; by the next, if that one fails part-way) and scores
+    at each image's original size."""
+
+    def __init__(self, dataset: Dataset, *, n_classes: int, folder: str | None = None, overlay: bool = False,
+                 submission: str | None = None, eval_resolution: str = "model"):
+        self.samples = {s.id: s for s in dataset.samples + dataset.unpaired}
+        self.n_classes, self.folder, self.overlay = n_classes, folder, overlay
+        self.submission, self.at_original = submission, eval_resolution == "original"
+        self.rle_rows: list[tuple[str, str]] = []
+        self.scores: dict[tuple[str, str], Accuracy] = {}
+        self.busy_s: dict[tuple[str, str], float] = {}
+        self.files_written = 0
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outputs")
+        self.pending: deque = deque()
+
+    def hook(self, engine: str, precision: str) -> Hook:
+        """The hook for one engine row; files (masks, overlays, submission) come from the first row only."""
+        key = (engine, precision)
+        self.scores[key], self.busy_s[key] = Accuracy(), 0.0
+        return Hook(self, key, write_files=len(self.scores) == 1)
+
+    def discard(self, engine: str, precision: str) -> None:
+        """Forget a row that failed part-way; when it was the row writing files, the next row writes them (over any
+        it left)."""
+        key = (engine, precision)
+        try:
+            self.wait()
+        except Exception:  # noqa: BLE001  the writer's own error is what failed the row; it is reported there
+            self.pending.clear()
+        if key in self.scores and next(iter(self.scores)) == key:
+            self.rle_rows = []
+        self.scores.pop(key, None)
+        self.busy_s.pop(key, None)
+
+    def finish(self, engine: str, precision: str) -> RowOutputs:
+        """The row's part: background seconds and, at the original resolution, its scores."""
+        key = (engine, precision)
+        return RowOutputs(self.busy_s.get(key, 0.0), self.scores.get(key) if self.at_original else None)
+
+    def submit(self, task: tuple) -> None:
+        """Queue a batch for the writer thread; first wait for the oldest while MAX_PENDING are queued."""
+        while len(self.pending) >= MAX_PENDING:
+            self.pending.popleft().result()
+        self.pending.append(self.pool.submit(self._process, *task))
+
+    def wait(self) -> None:
+        """Block until every queued batch is done; re-raises the writer's error (a SampleError) here."""
+        while self.pending:
+            self.pending.popleft().result()
+
+    def _process(self, hook: Hook, ids, logits, sizes) -> None:
+        start = time.perf_counter()
+        for i, image_id in enumerate(ids):
+            self._process_one(hook, image_id, logits[i: i + 1], sizes[i])
+        self.busy_s[hook.key] += time.perf_counter() - start
+
+    def _process_one(self, hook: Hook, image_id: str, logits: torch.Tensor, size) -> None:
+        if not (hook.write_files or self.at_original):
+            return  # a later row at the model's resolution: the accuracy pass has scored it already
+        sample = self.samples[image_id]
+        # uint8 class maps: a 1918x1280 int64 map is 20 MB and every comparison on it costs four times as much.
+        full = predict(upsample(logits, size), torch.uint8)
+        truth = None
+        if sample.mask and (self.at_original or (hook.write_files and self.overlay)):
+            truth = torch.from_numpy(load_mask(sample.mask, size, size))
+        if self.at_original:
+            self.scores[hook.key].score([image_id], full, None if truth is None else truth[None], self.n_classes)
+        if hook.write_files:
+            self._write_files(sample, full[0].numpy(), None if truth is None else truth.numpy())
+
+    def _write_files(self, sample, pred: np.ndarray, truth: np.ndarray | None) -> None:
+        if self.submission:
+            self.rle_rows.append((os.path.basename(sample.image), encode_rle(pred)))
+        if not self.folder:
+            return
+        self._write(os.path.join(self.folder, f"{sample.id}_mask.png"), encode_mask_png(pred, self.n_classes))
+        if self.overlay:
+            with Image.open(sample.image) as img:
+                image = np.asarray(img.convert("RGB"))
+            self._write(os.path.join(self.folder, f"{sample.id}_overlay.jpg"), encode_jpeg(draw_overlay(image, pred, truth)))
+
+    def _write(self, path: str, data: bytes) -> None:
+        write_atomic(path, data)
+        self.files_written += 1
+
+    def close(self) -> dict:
+        """Stop the worker (queued batches that never started are dropped on Ctrl-C), write the submission with the
+        rows finished so far, and describe what was written (the report's `outputs`, less the CSV)."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pending.clear()
+        summary = {"folder": self.folder, "overlay": self.overlay, "files": self.files_written,
+                   "submission": self.submission, "submission_rows": len(self.rle_rows)}
+        if self.submission:
+            write_submission(self.submission, self.rle_rows)
+        return summary
