@@ -70,7 +70,7 @@ def test_write_atomic_text_and_bytes(tmp_path):
     assert no_temporary_files(tmp_path)
 
 
-def test_outputs_at_original_resolution(small_set, tmp_path):
+def test_outputs_at_original_resolution(small_set, tmp_path, capsys):
     images, masks = small_set
     out, sub, per, rep = tmp_path / "out", tmp_path / "sub.csv", tmp_path / "per.csv", tmp_path / "r.json"
     assert run(["--image_path", images, "--mask_path", masks, "--output", str(out), "--overlay",
@@ -93,9 +93,13 @@ def test_outputs_at_original_resolution(small_set, tmp_path):
         assert (out / f"{r['id']}_overlay.jpg").read_bytes()[:2] == b"\xff\xd8"
     assert report["outputs"]["files"] == 6 and report["outputs"]["submission_rows"] == 3
     assert no_temporary_files(tmp_path)
+    assert np.mean(row["per_image"]["dice_model_res"]) == pytest.approx(row["model_res_dice"], abs=1e-12)
+    printed = capsys.readouterr().out
+    assert f"wrote 6 mask / overlay file(s) to {out}" in printed
+    assert f"wrote the submission (3 rows) to {sub}" in printed
 
 
-def test_model_resolution_csv_matches_report(small_set, tmp_path):
+def test_model_resolution_csv_matches_report(small_set, tmp_path, capsys):
     per, rep = tmp_path / "per.csv", tmp_path / "r.json"
     assert run(["--image_path", small_set[0], "--mask_path", small_set[1], "--csv", str(per), "--json", str(rep)]) == 0
     report = json.loads(rep.read_text())
@@ -103,6 +107,11 @@ def test_model_resolution_csv_matches_report(small_set, tmp_path):
     rows = read_csv(str(per))
     assert {r["resolution"] for r in rows} == {"model"} and {r["width"] for r in rows} == {"32"}
     assert np.mean([float(r["dice"]) for r in rows]) == pytest.approx(row["dice"], abs=1e-12)
+    assert [float(r["dice"]) for r in rows] == pytest.approx(row["per_image"]["dice"], abs=1e-12)
+    assert [float(r["fg_pred"]) for r in rows] == pytest.approx(row["per_image"]["fg_pred"], abs=1e-12)
+    out = capsys.readouterr().out
+    assert f"wrote the per-image CSV (3 rows) to {per}" in out and f"wrote the JSON report to {rep}" in out
+    assert out.index("worst 3 image(s) by dice") < out.index("wrote the per-image CSV")
     assert "model_res_dice" not in row and report["config"]["eval_resolution"] == "model"
 
 
