@@ -69,7 +69,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument("--seed", type=int, default=0, help="seed of the random weights and the synthetic set (default 0)")
     run = p.add_argument_group("engine and timing")
     run.add_argument("--engine", default="auto",
-                     help="auto (default: the fastest correct engine for the device and precision), all, "
+                     help="auto (default: a fixed order of engines per device and precision, docs/engines.md), all, "
                           f"or a comma list of: {', '.join(engines.ENGINES)}")
     run.add_argument("--device", help="cpu, an accelerator index (0), cuda:N or npu:N; default: accelerator 0, else cpu")
     run.add_argument("--precision", default="fp32", help="comma list of fp32, fp16, bf16, int8; one row each (default fp32)")

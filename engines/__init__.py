@@ -30,7 +30,9 @@ ALIASES = {"eager": "torch", "pytorch": "torch", "jit": "torchscript", "ts": "to
 AUTO = {"cpu": ("openvino", "onnxruntime", "torchscript", "torch"), "cuda": ("tensorrt", "torch"),
         "npu": ("torch_aie", "torch_npu")}
 AUTO_INT8 = {"cpu": ("openvino", "onnxruntime")}
-AUTO_HALF = {"cpu": ("torchscript", "torch")}  # onnxruntime / openvino refuse fp16 / bf16 on a CPU without them
+# onnxruntime has no CPU fp16 / bf16 kernels and openvino refuses them on a CPU without native support, so half
+# precision on the CPU goes to torch; on a CPU with AVX512-BF16 or AMX openvino bf16 is faster (docs/engines.md).
+AUTO_HALF = {"cpu": ("torchscript", "torch")}
 
 
 def canonical_name(name: str) -> str:

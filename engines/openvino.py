@@ -28,7 +28,7 @@ INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f3
 
 
 def quantize_int8(ov_model, calibration: Calibration):
-    """NNCF post-training quantisation; overflow_fix keeps int8 accurate on CPUs without VNNI (this one)."""
+    """NNCF post-training quantisation; overflow_fix keeps int8 accurate on CPUs without VNNI (and is harmless with it)."""
     try:
         import nncf
     except ImportError:
