@@ -58,6 +58,11 @@ def fmt(value, spec: str) -> str:
     return "-" if value is None else spec.format(value)
 
 
+def fmt_ms(value) -> str:
+    """Milliseconds: whole numbers with thousands separators from 100 ms up (CPU rows), two decimals below (GPU rows)."""
+    return fmt(value, "{:,.0f}" if value is not None and value >= 100 else "{:.2f}")
+
+
 def fill(text: str) -> str:
     """Prose wrapped at WIDTH without breaking words or hyphenated names."""
     return textwrap.fill(text, WIDTH, break_long_words=False, break_on_hyphens=False)
@@ -118,7 +123,7 @@ def caption(report: dict) -> list[str]:
 def table_row(row: dict, random_weights: bool) -> str:
     """One markdown table row; dice columns are '-' for random weights."""
     dice, delta = (None, None) if random_weights else (row.get("dice"), row.get("dice_delta"))
-    cells = [row.get("engine"), row.get("precision"), fmt(row.get("latency_median_ms"), "{:,.0f}"),
+    cells = [row.get("engine"), row.get("precision"), fmt_ms(row.get("latency_median_ms")),
              fmt(row.get("fps"), "{:.3f}"), fmt(row.get("e2e_fps"), "{:.3f}"), fmt(row.get("cosine_min"), "{:.6f}"),
              row.get("fidelity") or "-", fmt(dice, "{:.4f}"), fmt(delta, "{:+.4f}"), fmt(row.get("compile_s"), "{:.1f}"),
              row.get("artifact") or "-"]
@@ -155,7 +160,7 @@ def render_fastest(report: dict) -> str:
             continue
         best = min(ok, key=lambda r: r["latency_median_ms"])
         speedup = f", {eager['latency_median_ms'] / best['latency_median_ms']:.2f}x eager torch fp32" if eager else ""
-        parts.append(f"{precision} **{best['engine']}** {best['latency_median_ms']:,.0f} ms{speedup}")
+        parts.append(f"{precision} **{best['engine']}** {fmt_ms(best['latency_median_ms'])} ms{speedup}")
     low = [f"{r.get('engine')} {r.get('precision')}" for r in rows if r.get("fidelity") == "LOW"]
     text = "Fastest row that passes its fidelity bar, per precision (median of the timed calls): " + (
         "; ".join(parts) if parts else "none") + "."
