@@ -144,45 +144,29 @@ def test_readmes_link_to_each_other_near_the_top():
     assert link_problems(read(ROOT, EN), read(ROOT, ZH)) == []
 
 
-def test_same_flags():
-    """Both READMEs mention the same non-empty set of --flags."""
+# What both READMEs must say alike: (what to extract, how to compare), each non-empty in README.md.
+SAME = {
+    "flags": (flags, flag_drift),  # the same set of --flags
+    "bash blocks": (bash_blocks, bash_drift),  # identical, in order
+    "inline commands": (inline_commands, inline_drift),  # `python ...` / `pip ...`
+    "headings": (heading_levels, heading_drift),  # same levels, same order
+    "generated markers": (markers, marker_drift),  # same blocks, same order
+}
+
+
+@pytest.mark.parametrize("part", SAME)
+def test_both_readmes_say_the_same(part):
+    """Flags, commands, headings and generated blocks of the two READMEs match."""
+    extract, drift = SAME[part]
     en, zh = read(ROOT, EN), read(ROOT, ZH)
-    assert flags(en)
-    assert flag_drift(en, zh) == []
-
-
-def test_same_bash_blocks():
-    """Every fenced bash block is identical, in the same order."""
-    en, zh = read(ROOT, EN), read(ROOT, ZH)
-    assert bash_blocks(en)
-    assert bash_drift(en, zh) == []
-
-
-def test_same_inline_commands():
-    """The inline `python ...` / `pip ...` commands are the same set."""
-    en, zh = read(ROOT, EN), read(ROOT, ZH)
-    assert inline_commands(en)
-    assert inline_drift(en, zh) == []
+    assert extract(en)
+    assert drift(en, zh) == []
 
 
 def test_every_sample_flag_is_in_the_readme():
     """README.md mentions every flag sample.py's parser defines."""
     assert parser_flags()
     assert undocumented_flags(read(ROOT, EN)) == []
-
-
-def test_same_heading_structure():
-    """Same number of headings at each level, in the same order of levels."""
-    en, zh = read(ROOT, EN), read(ROOT, ZH)
-    assert heading_levels(en)
-    assert heading_drift(en, zh) == []
-
-
-def test_same_generated_markers():
-    """The generated blocks' markers are the same, in the same order."""
-    en, zh = read(ROOT, EN), read(ROOT, ZH)
-    assert markers(en)
-    assert marker_drift(en, zh) == []
 
 
 def test_parsing_helpers():
