@@ -59,7 +59,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--workers", type=positive_int, default=2, help="decoding threads (default 2)")
     data.add_argument("--synthetic_count", type=positive_int, default=4, help="size of the synthetic set (default 4)")
     data.add_argument("--cache_dir", help="where the generated data set and the compiled engines (<cache_dir>/engines) "
-                                           "are kept (default: $UNET_SAMPLE_CACHE, else ~/.cache/unet-sample)")
+                                           "are kept (default: $UNET_SAMPLE_CACHE, else $XDG_CACHE_HOME/unet-sample, "
+                                           "else ~/.cache/unet-sample)")
     model = p.add_argument_group("model")
     model.add_argument("--model_name", default="unet", help="unet (default) or unet++ (also unetpp, nested_unet)")
     model.add_argument("--pth", help="checkpoint (state dict); without it the weights are random")
@@ -230,13 +231,17 @@ def finish(args, report: dict, outputs: Outputs | None, status: int) -> int:
             errors.append(str(exc))
             return False
 
+    # The summary names a file only once it is written: the report never claims a write that failed.
     records = per_image_records(report["rows"], args.eval_resolution, args.image_size)
     summary = {"eval_resolution": args.eval_resolution, "folder": None, "overlay": False, "files": 0,
-               "submission": None, "submission_rows": 0, "csv": args.csv, "csv_rows": len(records) if args.csv else 0}
+               "submission": None, "submission_rows": 0, "csv": None, "csv_rows": 0}
     if outputs:
-        attempt(lambda: summary.update(outputs.close()))
-    if args.csv:
-        attempt(lambda: write_per_image_csv(args.csv, records))
+        summary.update(outputs.close())
+        errors.extend(outputs.errors)
+        if args.submission and attempt(outputs.write_submission):
+            summary.update(submission=args.submission, submission_rows=len(outputs.rle_rows))
+    if args.csv and attempt(lambda: write_per_image_csv(args.csv, records)):
+        summary.update(csv=args.csv, csv_rows=len(records))
     if outputs or args.csv:
         report["outputs"] = summary
     if args.plots:
@@ -260,6 +265,9 @@ def exit_status(args, report: dict, errors: list[str], status: int) -> int:
     for skip in report["skipped"]:
         if skip.get("failed"):
             print(f"error: {skip['reason']}", file=sys.stderr)
+    if not report["rows"] and not report["partial"] and not any(s.get("failed") for s in report["skipped"]):
+        print("error: none of the requested engine x precision rows can run here (see the skipped lines); "
+              "choose another --engine or --precision", file=sys.stderr)
     for line in low:
         print(f"{'error' if args.strict else 'warning'}: below the fidelity bar: {line}", file=sys.stderr)
     for row in report["rows"]:

@@ -64,7 +64,7 @@ class PassResult:
     timing_batch: torch.Tensor | None = None
     batch_ms: list[float] = field(default_factory=list)
     sizes: list[tuple[int, int]] = field(default_factory=list)
-    interrupted: bool = False  # Ctrl-C stopped the pass; what it holds covers the images finished before
+    interrupted: bool = False  # Ctrl-C stopped the row; what it holds covers the images finished before
 
     @property
     def e2e_fps(self) -> float | None:
@@ -133,13 +133,15 @@ def accuracy_pass(engine: Engine, batches: Iterable[Batch], total: int, referenc
                 ref = logits
             else:
                 ref = reference(batch.ids, batch.images) if reference else None
-            with deferred_interrupt():  # a batch's per-image lists grow together, or not at all
+            # A batch is recorded whole or not at all: its per-image lists, its count and its hand-over to the
+            # writer (which waits at most for MAX_PENDING batches) all happen, or none does.
+            with deferred_interrupt():
                 result.accuracy.add(batch.ids, logits, masks, ref)
                 result.batch_ms.extend([call_s * 1000.0] * batch.n)
                 result.sizes.extend(batch.original_sizes)
                 result.images += batch.n
-            if on_batch is not None:
-                on_batch.add(batch, logits)
+                if on_batch is not None:
+                    on_batch.add(batch, logits)
             bar.update(batch.n)
         if on_batch is not None:
             on_batch.flush()

@@ -132,12 +132,14 @@ def run_row(name: str, precision: str, job: Job, options: EngineOptions, outputs
     hook = outputs.hook(engine.name, precision) if outputs else None
     result = accuracy_pass(engine, job.batches(), job.total, job.reference, job.show_progress, hook)
     timing = None
-    if result.interrupted:
-        if outputs:
-            outputs.wait()  # the batches already handed over get their files (a few at most: MAX_PENDING)
-    elif result.timing_batch is not None:
-        timing = timing_pass(engine, result.timing_batch, job.loop, job.warmup, job.show_progress)
-    return make_row(engine, compile_s, result, timing, outputs.finish(engine.name, precision) if outputs else None)
+    if not result.interrupted and result.timing_batch is not None:
+        try:
+            timing = timing_pass(engine, result.timing_batch, job.loop, job.warmup, job.show_progress)
+        except KeyboardInterrupt:
+            result.interrupted = True  # the accuracy pass finished: its figures are a result; the timing is lost
+    if result.interrupted and hook:
+        outputs.wait(keep_errors=True)  # the batches already handed over get their files (MAX_PENDING at most)
+    return make_row(engine, compile_s, result, timing, outputs.finish(engine.name, precision) if hook else None)
 
 
 def make_row(engine: Engine, compile_s: float, result: PassResult, timing: dict | None,

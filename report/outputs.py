@@ -24,6 +24,7 @@ from report.csv_files import write_submission
 from report.overlay import draw_overlay, encode_jpeg, encode_mask_png
 from report.rle import encode_rle
 from utils.data import Batch, Dataset, load_mask
+from utils.errors import SampleError
 from utils.files import write_atomic
 from utils.metrics import Accuracy, predict
 
@@ -74,14 +75,19 @@ class Outputs:
         self.scores: dict[tuple[str, str], Accuracy] = {}
         self.busy_s: dict[tuple[str, str], float] = {}
         self.files_written = 0
+        self.errors: list[str] = []
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outputs")
         self.pending: deque = deque()
 
-    def hook(self, engine: str, precision: str) -> Hook:
-        """The hook for one engine row; files (masks, overlays, submission) come from the first row only."""
+    def hook(self, engine: str, precision: str) -> Hook | None:
+        """The hook for one engine row: the first row (the next, when that one failed) writes the files; at the
+        original resolution every row is scored here. None when this row has nothing to do here."""
         key = (engine, precision)
+        write_files = not self.scores
+        if not (write_files or self.at_original):
+            return None  # a later row at the model's resolution: the accuracy pass has scored it already
         self.scores[key], self.busy_s[key] = Accuracy(), 0.0
-        return Hook(self, key, write_files=len(self.scores) == 1)
+        return Hook(self, key, write_files)
 
     def discard(self, engine: str, precision: str) -> None:
         """Forget a row that failed part-way; when it was the row writing files, the next row writes them (over any
@@ -104,13 +110,22 @@ class Outputs:
     def submit(self, task: tuple) -> None:
         """Queue a batch for the writer thread; first wait for the oldest while MAX_PENDING are queued."""
         while len(self.pending) >= MAX_PENDING:
-            self.pending.popleft().result()
+            self.pending[0].result()
+            self.pending.popleft()
         self.pending.append(self.pool.submit(self._process, *task))
 
-    def wait(self) -> None:
-        """Block until every queued batch is done; re-raises the writer's error (a SampleError) here."""
+    def wait(self, keep_errors: bool = False) -> None:
+        """Block until every queued batch is done; re-raises the writer's error (a SampleError) here, or with
+        `keep_errors` (after Ctrl-C, when the row is kept anyway) records it in `errors` for the report."""
         while self.pending:
-            self.pending.popleft().result()
+            try:
+                self.pending[0].result()  # dropped only once done: a Ctrl-C here leaves it queued, not lost
+            except SampleError as exc:
+                if not keep_errors:
+                    self.pending.popleft()
+                    raise
+                self.errors.append(str(exc))
+            self.pending.popleft()
 
     def _process(self, hook: Hook, ids, logits, sizes) -> None:
         start = time.perf_counter()
@@ -119,8 +134,6 @@ class Outputs:
         self.busy_s[hook.key] += time.perf_counter() - start
 
     def _process_one(self, hook: Hook, image_id: str, logits: torch.Tensor, size) -> None:
-        if not (hook.write_files or self.at_original):
-            return  # a later row at the model's resolution: the accuracy pass has scored it already
         sample = self.samples[image_id]
         # uint8 class maps: a 1918x1280 int64 map is 20 MB and every comparison on it costs four times as much.
         full = predict(upsample(logits, size), torch.uint8)
@@ -148,12 +161,11 @@ class Outputs:
         self.files_written += 1
 
     def close(self) -> dict:
-        """Stop the worker (queued batches that never started are dropped on Ctrl-C), write the submission with the
-        rows finished so far, and describe what was written (the report's `outputs`, less the CSV)."""
+        """Stop the worker (queued batches that never started are dropped on Ctrl-C) and say what it wrote."""
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.pending.clear()
-        summary = {"folder": self.folder, "overlay": self.overlay, "files": self.files_written,
-                   "submission": self.submission, "submission_rows": len(self.rle_rows)}
-        if self.submission:
-            write_submission(self.submission, self.rle_rows)
-        return summary
+        return {"folder": self.folder, "overlay": self.overlay, "files": self.files_written}
+
+    def write_submission(self) -> None:
+        """The Kaggle submission of the rows finished so far (SampleError when it cannot be written)."""
+        write_submission(self.submission, self.rle_rows)

@@ -82,6 +82,9 @@ def format_report(report: dict, json_path: str | None = None, worst: str = "") -
                  "dice delta = dice - eager fp32 dice on the same images (at model size); "
                  "artifact: compiled now or loaded from the cache")
     for row in report["rows"]:
+        if row.get("interrupted"):
+            lines.append(f"{row['engine']} {row['precision']}: INTERRUPTED after {row['images']} of {c['images']} "
+                         "image(s); its figures cover those" + ("" if row.get("calls") else ", and it has no timing"))
         lines.append(f"{row['engine']} {row['precision']}: timed region = {row.get('timed_region')}; "
                      f"first call {_cell(row, 'first_call_ms', '{:.1f}')} ms; compile / export {row['compile_s']:.1f} s "
                      f"({row.get('artifact')})")
@@ -100,7 +103,8 @@ def format_report(report: dict, json_path: str | None = None, worst: str = "") -
         lines.append(f"{'FAILED' if skip.get('failed') else 'skipped'} {skip['engine']} {skip['precision']}: "
                      f"{skip['reason']}")
     if report.get("partial"):
-        lines.append("PARTIAL: the run was interrupted; the rows above are the ones that finished")
+        lines.append("PARTIAL: the run was interrupted (Ctrl-C): rows it never reached are missing, and a row it cut "
+                     "short says INTERRUPTED above")
     if worst:
         lines.append(worst)
     lines.extend(_written(report, json_path))

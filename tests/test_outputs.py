@@ -15,8 +15,9 @@ import torch
 import sample
 from report.overlay import read_mask_png
 from report.rle import decode_rle, encode_rle
-from tests.conftest import write_pair
+from tests.conftest import ROOT, write_pair
 from utils.data import find_pairs, load_mask
+from utils.errors import SampleError
 from utils.files import write_atomic
 from utils.metrics import dice_from_counts, overlap_counts
 
@@ -212,6 +213,50 @@ def test_sigint_keeps_finished_files_and_a_partial_report(tmp_path):
     assert written == sorted(f"{r['id']}_mask.png" for r in rows)  # every finished image, nothing half-written
     assert all(read_mask_png(str(out / f)).shape == (64, 96) for f in written)
     assert no_temporary_files(tmp_path)
+
+
+# Ctrl-C in the timing pass, after the accuracy pass finished: the row and everything written for it are kept.
+SIGINT_IN_TIMING = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+import sample
+import pipeline.passes
+def measure_then_interrupt(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)
+pipeline.passes.measure = measure_then_interrupt
+sys.exit(sample.main(sys.argv[2:]))
+"""
+
+
+def test_sigint_in_the_timing_pass_keeps_the_finished_row(small_set, tmp_path):
+    out, sub, per, rep = tmp_path / "out", tmp_path / "sub.csv", tmp_path / "per.csv", tmp_path / "r.json"
+    proc = subprocess.run([sys.executable, "-c", SIGINT_IN_TIMING, ROOT] + FAST + [
+        "--image_path", small_set[0], "--mask_path", small_set[1], "--output", str(out), "--submission", str(sub),
+        "--csv", str(per), "--json", str(rep)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr
+    report = json.loads(rep.read_text())
+    (row,) = report["rows"]
+    assert report["partial"] and row["interrupted"] and row["images"] == row["images_scored"] == 3
+    assert "calls" not in row and "latency_median_ms" not in row
+    assert len(read_csv(str(per))) == len(read_csv(str(sub))) == len(os.listdir(out)) == 3  # the row's files and rows
+    assert "INTERRUPTED after 3 of 3 image(s)" in proc.stdout and "no timing" in proc.stdout
+
+
+def test_a_failed_write_is_not_reported_as_written(small_set, tmp_path, monkeypatch, capsys):
+    """The CSV cannot be written: an error line names it, the report does not claim it, the rest is written."""
+    def disk_full(path, records):
+        raise SampleError(f"cannot write {path}: No space left on device")
+
+    monkeypatch.setattr(sample, "write_per_image_csv", disk_full)
+    per, sub, rep = tmp_path / "per.csv", tmp_path / "sub.csv", tmp_path / "r.json"
+    code = run(["--image_path", small_set[0], "--mask_path", small_set[1], "--csv", str(per), "--submission", str(sub),
+                "--json", str(rep)])
+    out, err = capsys.readouterr()
+    assert code == 1 and f"error: cannot write {per}: No space left on device" in err
+    outputs = json.loads(rep.read_text())["outputs"]
+    assert outputs["csv"] is None and outputs["csv_rows"] == 0 and not per.exists()
+    assert outputs["submission"] == str(sub) and len(read_csv(str(sub))) == 3
+    assert "per-image CSV" not in out and f"wrote the submission (3 rows) to {sub}" in out
 
 
 def documented_fields() -> set[str]:

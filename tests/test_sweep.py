@@ -121,6 +121,7 @@ def test_a_precision_refused_here_is_skipped_not_failed(small_set, tmp_path, cap
     assert [(r["engine"], r["precision"]) for r in report(tmp_path)["rows"]] == [("onnxruntime", "fp32")]
     assert "skipped onnxruntime fp16: onnxruntime fp16 needs the CUDA provider" in capsys.readouterr().out
     assert sample.main(argv(small_set, tmp_path, "--engine", "onnxruntime", "--precision", "fp16")) == 1
+    assert "error: none of the requested engine x precision rows can run here" in capsys.readouterr().err
 
 
 def test_a_row_failing_part_way_leaves_no_records_and_the_next_row_writes_the_files(small_set, tmp_path, monkeypatch,
