@@ -16,11 +16,17 @@ from tests.conftest import CPU
 
 
 def entries() -> set[str]:
-    """The temp dir's entries, once onnxruntime has been imported: importing it writes `$TMPDIR/.ses`, one small file
-    that it overwrites on every import (its session id), shared by every process, so not the sample's to remove."""
+    """Everything in the temp dir, at any depth (pytest's tmp_path folders aside), once onnxruntime is imported:
+    importing it writes `$TMPDIR/.ses`, one small file it overwrites on every import (its session id), shared by
+    every process, so not the sample's to remove."""
     if importlib.util.find_spec("onnxruntime"):
         importlib.import_module("onnxruntime")
-    return set(os.listdir(tempfile.gettempdir()))
+    root = tempfile.gettempdir()
+    found = set()
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith("pytest-of-")]  # pytest's own tmp_path folders
+        found.update(os.path.relpath(os.path.join(folder, name), root) for name in dirs + files)
+    return found
 
 
 def test_engines_loaded_without_a_cache_leave_nothing(tmp_path):
@@ -46,3 +52,23 @@ def test_a_full_run_leaves_nothing(small_set, tmp_path, cache, capsys):
     args += ["--no_cache"] if cache == "--no_cache" else ["--cache_dir", str(tmp_path / "cache")]
     assert sample.main(args) == 0, capsys.readouterr().err
     assert entries() == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cached", [False, True])
+def test_inductor_leaves_nothing(tmp_path, monkeypatch, cached):
+    """Inductor keeps its code in our cache or, with --no_cache, in a temporary folder that goes afterwards."""
+    from engines import inductor
+    from engines.base import EngineOptions
+    from utils.cache import ArtifactCache
+
+    monkeypatch.setattr(inductor, "USER_CACHE_DIR", None)  # conftest points it at the run's folder, as a user may
+    before = entries()
+    options = EngineOptions(cache=ArtifactCache(str(tmp_path)) if cached else None)
+    engine = engines.load("inductor", torch.nn.Conv2d(3, 2, 3), (1, 3, 16, 16), CPU, options=options)
+    engine.run(engine.prepare(torch.rand(1, 3, 16, 16)))
+    new = entries() - before
+    # With our cache inductor may keep its precompiled headers in its global folder: made once, reused by every
+    # compile on the machine (docs/engines.md); --no_cache promises nothing at all.
+    assert not new if not cached else all(e.startswith("torchinductor_") for e in new), sorted(new)
+    assert engine.artifact_path == (os.path.join(str(tmp_path), "engines", "inductor") if cached else "")
