@@ -12,6 +12,10 @@ import shlex
 import sys
 import textwrap
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from report.summary import describe  # noqa: E402
+
 # A block sits between two HTML comments; the first names its report and its kind:
 #     <!-- generated from docs/reports/unet512.json: engines -->
 #     ... written by this script, never by hand
@@ -69,12 +73,8 @@ def fill(text: str) -> str:
 
 
 def describe_host(host: dict | None) -> str:
-    """'AMD EPYC, 2 cores (avx2, avx512f)': the machine the figures belong to."""
-    if not host:
-        return "an unrecorded machine"
-    isa = f" ({', '.join(host['isa'])})" if host.get("isa") else ""
-    accelerator = f"; {host['accelerator']}" if host.get("accelerator") else ""
-    return f"{host.get('cpu', '?')}, {host.get('cpu_count', '?')} cores{isa}{accelerator}"
+    """'AMD EPYC, 2 cores (avx2, avx512f)': the machine the figures belong to, as the report itself names it."""
+    return describe(host) if host else "an unrecorded machine"
 
 
 def describe_date(started: str | None) -> str:

@@ -57,7 +57,6 @@ class PassResult:
     sizes (aligned with `accuracy.ids`), the end-to-end time, and one batch for the timing pass."""
 
     accuracy: Accuracy
-    images: int = 0
     e2e_s: float = 0.0
     first_call_s: float | None = None
     failed: list[tuple[str, str]] = field(default_factory=list)
@@ -65,6 +64,11 @@ class PassResult:
     batch_ms: list[float] = field(default_factory=list)
     sizes: list[tuple[int, int]] = field(default_factory=list)
     interrupted: bool = False  # Ctrl-C stopped the row; what it holds covers the images finished before
+
+    @property
+    def images(self) -> int:
+        """Images scored by the pass (each batch's real rows, recorded whole)."""
+        return len(self.accuracy.ids)
 
     @property
     def e2e_fps(self) -> float | None:
@@ -133,13 +137,12 @@ def accuracy_pass(engine: Engine, batches: Iterable[Batch], total: int, referenc
                 ref = logits
             else:
                 ref = reference(batch.ids, batch.images) if reference else None
-            # A batch is recorded whole or not at all: its per-image lists, its count and its hand-over to the
+            # A batch is recorded whole or not at all: its per-image lists (and so the image count) and its hand-over to the
             # writer (which waits at most for MAX_PENDING batches) all happen, or none does.
             with deferred_interrupt():
                 result.accuracy.add(batch.ids, logits, masks, ref)
                 result.batch_ms.extend([call_s * 1000.0] * batch.n)
                 result.sizes.extend(batch.original_sizes)
-                result.images += batch.n
                 if on_batch is not None:
                     on_batch.add(batch, logits)
             bar.update(batch.n)

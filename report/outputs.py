@@ -110,22 +110,25 @@ class Outputs:
     def submit(self, task: tuple) -> None:
         """Queue a batch for the writer thread; first wait for the oldest while MAX_PENDING are queued."""
         while len(self.pending) >= MAX_PENDING:
-            self.pending[0].result()
-            self.pending.popleft()
+            self._finish_oldest()
         self.pending.append(self.pool.submit(self._process, *task))
 
     def wait(self, keep_errors: bool = False) -> None:
         """Block until every queued batch is done; re-raises the writer's error (a SampleError) here, or with
         `keep_errors` (after Ctrl-C, when the row is kept anyway) records it in `errors` for the report."""
         while self.pending:
-            try:
-                self.pending[0].result()  # dropped only once done: a Ctrl-C here leaves it queued, not lost
-            except SampleError as exc:
-                if not keep_errors:
-                    self.pending.popleft()
-                    raise
-                self.errors.append(str(exc))
-            self.pending.popleft()
+            self._finish_oldest(keep_errors)
+
+    def _finish_oldest(self, keep_errors: bool = False) -> None:
+        """Wait for the oldest queued batch, then drop it (a Ctrl-C while waiting leaves it queued, not lost)."""
+        try:
+            self.pending[0].result()
+        except SampleError as exc:
+            if not keep_errors:
+                self.pending.popleft()
+                raise
+            self.errors.append(str(exc))
+        self.pending.popleft()
 
     def _process(self, hook: Hook, ids, logits, sizes) -> None:
         start = time.perf_counter()

@@ -50,7 +50,7 @@ def describe(host: dict | None) -> str:
     if not host:
         return "unknown"
     isa = f" ({', '.join(host['isa'])})" if host.get("isa") else ""
-    text = f"{host['cpu']}, {host['cpu_count']} cores{isa}"
+    text = f"{host.get('cpu', '?')}, {host.get('cpu_count', '?')} cores{isa}"
     return text + (f"; {host['accelerator']}" if host.get("accelerator") else "")
 
 
@@ -113,7 +113,7 @@ def format_report(report: dict, json_path: str | None = None, worst: str = "") -
 
 def _random_prediction(rows: list[dict]) -> str:
     """Why random weights give the same dice with any architecture: they predict one class nearly everywhere."""
-    fg = [f for r in rows[:1] for f in r["per_image"]["fg_pred"]]
+    fg = rows[0]["per_image"]["fg_pred"] if rows else []
     if not fg:
         return ""
     share = sum(fg) / len(fg)
