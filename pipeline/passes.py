@@ -87,7 +87,7 @@ class BatchHook(Protocol):
 
 @contextmanager
 def deferred_interrupt():
-    """Hold Ctrl-C until the block ends (in the main thread; elsewhere signals never arrive anyway), then raise it."""
+    """Hold Ctrl-C until the block ends (in the main thread; elsewhere signals never arrive anyway), then deliver it."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -98,7 +98,12 @@ def deferred_interrupt():
     finally:
         signal.signal(signal.SIGINT, previous)
     if caught:
-        raise KeyboardInterrupt
+        # Hand the held Ctrl-C to the handler it was held from (the run's own counts it and raises only the first),
+        # so a second one after the block cannot raise again while the partial report is written.
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
 
 
 def accuracy_pass(engine: Engine, batches: Iterable[Batch], total: int, reference: Reference | None,

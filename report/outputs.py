@@ -25,10 +25,11 @@ from report.overlay import draw_overlay, encode_jpeg, encode_mask_png
 from report.rle import encode_rle
 from utils.data import Batch, Dataset, load_mask
 from utils.errors import SampleError
-from utils.files import write_atomic
+from utils.files import open_regular, write_atomic
 from utils.metrics import Accuracy, predict
 
 MAX_PENDING = 2
+FOLDER_FILES = ("*_mask.png", "*_overlay.jpg")  # the names written into --output
 
 
 @dataclass
@@ -75,6 +76,7 @@ class Outputs:
         self.scores: dict[tuple[str, str], Accuracy] = {}
         self.busy_s: dict[tuple[str, str], float] = {}
         self.files_written = 0
+        self.failed_files: list[str] = []  # "path: reason" of each mask / overlay that could not be written
         self.errors: list[str] = []
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outputs")
         self.pending: deque = deque()
@@ -155,18 +157,33 @@ class Outputs:
             return
         self._write(os.path.join(self.folder, f"{sample.id}_mask.png"), encode_mask_png(pred, self.n_classes))
         if self.overlay:
-            with Image.open(sample.image) as img:
-                image = np.asarray(img.convert("RGB"))
-            self._write(os.path.join(self.folder, f"{sample.id}_overlay.jpg"), encode_jpeg(draw_overlay(image, pred, truth)))
+            path = os.path.join(self.folder, f"{sample.id}_overlay.jpg")
+            try:
+                with open_regular(sample.image, "image") as f, Image.open(f) as img:
+                    image = np.asarray(img.convert("RGB"))
+            except (SampleError, OSError, ValueError) as exc:
+                self.failed_files.append(f"{path}: cannot read its image again ({exc})")
+                return
+            self._write(path, encode_jpeg(draw_overlay(image, pred, truth)))
 
     def _write(self, path: str, data: bytes) -> None:
-        write_atomic(path, data)
+        """Write one file; a failure (disk full, say) is recorded and named at the end, never a lost row: the
+        scores, the submission rows and the other outputs do not depend on this file."""
+        try:
+            write_atomic(path, data)
+        except SampleError as exc:
+            self.failed_files.append(str(exc))
+            return
         self.files_written += 1
 
     def close(self) -> dict:
         """Stop the worker (queued batches that never started are dropped on Ctrl-C) and say what it wrote."""
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.pending.clear()
+        if self.failed_files:
+            more = f" (and {len(self.failed_files) - 1} more)" if len(self.failed_files) > 1 else ""
+            self.errors.append(f"{len(self.failed_files)} mask / overlay file(s) were not written: "
+                               f"{self.failed_files[0]}{more}; the scores, the report and the other files are complete")
         return {"folder": self.folder, "overlay": self.overlay, "files": self.files_written}
 
     def write_submission(self) -> None:

@@ -10,6 +10,8 @@ import sys
 from utils.errors import SampleError
 from utils.files import check_destination, write_atomic
 
+PLOT_FILES = ("latency.png", "dice_histogram.png", "fps_vs_dice.png")  # what write_plots may write into its folder
+
 
 def require_matplotlib() -> None:
     """Fail with an actionable message when matplotlib is missing (checked before the run, not after it)."""
@@ -83,14 +85,14 @@ def write_plots(report: dict, folder: str) -> list[str]:
     written = []
     timed = [r for r in rows if r.get("latencies_ms")]
     if timed:
-        written.append(plot_latency(timed, os.path.join(folder, "latency.png")))
+        written.append(plot_latency(timed, os.path.join(folder, PLOT_FILES[0])))
     scored = [r for r in rows if any(d is not None for d in r.get("per_image", {}).get("dice", []))]
     if scored:
         resolution = report["config"].get("eval_resolution", "model")
-        written.append(plot_dice(scored, resolution, os.path.join(folder, "dice_histogram.png")))
+        written.append(plot_dice(scored, resolution, os.path.join(folder, PLOT_FILES[1])))
     both = [r for r in scored if r.get("fps") and r.get("dice") is not None]
     if len(both) >= 2:  # a single point says nothing; the plot is for side-by-side runs
-        written.append(plot_fps_vs_dice(both, os.path.join(folder, "fps_vs_dice.png")))
+        written.append(plot_fps_vs_dice(both, os.path.join(folder, PLOT_FILES[2])))
     return written
 
 

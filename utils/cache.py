@@ -1,10 +1,13 @@
-"""On-disk cache of exported / compiled engines, keyed by weights, input shape, precision and engine version."""
+"""On-disk cache of exported / compiled engines, keyed by weights, input shape, precision and engine version; every
+entry carries the sha256 of its files, checked before it is used."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import shutil
+import stat
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,10 +16,11 @@ from typing import Callable
 
 import torch
 
-from utils.errors import SampleError
+from utils.errors import SampleError, first_line
 from utils.files import default_cache_dir
 
 READY = "key.json"  # written last: a folder without it is an interrupted build and is rebuilt
+CHUNK = 1 << 20
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -72,8 +76,68 @@ class Artifact:
 
 
 def is_ready(folder: str) -> bool:
-    """True when `folder` holds a complete artifact from an earlier run."""
+    """True when `folder` holds a complete artifact from an earlier run (see `verify` for whether it is intact)."""
     return os.path.isfile(os.path.join(folder, READY))
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def checksums(folder: str) -> dict[str, str]:
+    """sha256 of every file under `folder` (but the READY file), by path relative to it; SampleError on anything
+    that is not a regular file (a link could point anywhere)."""
+    sums = {}
+    for root, dirs, files in os.walk(folder):
+        for name in sorted(files) + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, folder)
+            if rel == READY:
+                continue
+            if not stat.S_ISREG(os.lstat(path).st_mode):
+                raise SampleError(f"{rel} is not a regular file")
+            sums[rel] = _sha256(path)
+    return sums
+
+
+def verify(folder: str) -> str | None:
+    """None when every file of the entry matches the checksums written when it was committed; else what is wrong."""
+    try:
+        with open(os.path.join(folder, READY)) as f:
+            expected = json.load(f)["sha256"]
+        found = checksums(folder)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"its {READY} is unreadable or has no checksums ({first_line(exc)})"
+    except SampleError as exc:
+        return str(exc)
+    if not isinstance(expected, dict):
+        return f"its {READY} has no checksums"
+    for rel in sorted(set(expected) | set(found)):
+        if rel not in found:
+            return f"{rel} is missing"
+        if rel not in expected:
+            return f"{rel} was added"
+        if found[rel] != expected[rel]:
+            return f"{rel} changed"
+    return None
+
+
+def discard(folder: str) -> None:
+    """Remove a bad entry: renamed aside first (one atomic step), so no run sees it half deleted."""
+    aside = tempfile.mkdtemp(prefix=".stale-", dir=os.path.dirname(folder))
+    try:
+        os.rename(folder, os.path.join(aside, "entry"))
+    except FileNotFoundError:
+        pass  # another run removed it first
+    except OSError as exc:
+        shutil.rmtree(aside, ignore_errors=True)
+        raise SampleError(f"cache entry {folder} is damaged and cannot be removed ({exc.strerror or exc}); remove it "
+                          "by hand or pass --no_cache") from None
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 @contextmanager
@@ -84,8 +148,9 @@ def building(folder: str, key: dict):
     tmp = tempfile.mkdtemp(prefix=".build-", dir=parent)
     try:
         yield tmp
+        sums = checksums(tmp)  # hashed once, when the entry is committed; checked on every later load
         with open(os.path.join(tmp, READY), "w") as f:
-            json.dump(key, f, indent=1)
+            json.dump({**key, "sha256": sums}, f, indent=1)
         if is_ready(folder):
             return  # another run published the same artifact first; ours is discarded below
         if os.path.isdir(folder):
@@ -113,9 +178,23 @@ def artifact(cache: ArtifactCache | None, engine: str, version: str, model: torc
             shutil.rmtree(tmp, ignore_errors=True)
         return
     folder, key = cache.folder(engine, version, model, shape, precision, **extra)
-    state = "loaded"
+    state, problem = "loaded", None
+    if is_ready(folder):
+        problem = verify(folder)  # never load a truncated, altered or incomplete entry: rebuild it
+        if problem:
+            discard(folder)
     if not is_ready(folder):
         with building(folder, key) as tmp:
             build(tmp)
         state = "compiled"
-    yield Artifact(folder, state, kept=True)
+        if problem:
+            print(f"note: cache entry {folder} failed its checksum ({problem}); rebuilt", file=sys.stderr)
+    try:
+        yield Artifact(folder, state, kept=True)
+    except SampleError:
+        raise
+    except Exception as exc:
+        if state != "loaded":
+            raise
+        raise SampleError(f"{engine} could not load its cached engine {folder} ({type(exc).__name__}: "
+                          f"{first_line(exc)}); remove that folder to rebuild it, or pass --no_cache") from None

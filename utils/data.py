@@ -2,20 +2,24 @@
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from utils.errors import SampleError
+from utils.errors import SampleError, first_line
+from utils.files import file_kind, open_regular
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_EXTS = (".gif", ".png", ".bmp", ".tif", ".tiff")
 MASK_SUFFIX = "_mask"
+MAX_SIDE = 16384  # --image_size: past this no UNet fits any machine's memory (see sample.py's memory check)
 
 
 @dataclass
@@ -54,6 +58,8 @@ class Batch:
 def _list_files(path: str, exts: tuple[str, ...], what: str) -> list[str]:
     if os.path.isfile(path):
         return [path]
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise SampleError(f"{what} path {path} is {file_kind(path)}; give a folder or an image file")
     if not os.path.isdir(path):
         raise SampleError(f"{what} path not found: {path}")
     files = sorted(
@@ -120,26 +126,51 @@ def find_pairs(image_path: str, mask_path: str | None = None, limit: int | None 
     return Dataset(samples, unpaired, has_masks=True)
 
 
+def _decode_error(what: str, path: str, exc: Exception) -> SampleError:
+    """Any failure to decode one file, as one line naming it: the file is skipped, never the whole row."""
+    if isinstance(exc, SampleError):
+        return exc
+    if isinstance(exc, Image.DecompressionBombError):
+        reason = f"{first_line(exc)} (Pillow's decompression-bomb limit); shrink it or remove it"
+    elif isinstance(exc, MemoryError):
+        reason = "not enough memory to decode it; shrink it or remove it"
+    elif isinstance(exc, (OSError, UnidentifiedImageError, SyntaxError, ValueError)):
+        reason = str(exc) or type(exc).__name__
+    else:  # Pillow's decoders raise many types on hostile files (struct.error, IndexError, ...)
+        reason = f"{type(exc).__name__}: {first_line(exc)}"
+    return SampleError(f"cannot decode {what} {path}: {reason}")
+
+
+def _check_pixels(img: Image.Image, what: str, path: str) -> None:
+    """Refuse what Pillow only warns about (between MAX_IMAGE_PIXELS and twice that) before decoding any pixel."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and img.size[0] * img.size[1] > limit:
+        raise SampleError(f"cannot decode {what} {path}: {img.size[0]}x{img.size[1]} = {img.size[0] * img.size[1]:,} "
+                          f"pixels is past Pillow's decompression-bomb limit of {limit:,}; shrink it or remove it")
+
+
 def load_image(path: str, size: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode to RGB and resize to size=(W, H) with Pillow's bicubic (Pytorch-UNet's filter).
 
     Returns the HWC uint8 array and the image's (W, H) before resizing.
     """
     try:
-        with Image.open(path) as img:
+        with open_regular(path, "image") as f, Image.open(f) as img:
+            _check_pixels(img, "image", path)
             original = img.size
             rgb = img.convert("RGB")  # grayscale, palette and RGBA images become RGB, as Pytorch-UNet's input expects
             if rgb.size != size:
                 rgb = rgb.resize(size, resample=Image.BICUBIC)
             return np.asarray(rgb), original
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-        raise SampleError(f"cannot decode image {path}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001  one file's failure, named; _decode_error keeps its message
+        raise _decode_error("image", path, exc) from None
 
 
 def load_mask(path: str, size: tuple[int, int], image_size: tuple[int, int]) -> np.ndarray:
     """Decode a mask, check it matches its image's size, resize with nearest; any non-zero pixel is foreground."""
     try:
-        with Image.open(path) as img:
+        with open_regular(path, "mask") as f, Image.open(f) as img:
+            _check_pixels(img, "mask", path)
             if img.size != image_size:
                 raise SampleError(
                     f"mask {path} is {img.size[0]}x{img.size[1]} but its image is {image_size[0]}x{image_size[1]}; "
@@ -150,8 +181,8 @@ def load_mask(path: str, size: tuple[int, int], image_size: tuple[int, int]) -> 
             if band.size != size:
                 band = band.resize(size, resample=Image.NEAREST)
             return (np.asarray(band) != 0).astype(np.uint8)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-        raise SampleError(f"cannot decode mask {path}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001  one file's failure, named; _decode_error keeps its message
+        raise _decode_error("mask", path, exc) from None
 
 
 def _load_sample(sample: Sample, size: tuple[int, int]):
@@ -178,48 +209,88 @@ def _assemble(loaded: list, batch_size: int, has_masks: bool) -> Batch:
     return Batch([item[0].id for item in loaded], images, masks, n, [item[3] for item in loaded])
 
 
+class Decoders:
+    """`workers` daemon threads that decode samples. Daemon, unlike ThreadPoolExecutor's (which are joined when the
+    pool closes and again at exit): a thread stuck in a read (a hung network mount) can then neither keep Ctrl-C from
+    stopping the run nor keep the process from exiting with its report."""
+
+    def __init__(self, workers: int):
+        self.tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self.workers = max(1, workers)
+        for i in range(self.workers):
+            threading.Thread(target=self._work, name=f"decode-{i}", daemon=True).start()
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        self.tasks.put((future, fn, args))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            task = self.tasks.get()
+            if task is None:
+                return
+            future, fn, args = task
+            if not future.set_running_or_notify_cancel():
+                continue  # cancelled while queued
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001  handed to whoever waits on the future
+                future.set_exception(exc)
+
+    def close(self) -> None:
+        """Let each thread end after its current task; waits for none of them."""
+        for _ in range(self.workers):
+            self.tasks.put(None)
+
+
 def iter_batches(samples: list[Sample], size: tuple[int, int], batch_size: int, workers: int = 2,
                  has_masks: bool = False) -> Iterator[Batch]:
     """Yield full-size batches, decoding ahead in `workers` threads with a bounded queue (never the whole set in memory).
 
     Samples that fail to decode are dropped from the batches and listed in the `failed` field of the batch that
-    follows them, so the caller can report them.
+    follows them (an empty one, n == 0, at the end or when Ctrl-C stops the wait), so the caller can report them.
     """
     prefetch = max(2 * batch_size, workers * 2)
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode") as pool:
-        pending: deque = deque()
-        queue = iter(samples)
-        ready, failed = [], []
+    pool = Decoders(workers)
+    pending: deque = deque()
+    todo = iter(samples)
+    ready, failed = [], []
 
-        def refill():
-            while len(pending) < prefetch:
-                sample = next(queue, None)
-                if sample is None:
-                    return
-                pending.append(pool.submit(_load_sample, sample, size))
+    def refill():
+        while len(pending) < prefetch:
+            sample = next(todo, None)
+            if sample is None:
+                return
+            pending.append(pool.submit(_load_sample, sample, size))
 
-        try:
+    try:
+        refill()
+        while pending:
+            sample, image, mask, original, error = pending.popleft().result()
             refill()
-            while pending:
-                sample, image, mask, original, error = pending.popleft().result()
-                refill()
-                if error:
-                    failed.append((sample.id, error))
-                    continue
-                ready.append((sample, image, mask, original))
-                if len(ready) == batch_size:
-                    batch = _assemble(ready, batch_size, has_masks)
-                    batch.failed, ready, failed = failed, [], []
-                    yield batch
-            if ready:
+            if error:
+                failed.append((sample.id, error))
+                continue
+            ready.append((sample, image, mask, original))
+            if len(ready) == batch_size:
                 batch = _assemble(ready, batch_size, has_masks)
-                batch.failed = failed
+                batch.failed, ready, failed = failed, [], []
                 yield batch
-            elif failed:
-                yield Batch([], torch.empty(0), None, 0, [], failed)
-        finally:
-            for future in pending:  # closed early (Ctrl-C, an engine error): decode nothing more
-                future.cancel()
+        if ready:
+            batch = _assemble(ready, batch_size, has_masks)
+            batch.failed = failed
+            yield batch
+        elif failed:
+            yield Batch([], torch.empty(0), None, 0, [], failed)
+    except KeyboardInterrupt:
+        if failed:  # Ctrl-C while waiting for a decode: the files that failed so far are still named
+            yield Batch([], torch.empty(0), None, 0, [], failed)
+        raise
+    finally:
+        for future in pending:  # closed early (Ctrl-C, an engine error): decode nothing more
+            future.cancel()
+        pool.close()
 
 
 def iter_dataset(dataset: Dataset, size: tuple[int, int], batch_size: int, workers: int = 2) -> Iterator[Batch]:
@@ -238,4 +309,23 @@ def parse_size(text: str) -> tuple[int, int]:
         values = []
     if len(values) not in (1, 2) or min(values) < 16:
         raise ValueError(f"expected N or WxH with sides >= 16, got {text!r}")
+    if max(values) > MAX_SIDE:
+        raise ValueError(f"sides are at most {MAX_SIDE} (no UNet of that size fits in memory), got {text!r}")
     return (values[0], values[-1])
+
+
+def memory_bytes() -> int | None:
+    """This machine's memory, or its container's limit when lower; None where neither can be read."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(limit_file) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total

@@ -1,10 +1,15 @@
-"""Files on disk: where the cache lives, checking a result destination before the run, writing results atomically."""
+"""Files on disk: where the cache lives, opening input files that may not be regular files, checking (and claiming)
+result destinations before the run, writing results atomically."""
 from __future__ import annotations
 
+import fnmatch
 import os
+import stat
 import tempfile
 
 from utils.errors import SampleError
+
+LOCK_NAME = ".unet-sample.lock"  # in an output folder while a run writes there (holds the run's pid)
 
 
 def default_cache_dir() -> str:
@@ -14,14 +19,179 @@ def default_cache_dir() -> str:
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "unet-sample")
 
 
-def check_destination(path: str, *, folder: bool, overwrite: bool, flag: str) -> None:
-    """Fail before the run when `path` cannot be written, or holds earlier results and --overwrite is off."""
-    if folder and os.path.isdir(path) and os.listdir(path) and not overwrite:
-        raise SampleError(f"{flag} folder {path} exists and is not empty; pass --overwrite or choose another folder")
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "a regular file" if stat.S_ISREG(mode) else "a special file"
+
+
+def file_kind(path: str) -> str | None:
+    """None for a regular file (or a link to one); else what `path` is, in words ('a named pipe (FIFO)', ...)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    return None if stat.S_ISREG(mode) else _kind(mode)
+
+
+def open_regular(path: str, what: str = "file"):
+    """Open `path` for binary reading only if it is a regular file, and never wait on it: a named pipe, a device, a
+    socket or a folder that carries an image's name is refused (SampleError), not opened and waited on forever."""
+    try:
+        mode = os.stat(path).st_mode
+        if not stat.S_ISREG(mode):
+            raise SampleError(f"{what} {path} is {_kind(mode)}, not a regular file")
+        # O_NONBLOCK: should the path become a FIFO between the stat and the open, the open still returns at once.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise SampleError(f"cannot open {what} {path}: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise SampleError(f"{what} {path} is {_kind(mode)}, not a regular file")
+        os.set_blocking(fd, True)  # a regular file: reads behave as usual
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def check_target(path: str, *, folder: bool, flag: str) -> None:
+    """Refuse a destination that is a symbolic link, a device (/dev/null, /dev/stdout), a FIFO or a socket, or a file
+    where a folder is asked for and the reverse: a run writes regular files only and never replaces, or writes
+    through, anything else. A link to a folder is fine for a folder: files go inside it and the link stays."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return  # absent, or under a file or an unreadable folder: check_destination says so when it creates it
+    if stat.S_ISLNK(mode):
+        if folder and os.path.isdir(path):
+            return
+        raise SampleError(f"{flag} {path} is a symbolic link (to {os.readlink(path)}); a run never replaces or writes "
+                          "through a link: give the path of a regular file")
+    if folder and not stat.S_ISDIR(mode):
+        raise SampleError(f"{flag} {path} is {_kind(mode)}, not a folder; give a folder path")
+    if not folder and stat.S_ISDIR(mode):
+        raise SampleError(f"{flag} {path} is a folder; give a file path")
+    if not folder and not stat.S_ISREG(mode):
+        raise SampleError(f"{flag} {path} is {_kind(mode)}, not a regular file; a run never writes into one: give "
+                          "the path of a regular file")
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _writes(real: str, folder: bool, names: tuple[str, ...], other: str) -> bool:
+    """Whether the output at `real` (a file, or a folder that gets files named like `names`) writes the file `other`."""
+    if not folder:
+        return real == other
+    return os.path.dirname(other) == real and any(fnmatch.fnmatchcase(os.path.basename(other), n)
+                                                  for n in names + (LOCK_NAME,))
+
+
+def check_outputs(outputs: list[tuple[str, str, bool, tuple[str, ...]]], inputs: list[tuple[str, str]]) -> None:
+    """Before the run, refuse outputs that alias something: a link or special file (check_target), two outputs that
+    write one file, and an output among the run's inputs.
+
+    `outputs`: (flag, path, is_folder, patterns of the file names written into a folder); `inputs`: (what, path) for
+    each input folder or file (images, masks, calibration images, the checkpoint, the engine cache). An output may not
+    be inside an input folder nor be an input file; an output folder may not get a file named like an input file in it.
+    """
+    for flag, path, folder, _ in outputs:
+        check_target(path, folder=folder, flag=flag)
+    real = [(flag, path, os.path.realpath(path), folder, names) for flag, path, folder, names in outputs]
+    for i, (flag_a, path_a, a, folder_a, names_a) in enumerate(real):
+        for flag_b, path_b, b, folder_b, names_b in real[i + 1:]:
+            if a == b and folder_a != folder_b:
+                raise SampleError(f"{flag_a} {path_a} and {flag_b} {path_b} are the same path; give each its own")
+            if (not folder_a and _writes(b, folder_b, names_b, a)) or (not folder_b and _writes(a, folder_a, names_a, b)):
+                raise SampleError(f"{flag_a} {path_a} and {flag_b} {path_b} would write the same file "
+                                  f"({a if not folder_a else b}); give each output its own path")
+    for what, given in inputs:
+        if not given:
+            continue
+        source = os.path.realpath(given)
+        is_folder = not os.path.isfile(source)  # a path not there yet (the engine cache) is a folder to keep out of
+        for flag, path, target, folder, names in real:
+            if (is_folder and _inside(target, source)) or (not is_folder and _writes(target, folder, names, source)):
+                where = f"inside the {what} folder {given}" if is_folder else f"would overwrite the {what} {given}"
+                raise SampleError(f"{flag} {path} is {where}; a run never writes among its inputs: choose a path "
+                                  "outside them")
+
+
+class FolderLock:
+    """An exclusive lock on an output folder for one run: `flock` on <folder>/.unet-sample.lock, which holds the
+    run's pid. The kernel drops it when the process ends, a crash included; `release` also removes the file.
+    Where fcntl is missing (not a POSIX system) no lock is taken."""
+
+    held: set[str] = set()  # folders this process holds (--output and --plots may name one folder)
+
+    def __init__(self, folder: str, flag: str):
+        self.folder, self.flag = os.path.realpath(folder), flag
+        self.path = os.path.join(self.folder, LOCK_NAME)
+        self.fd: int | None = None
+
+    def __enter__(self) -> FolderLock:
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        if self.folder in FolderLock.held:
+            return self
+        while self.fd is None:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0),
+                             0o644)
+            except OSError as exc:
+                raise SampleError(f"cannot lock {self.flag} folder {self.folder} ({self.path}): "
+                                  f"{exc.strerror or exc}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 32).decode(errors="replace").strip()
+                os.close(fd)
+                who = f"pid {holder}" if holder.isdigit() else "its pid is not written yet"
+                raise SampleError(f"{self.flag} folder {self.folder} is in use by another run ({who}); wait for it to "
+                                  "end, or choose another folder") from None
+            # The holder before us removes the file as it releases it: a lock on that old file guards nothing.
+            try:
+                current = os.stat(self.path)
+            except FileNotFoundError:
+                current = None
+            mine = os.fstat(fd)
+            if current is None or (current.st_dev, current.st_ino) != (mine.st_dev, mine.st_ino):
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            self.fd = fd
+            FolderLock.held.add(self.folder)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.unlink(self.path)  # while still locked: a run waiting on this file then sees it is stale
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+        FolderLock.held.discard(self.folder)
+
+
+def check_destination(path: str, *, folder: bool, overwrite: bool, flag: str, locks=None) -> None:
+    """Fail before the run when `path` cannot be written, is a link or special file, or holds earlier results and
+    --overwrite is off. With `locks` (a contextlib.ExitStack) a folder is also locked for the run (FolderLock)."""
+    check_target(path, folder=folder, flag=flag)
     if not folder and os.path.exists(path) and not overwrite:
         raise SampleError(f"{flag} file {path} exists; pass --overwrite or choose another path")
-    if not folder and os.path.isdir(path):
-        raise SampleError(f"{flag} {path} is a folder; give a file path")
     target = path if folder else os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(target, exist_ok=True)
@@ -29,12 +199,17 @@ def check_destination(path: str, *, folder: bool, overwrite: bool, flag: str) ->
         raise SampleError(f"cannot create {flag} folder {target}: {exc.strerror or exc}") from None
     if not os.access(target, os.W_OK | os.X_OK):
         raise SampleError(f"cannot write to {target} ({flag}): permission denied")
+    if folder and locks is not None:
+        locks.enter_context(FolderLock(path, flag))
+    if folder and not overwrite and [f for f in os.listdir(path) if f != LOCK_NAME]:
+        raise SampleError(f"{flag} folder {path} exists and is not empty; pass --overwrite or choose another folder")
 
 
 def write_atomic(path: str, data: str | bytes) -> None:
     """Write text or bytes to a temporary file beside `path`, then rename: a reader never sees half a file.
 
-    A file system error becomes a SampleError naming the path, for every result file alike.
+    A file system error becomes a SampleError naming the path, for every result file alike. A link or special file
+    at `path` is never replaced.
     """
     try:
         _write_atomic(path, data)
@@ -43,6 +218,13 @@ def write_atomic(path: str, data: str | bytes) -> None:
 
 
 def _write_atomic(path: str, data: str | bytes) -> None:
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        raise SampleError(f"cannot write {path}: it is {_kind(mode)}, which a run never replaces; remove it or choose "
+                          "another path")
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
