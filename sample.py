@@ -3,28 +3,39 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import glob
+import os
 import shlex
 import sys
+import warnings
 
 import torch
+from PIL import Image
 
 import engines
 import models
 from engines.base import EngineOptions
+from pipeline.auto import resolve as resolve_auto
 from pipeline.fidelity import failures
 from pipeline.passes import Reference
 from pipeline.rows import Job, parse_precisions, plan_rows, run_rows
 from report.csv_files import per_image_records, write_per_image_csv
-from report.outputs import Outputs
+from report.outputs import FOLDER_FILES, Outputs
+from report.plots import PLOT_FILES
 from report.summary import format_report, format_worst, write_json
 from utils.cache import ArtifactCache
-from utils.calibration import load_calibration
-from utils.data import find_pairs, iter_dataset, parse_size
-from utils.device import describe_host, parse_device
-from utils.errors import SampleError
-from utils.files import check_destination
+from utils.calibration import choose_samples, load_calibration
+from utils.data import find_pairs, iter_dataset, memory_bytes, parse_size
+from utils.device import describe_host, parse_device, precision_hints
+from utils.errors import SampleError, interrupts
+from utils.files import check_destination, check_outputs, default_cache_dir
 from utils.synthetic import ensure_synthetic
+
+# Peak memory of eager fp32 inference per input pixel and image, measured here at 512 px: UNet 2.4 KiB, UNet++ (n1=64)
+# 5.4 KiB. The figures below are lower bounds (UNet++ n1=32 included), so a size they refuse cannot fit.
+BYTES_PER_PIXEL = {"unet": 1536, "unet++": 2048}
 
 
 def positive_int(text: str) -> int:
@@ -67,11 +78,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument("--n_classes", type=positive_int, help="default: from the checkpoint, else 2")
     model.add_argument("--bilinear", action="store_true", default=None,
                        help="UNet with bilinear upsampling (default: from the checkpoint, else transposed conv)")
+    model.add_argument("--base_width", type=positive_int, metavar="N1",
+                       help="unet++ base width n1 (filters n1..16*n1); default: from the checkpoint, else 64, the "
+                            "reference NestedUNet's")
     model.add_argument("--seed", type=int, default=0, help="seed of the random weights and the synthetic set (default 0)")
     run = p.add_argument_group("engine and timing")
     run.add_argument("--engine", default="auto",
-                     help="auto (default: a fixed order of engines per device and precision, docs/engines.md), all, "
-                          f"or a comma list of: {', '.join(engines.ENGINES)}")
+                     help="auto (default: the fastest engine here that passes the fidelity bar, measured once per "
+                          "machine, model, shape and precision, then kept; see --auto), all, or a comma list of: "
+                          f"{', '.join(engines.ENGINES)}")
+    run.add_argument("--auto", choices=["measure", "static"],
+                     help="how --engine auto decides: measure (default; the first run probes each installed engine, "
+                          "later runs reuse the choice) or static (a fixed order, no probe; the default with --no_cache)")
     run.add_argument("--device", help="cpu, an accelerator index (0), cuda:N or npu:N; default: accelerator 0, else cpu")
     run.add_argument("--precision", default="fp32", help="comma list of fp32, fp16, bf16, int8; one row each (default fp32)")
     run.add_argument("--batch_size", type=positive_int, default=1,
@@ -92,7 +110,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 def add_engine_options(group) -> None:
     """Flags that reach the engines (int8 calibration, artifact cache, fidelity gate, per-engine settings)."""
     group.add_argument("--calib", type=positive_int, default=8,
-                       help="int8: calibrate on the first N images of the data (default 8)")
+                       help="int8: calibrate on N images (default 8): from --calib_path, else from the data folder's "
+                            "images outside the scored set (other cars first), else the scored images (the report "
+                            "then says they overlap)")
+    group.add_argument("--calib_path", metavar="DIR", help="int8: a folder (or one file) of calibration images, "
+                                                           "ideally other cars than the scored ones")
     group.add_argument("--no_cache", action="store_true",
                        help="build engines afresh in a temporary folder (default: reuse <cache_dir>/engines)")
     group.add_argument("--strict", action="store_true", help="exit 1 when a row's cosine is below its precision's bar")
@@ -106,7 +128,17 @@ def engine_options(args, dataset, shape: tuple, precisions: list[str]) -> Engine
     """What engines.load gets; int8 calibration images are decoded only when an int8 row is planned."""
     calibration = None
     if "int8" in precisions:
-        calibration = load_calibration(dataset, args.image_size, shape[0], args.calib, args.workers)
+        folder = None
+        if args.calib_path is None and args.image_path and args.limit:  # the images --limit left out
+            folder = find_pairs(args.image_path).samples
+        try:
+            samples, source = choose_samples(dataset, args.calib, args.calib_path, folder)
+        except SampleError as exc:
+            raise SampleError(f"--calib_path: {exc}") from None
+        scored = {s.id for s in dataset.samples + dataset.unpaired}
+        calibration = load_calibration(samples, args.image_size, shape[0], args.workers, source, scored)
+        for image_id, error in calibration.skipped:
+            print(f"warning: calibration image {image_id} skipped: {error}", file=sys.stderr)
     return EngineOptions(threads=args.threads, cache=None if args.no_cache else ArtifactCache(args.cache_dir),
                          calibration=calibration, openvino_hint=args.openvino_hint,
                          openvino_device=args.openvino_device, soc_version=args.soc_version)
@@ -130,8 +162,8 @@ def make_outputs(args, dataset, n_classes: int) -> Outputs | None:
     scored at the model's size (the CSV is written from the report at the end)."""
     for path, folder, flag in [(args.output, True, "--output"), (args.plots, True, "--plots"),
                                (args.submission, False, "--submission"), (args.csv, False, "--csv")]:
-        if path:
-            check_destination(path, folder=folder, overwrite=args.overwrite, flag=flag)
+        if path:  # a folder is also locked for the run (a second run writing there is refused)
+            check_destination(path, folder=folder, overwrite=args.overwrite, flag=flag, locks=getattr(args, "locks", None))
     if args.json:
         check_destination(args.json, folder=False, overwrite=True, flag="--json")
     if args.plots:
@@ -141,6 +173,36 @@ def make_outputs(args, dataset, n_classes: int) -> Outputs | None:
         return None
     return Outputs(dataset, n_classes=n_classes, folder=args.output, overlay=args.overlay, submission=args.submission,
                    eval_resolution=args.eval_resolution)
+
+
+def output_problem(args) -> str | None:
+    """Why the outputs cannot be written safely, checked before anything runs: a link or a special file (/dev/null,
+    /dev/stdout, a FIFO) as a target, two outputs writing one file, an output among the inputs."""
+    outputs = [(flag, path, folder, names) for flag, path, folder, names in [
+        ("--output", args.output, True, FOLDER_FILES), ("--plots", args.plots, True, PLOT_FILES),
+        ("--submission", args.submission, False, ()), ("--csv", args.csv, False, ()), ("--json", args.json, False, ())]
+        if path]
+    cache = args.cache_dir or default_cache_dir()
+    inputs = [("image", args.image_path), ("mask", args.mask_path), ("calibration", getattr(args, "calib_path", None)),
+              ("checkpoint", args.pth), ("engine cache", os.path.join(cache, "engines"))]
+    inputs += [("generated data", path) for path in sorted(glob.glob(os.path.join(glob.escape(cache), "synthetic-*")))]
+    try:
+        check_outputs(outputs, inputs)
+    except SampleError as exc:
+        return str(exc)
+    return None
+
+
+def memory_problem(name: str, size: tuple[int, int], batch_size: int) -> str | None:
+    """Why `size` cannot fit this machine's memory (the model's activations alone), or None."""
+    total = memory_bytes()
+    need = BYTES_PER_PIXEL[name] * size[0] * size[1] * batch_size
+    if not total or need <= total:
+        return None
+    side = int((total / BYTES_PER_PIXEL[name] / batch_size) ** 0.5) // 16 * 16
+    return (f"--image_size {size[0]}x{size[1]} at --batch_size {batch_size} needs at least {need / 2**30:.0f} GiB for "
+            f"{name}'s activations ({BYTES_PER_PIXEL[name]} bytes per pixel), more than this machine's "
+            f"{total / 2**30:.0f} GiB: the limit here is about {side}x{side} at this batch size")
 
 
 def load_data(args):
@@ -159,6 +221,7 @@ def load_data(args):
 
 def main(argv=None) -> int:
     parser = get_args_parser()
+    from_cli = argv is None  # the process ends with this call: a late Ctrl-C must not become a traceback at exit
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.command = "python sample.py " + shlex.join(argv)
@@ -170,18 +233,30 @@ def main(argv=None) -> int:
         name = models.canonical_name(args.model_name)
     except KeyError as exc:
         parser.error(str(exc.args[0]))
+    if args.base_width and name != "unet++":
+        parser.error("--base_width applies to unet++ only")
     if name == "unet++" and (args.image_size[0] % 16 or args.image_size[1] % 16):
         parser.error(f"unet++ needs --image_size sides that are multiples of 16, got {args.image_size}")
+    problem = memory_problem(name, args.image_size, args.batch_size) or output_problem(args)
+    if problem:
+        parser.error(problem)
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        return run(args, name)
-    except SampleError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted before any engine row finished; nothing was written", file=sys.stderr)
-        return 130
+    # Images past Pillow's limit are skipped and named (utils/data.py); its warning would only repeat that.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    with interrupts(restore=not from_cli) as latch, contextlib.ExitStack() as locks:
+        args.interrupts, args.locks = latch, locks  # finish holds Ctrl-C; output folders stay locked until the end
+        try:
+            status = run(args, name)
+        except SampleError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            status = 1
+        except KeyboardInterrupt:
+            print("error: interrupted before any engine row finished; nothing was written", file=sys.stderr)
+            status = 130
+        finally:
+            latch.hold()  # a Ctrl-C now is counted, never a traceback while the locks are released
+    return 130 if latch.count else status
 
 
 def run(args, name: str) -> int:
@@ -190,7 +265,8 @@ def run(args, name: str) -> int:
     precisions = parse_precisions(args.precision)
     plan, skipped = plan_rows(args.engine, precisions, device)
     torch.manual_seed(args.seed)
-    model, info = models.create_model(name, args.pth, n_classes=args.n_classes, bilinear=args.bilinear)
+    model, info = models.create_model(name, args.pth, n_classes=args.n_classes, bilinear=args.bilinear,
+                                       base_width=args.base_width)
     dataset, data_label = load_data(args)
     outputs = make_outputs(args, dataset, info["n_classes"])
     for sample in dataset.unpaired:
@@ -198,7 +274,7 @@ def run(args, name: str) -> int:
     shape = (args.batch_size, info["n_channels"], args.image_size[1], args.image_size[0])
     options = engine_options(args, dataset, shape, precisions)
     config = {
-        "model": name, "parameters": sum(p.numel() for p in model.parameters()),
+        "model": name, "variant": info["variant"], "parameters": info["parameters"],
         "n_classes": info["n_classes"], "weights": info["weights"], "data": data_label,
         "images": len(dataset), "unpaired": len(dataset.unpaired), "image_size": list(args.image_size),
         "eval_resolution": args.eval_resolution, "command": args.command,
@@ -209,10 +285,18 @@ def run(args, name: str) -> int:
     }
     if options.calibration:
         config["calibration_images"] = options.calibration.images
+        config["calibration"] = options.calibration.describe()
     job = Job(model, shape, device, lambda: iter_dataset(dataset, args.image_size, args.batch_size, args.workers),
               len(dataset), reference=None if args.no_reference else Reference(model), loop=args.loop,
               warmup=args.warm_counter, show_progress=not args.quiet)
-    result = run_rows(plan, job, options, outputs)
+    loaded, row_options = {}, {}
+    if any(engine == "auto" for engine, _ in plan):
+        mode = args.auto or ("static" if args.no_cache else "measure")
+        log = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
+        plan, loaded, row_options, choices = resolve_auto(plan, job, options, mode, log)
+        config["auto"] = [c.describe() for c in choices]
+    config["hints"] = precision_hints(device, precisions, config["host"])
+    result = run_rows(plan, job, options, outputs, loaded, row_options)
     report = {"version": 1, "config": config, "rows": result.rows, "skipped": skipped + result.skipped,
               "partial": result.interrupted}
     return finish(args, report, outputs, result.status)
@@ -220,7 +304,9 @@ def run(args, name: str) -> int:
 
 def finish(args, report: dict, outputs: Outputs | None, status: int) -> int:
     """Write every result file, then print the report; one failing write is an error line, never the loss of the
-    rest, and the files are written before anything can go wrong on stdout."""
+    rest, and the files are written before anything can go wrong on stdout. From here on Ctrl-C is only counted."""
+    if getattr(args, "interrupts", None):
+        args.interrupts.hold()
     errors = []
 
     def attempt(step) -> bool:
@@ -253,8 +339,31 @@ def finish(args, report: dict, outputs: Outputs | None, status: int) -> int:
     json_written = bool(args.json) and attempt(lambda: write_json(args.json, report))
     # The worst images are named when per-image results were asked for (a plain run keeps its report short).
     worst = format_worst(records) if outputs or args.csv else ""
-    print(format_report(report, json_path=args.json if json_written else None, worst=worst))
-    return exit_status(args, report, errors, status)
+    printed = print_report(format_report(report, json_path=args.json if json_written else None, worst=worst))
+    if printed not in (None, "closed"):
+        errors.append(printed)
+    code = exit_status(args, report, errors, status)
+    return 141 if printed == "closed" and code == 0 else code  # 141 = 128 + SIGPIPE, as `cat` ends under `| head`
+
+
+def print_report(text: str) -> str | None:
+    """Print the report (the last thing a run does): None, "closed" when stdout is a pipe whose reader has gone
+    (`| head -1`), or why stdout failed (`> /dev/full`)."""
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+        return None
+    except BrokenPipeError:
+        result = "closed"
+    except OSError as exc:
+        result = f"cannot write the report to stdout: {exc.strerror or exc}; the result files are written all the same"
+    try:  # stdout -> /dev/null: the interpreter's last flush of what is still buffered must not fail again at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+    return result
 
 
 def exit_status(args, report: dict, errors: list[str], status: int) -> int:

@@ -112,7 +112,14 @@ def caption(report: dict) -> list[str]:
     w, h = c.get("image_size", ("?", "?"))
     weights = "random weights (dice left out: it measures nothing)" if c.get("weights") == "random" else \
         f"weights `{os.path.basename(str(c.get('weights')))}`"
-    calib = f"; int8 calibrated on {c['calibration_images']} of these images" if c.get("calibration_images") else ""
+    calib = ""
+    if c.get("calibration"):
+        cal = c["calibration"]
+        where = "of these images" if cal["source"] == "scored" else "images that are not scored" \
+            if not cal["overlap_with_scored"] else f"images, {cal['overlap_with_scored']} of them scored"
+        calib = f"; int8 calibrated on {cal['images']} {where} ({cal['what'].split(' (')[0]})"
+    elif c.get("calibration_images"):
+        calib = f"; int8 calibrated on {c['calibration_images']} of these images"
     partial = " **Partial report: the run was interrupted.**" if report.get("partial") else ""
     text = (f"Measured on {describe_host(c.get('host'))}, torch {c.get('torch', '?')}, {describe_date(c.get('started'))}: "
             f"{c.get('model', '?')}, {weights}, {c.get('images', '?')} images at {w}x{h}, batch {c.get('batch_size', '?')}, "

@@ -7,6 +7,7 @@ import importlib.util
 import torch
 
 from engines.base import Engine, EngineOptions
+from utils.device import describe_host
 from utils.errors import SampleError, first_line
 
 # Each module defines DEVICES, PRECISIONS and load(model, example_shape, device, precision, options) -> Engine;
@@ -24,15 +25,17 @@ ENGINES = {
 ALIASES = {"eager": "torch", "pytorch": "torch", "jit": "torchscript", "ts": "torchscript", "compile": "inductor",
            "torch.compile": "inductor", "ort": "onnxruntime", "ov": "openvino", "trt": "tensorrt",
            "torch_tensorrt": "tensorrt", "aie": "torch_aie", "npu": "torch_npu"}
-# `--engine auto`: per device and precision, the fastest engine whose output passes the fidelity bar, as measured
-# here (docs/engines.md has the table; CUDA / NPU orders are not measured here). The first installed one that
-# supports the precision wins.
+# `--engine auto` measures the installed engines on the spot (pipeline/auto.py). These fixed orders are its fallback
+# (`--auto static`, `--no_cache`) and the order it probes in: the first installed one that supports the precision.
+# CPU fp32: openvino and onnxruntime are within ~15 % of each other and swap places between CPUs (docs/engines.md).
 AUTO = {"cpu": ("openvino", "onnxruntime", "torchscript", "torch"), "cuda": ("tensorrt", "torch"),
         "npu": ("torch_aie", "torch_npu")}
 AUTO_INT8 = {"cpu": ("openvino", "onnxruntime")}
 # onnxruntime has no CPU fp16 / bf16 kernels and openvino refuses them on a CPU without native support, so half
-# precision on the CPU goes to torch; on a CPU with AVX512-BF16 or AMX openvino bf16 is faster (docs/engines.md).
+# precision on such a CPU goes to torch; with AVX512-BF16 or AMX, openvino bf16 is the fastest row measured.
 AUTO_HALF = {"cpu": ("torchscript", "torch")}
+AUTO_HALF_NATIVE = {"cpu": ("openvino", "torchscript", "torch")}
+NATIVE_BF16 = ("avx512_bf16", "amx_bf16")
 
 
 def canonical_name(name: str) -> str:
@@ -60,11 +63,12 @@ def missing(key: str, device: torch.device) -> str | None:
 
 
 def default_engine(device: torch.device, precision: str = "fp32") -> str:
-    """The engine `--engine auto` picks for `device` and `precision` (AUTO / AUTO_INT8's measured order)."""
+    """The engine of the static order for `device` and `precision` (AUTO, AUTO_INT8, AUTO_HALF[_NATIVE])."""
     if precision == "int8":
         order = AUTO_INT8.get(device.type, ())
     elif precision in ("fp16", "bf16") and device.type in AUTO_HALF:
-        order = AUTO_HALF[device.type]
+        native = precision == "bf16" and set(NATIVE_BF16) & set(describe_host(device)["isa"])
+        order = (AUTO_HALF_NATIVE if native else AUTO_HALF)[device.type]
     else:
         order = AUTO.get(device.type, ())
     for key in order:

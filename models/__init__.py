@@ -5,7 +5,8 @@ from torch import nn
 
 from models.checkpoint import fit_state_dict, infer_config, load_state_dict
 from models.unet import UNet
-from models.unetpp import NestedUNet
+from models.unetpp import REFERENCE_WIDTH, NestedUNet
+from utils.errors import SampleError
 
 MODELS = {"unet": UNet, "unet++": NestedUNet}
 ALIASES = {"unetpp": "unet++", "nested_unet": "unet++", "nestedunet": "unet++", "unet_plus_plus": "unet++"}
@@ -22,16 +23,27 @@ def canonical_name(name: str) -> str:
 
 
 def build(name: str, n_channels: int = 3, n_classes: int = 2, bilinear: bool = False,
-          deep_supervision: bool = False) -> nn.Module:
+          deep_supervision: bool = False, base_width: int = REFERENCE_WIDTH) -> nn.Module:
     """Instantiate a registered architecture with random weights."""
     key = canonical_name(name)
     if key == "unet":
         return UNet(n_channels, n_classes, bilinear=bilinear)
-    return NestedUNet(n_classes, input_channels=n_channels, deep_supervision=deep_supervision)
+    return NestedUNet(n_classes, input_channels=n_channels, deep_supervision=deep_supervision, base_width=base_width)
+
+
+def variant(name: str, config: dict) -> str:
+    """A short name for the network built: 'UNet (transposed-conv up)', 'NestedUNet n1=64 (reference)', ..."""
+    if canonical_name(name) == "unet":
+        return "UNet (Pytorch-UNet, " + ("bilinear up)" if config.get("bilinear") else "transposed-conv up)")
+    width = config.get("base_width", REFERENCE_WIDTH)
+    what = "the seed's reference" if width == REFERENCE_WIDTH else "not the reference width 64"
+    heads = ", deep-supervision heads (final4 used)" if config.get("deep_supervision") else ""
+    return f"NestedUNet n1={width} ({what}{heads})"
 
 
 def create_model(name: str, checkpoint: str | None = None, n_channels: int | None = None,
-                 n_classes: int | None = None, bilinear: bool | None = None) -> tuple[nn.Module, dict]:
+                 n_classes: int | None = None, bilinear: bool | None = None,
+                 base_width: int | None = None) -> tuple[nn.Module, dict]:
     """Build `name` in eval mode on the CPU in fp32, with weights from `checkpoint` or random (seeded by the caller).
 
     Arguments left as None are inferred from the checkpoint's tensor shapes (or default to 3 channels, 2 classes,
@@ -40,17 +52,25 @@ def create_model(name: str, checkpoint: str | None = None, n_channels: int | Non
     key = canonical_name(name)
     state, info = ({}, {"weights": "random"}) if checkpoint is None else load_state_dict(checkpoint)
     config = infer_config(key, state) if state else {}
-    for field, value in (("n_channels", n_channels), ("n_classes", n_classes), ("bilinear", bilinear)):
+    if base_width is not None and key == "unet++" and config.get("base_width", base_width) != base_width:
+        raise SampleError(f"--base_width {base_width} does not match {checkpoint}: its conv0_0.conv1.weight has "
+                          f"{config['base_width']} filters; drop --base_width (it is read from the checkpoint)")
+    for field, value in (("n_channels", n_channels), ("n_classes", n_classes), ("bilinear", bilinear),
+                         ("base_width", base_width)):
         if value is not None:
             config[field] = value
     config.setdefault("n_channels", 3)
     config.setdefault("n_classes", 2)
     if key == "unet":
         config.pop("deep_supervision", None)
+        config.pop("base_width", None)
     else:
         config.pop("bilinear", None)
+        config.setdefault("base_width", REFERENCE_WIDTH)
     model = build(key, **config)
     if state:
         fit_state_dict(model, key, state, checkpoint)
     info.update(config)
+    info["variant"] = variant(key, config)
+    info["parameters"] = sum(p.numel() for p in model.parameters())
     return model.eval(), info

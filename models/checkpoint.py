@@ -3,17 +3,24 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 import zipfile
 
 import torch
 from torch import nn
 
-from utils.errors import SampleError, first_line
+from utils.errors import SampleError
+from utils.files import file_kind, open_regular
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "net")
 PREFIXES = ("module.", "_orig_mod.")
 # Keys that tell the two architectures apart, used to suggest the right --model_name.
 SIGNATURES = {"unet": ("inc.", "down1.", "outc."), "unet++": ("conv0_0.", "conv4_0.", "conv0_4.")}
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format is a zip archive holding <name>/data.pkl
+LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")  # pickled first by torch.save(..., legacy format)
+SIGNS = [(b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"GIF8", "a GIF image"),
+         (b"\x1f\x8b", "gzip data"), (b"\x93NUMPY", "a NumPy .npy array"), (b"\x89HDF", "an HDF5 (Keras) file"),
+         (b"\x7fELF", "a program (ELF)"), (b"\x80", "a Python pickle that torch.save did not write")]
 
 
 def clean_state_dict(state: dict) -> dict:
@@ -30,17 +37,77 @@ def clean_state_dict(state: dict) -> dict:
     return cleaned
 
 
-def _torch_load(path: str):
+def _looks_like(head: bytes) -> str:
+    """What a file's first bytes say it is, in words."""
+    for sign, name in SIGNS:
+        if head.startswith(sign):
+            return name
+    if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 1 << 30:
+        return "a safetensors file (this sample reads torch.save state dicts)"
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise SampleError(
-            f"{path}: refused to unpickle it: it holds Python objects, not only tensors (probably a whole "
-            f"model saved with torch.save(model)). Loading it would run code from the file. Re-save its weights "
-            f"with torch.save(model.state_dict(), 'weights.pth') and pass that file. ({first_line(exc)})"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        raise SampleError(f"{path}: not a readable PyTorch checkpoint ({first_line(exc)})") from None
+        text = head.decode("utf-8").lstrip()
+    except UnicodeDecodeError:
+        return "binary data of another format"
+    return "JSON text" if text[:1] in ("{", "[") else "text"
+
+
+def _sniff(path: str, f) -> str | None:
+    """Why `path` cannot be a torch checkpoint, read off its first bytes (and a zip's member names), or None."""
+    head = f.read(64)
+    f.seek(0)
+    if not head:
+        return "the file is empty"
+    if head.startswith(ZIP_MAGIC):
+        try:
+            with zipfile.ZipFile(f) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+            return f"a damaged or truncated zip archive: {exc}"
+        finally:
+            f.seek(0)
+        if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
+            return "a TorchScript archive (torch.jit.save); pass the weights: torch.save(model.state_dict(), 'weights.pth')"
+        if not any(n.count("/") == 1 and n.endswith("/data.pkl") for n in names):
+            return f"a zip archive without torch's data.pkl (it holds {', '.join(names[:3]) or 'nothing'})"
+        return None
+    if head.startswith(b"\x80") and LEGACY_MAGIC in head[:32]:
+        return None  # torch's legacy (pre-1.6) format: a pickle stream that starts with torch's magic number
+    return f"it is {_looks_like(head)}"
+
+
+def _torch_reason(exc: BaseException) -> str:
+    """torch's own reason, without its advice: that advice is to retry with weights_only=False, which would run
+    whatever code the file holds. Never pass it on."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    reason = lines[0].split(" Please ", 1)[0].split(". Please", 1)[0] if lines else ""
+    if not reason or "weights_only" in reason or "trust" in reason:
+        reason = ""
+    return f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__
+
+
+def _torch_load(path: str):
+    with open_regular(path, "checkpoint") as f:
+        problem = _sniff(path, f)
+        if problem:
+            raise SampleError(f"{path}: not a PyTorch checkpoint ({problem})")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's warnings about pickle protocols say nothing to act on
+                return torch.load(f, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            reason = _torch_reason(exc)
+            if "Unsupported global" in reason or "Unsupported class" in reason:
+                raise SampleError(
+                    f"{path}: refused to unpickle it: it holds Python objects, not only tensors (probably a whole "
+                    f"model saved with torch.save(model)), and loading those would run code from the file. Re-save "
+                    f"its weights with torch.save(model.state_dict(), 'weights.pth') and pass that file. ({reason})"
+                ) from None
+            raise SampleError(f"{path}: not a PyTorch checkpoint (its pickle data is unreadable: {reason})") from None
+        except Exception as exc:  # noqa: BLE001  a hostile file makes torch raise anything (KeyError, IndexError, ...)
+            raise SampleError(f"{path}: not a PyTorch checkpoint, or a damaged one ({_torch_reason(exc)})") from None
 
 
 def load_state_dict(path: str) -> tuple[dict, dict]:
@@ -49,8 +116,11 @@ def load_state_dict(path: str) -> tuple[dict, dict]:
     Accepts plain state dicts (Pytorch-UNet v3.0 release files), Pytorch-UNet train.py files (with their
     extra `mask_values` entry, popped and kept in the info) and `{"state_dict" | "model": ...}` wrappers.
     """
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise SampleError(f"checkpoint not found: {path} (pass the .pth file with --pth, or omit --pth for random weights)")
+    kind = file_kind(path)
+    if kind:
+        raise SampleError(f"{path}: not a PyTorch checkpoint ({kind}, not a regular file)")
     obj = _torch_load(path)
     info = {"weights": os.path.abspath(path)}
     for _ in range(2):  # a wrapper inside a wrapper happens (e.g. {"model": {"state_dict": ...}})
@@ -63,6 +133,9 @@ def load_state_dict(path: str) -> tuple[dict, dict]:
     obj = dict(obj)
     if "mask_values" in obj:
         info["mask_values"] = obj.pop("mask_values")
+    names = [repr(k) for k in obj if not isinstance(k, str)]
+    if names:
+        raise SampleError(f"{path}: not a state dict: entries named {', '.join(names[:5])} (names must be strings)")
     extras = sorted(k for k, v in obj.items() if not isinstance(v, torch.Tensor))
     if extras:
         raise SampleError(f"{path}: entries that are not tensors: {', '.join(extras[:5])}; expected a state dict")
@@ -80,7 +153,7 @@ def detect_architecture(state: dict) -> str | None:
 
 
 def infer_config(name: str, state: dict) -> dict:
-    """Read channel / class counts and the upsampling mode off the tensor shapes."""
+    """Read channel / class counts, the upsampling mode (UNet) and the base width (UNet++) off the tensor shapes."""
     if detect_architecture(state) not in (None, name):
         return {}  # fit_state_dict reports the mismatch with a suggestion
     try:
@@ -95,8 +168,9 @@ def infer_config(name: str, state: dict) -> dict:
             "n_channels": state["conv0_0.conv1.weight"].shape[1],
             "n_classes": state[head].shape[0],
             "deep_supervision": head == "final4.weight",
+            "base_width": state["conv0_0.conv1.weight"].shape[0],
         }
-    except KeyError:
+    except (KeyError, IndexError):  # a tensor of the wrong rank: fit_state_dict names the mismatch
         return {}
 
 

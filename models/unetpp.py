@@ -1,10 +1,14 @@
-"""UNet++ (Zhou et al.) with the module names of the widely used NestedUNet, so its checkpoints load strictly."""
+"""UNet++ (Zhou et al.): the seed's reference network, bigmb/Unet-Segmentation-Pytorch-Nest-of-Unets `NestedUNet`
+(base width n1 = 64), with the module names every NestedUNet shares, so its checkpoints load strictly.
+
+Other NestedUNets differ only in the base width (4uiiurz1's is 32) and optional deep-supervision heads; the width
+is read off a checkpoint's `conv0_0.conv1.weight` (models/checkpoint.py)."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-NB_FILTER = (32, 64, 128, 256, 512)
+REFERENCE_WIDTH = 64  # n1 of the reference NestedUNet: filters 64, 128, 256, 512, 1024
 
 
 class VGGBlock(nn.Module):
@@ -28,12 +32,14 @@ class NestedUNet(nn.Module):
 
     With deep_supervision the checkpoint has four heads (final1..final4); inference uses final4, the head on
     the full-depth path, so the output is always one (N, num_classes, H, W) tensor. H and W must be multiples
-    of 16.
+    of 16. `base_width` is n1: the filters are n1 * (1, 2, 4, 8, 16).
     """
 
-    def __init__(self, num_classes: int = 2, input_channels: int = 3, deep_supervision: bool = False):
+    def __init__(self, num_classes: int = 2, input_channels: int = 3, deep_supervision: bool = False,
+                 base_width: int = REFERENCE_WIDTH):
         super().__init__()
-        f = NB_FILTER
+        f = tuple(base_width * 2 ** i for i in range(5))
+        self.base_width = base_width
         self.n_channels = input_channels
         self.n_classes = num_classes
         self.deep_supervision = deep_supervision

@@ -40,8 +40,8 @@ def plan_rows(engine_spec: str, precisions: list[str], device: torch.device) -> 
     reason as a failure; under `all` it is listed as skipped instead.
     """
     spec = engine_spec.strip().lower()
-    if spec == "auto":
-        return [(engines.default_engine(device, p), p) for p in precisions], []
+    if spec == "auto":  # pipeline.auto.resolve picks each row's engine once the model and data are ready
+        return [("auto", p) for p in precisions], []
     if spec == "all":
         names, explicit = list(engines.ENGINES), False
     else:
@@ -97,15 +97,21 @@ class RowsResult:
         return 1 if failed or not self.rows else 0
 
 
-def run_rows(plan: list[tuple[str, str]], job: Job, options: EngineOptions, outputs: Outputs | None = None) -> RowsResult:
+def run_rows(plan: list[tuple[str, str]], job: Job, options: EngineOptions, outputs: Outputs | None = None,
+             loaded: dict | None = None, row_options: dict | None = None) -> RowsResult:
     """Run each planned row; a row the engine refuses here (e.g. bf16 on a CPU without it) is skipped, one that fails
-    is listed as failed, and Ctrl-C stops with the rows finished so far."""
+    is listed as failed, and Ctrl-C stops with the rows finished so far.
+
+    `loaded` maps a row to an engine already compiled for it and its compile seconds (`--engine auto`'s probe);
+    `row_options` a row to its own options (a thread count auto chose)."""
     result = RowsResult()
+    loaded, row_options = dict(loaded or {}), row_options or {}
     for name, precision in plan:
         if job.show_progress:
             print(f"[{name} {precision}] compiling / loading ...", file=sys.stderr)
         try:
-            row = run_row(name, precision, job, options, outputs)
+            row = run_row(name, precision, job, row_options.get((name, precision), options), outputs,
+                          loaded.pop((name, precision), None))
             result.rows.append(row)
             if row["interrupted"]:
                 result.interrupted = True
@@ -124,11 +130,29 @@ def run_rows(plan: list[tuple[str, str]], job: Job, options: EngineOptions, outp
     return result
 
 
-def run_row(name: str, precision: str, job: Job, options: EngineOptions, outputs: Outputs | None = None) -> dict:
-    """Compile (timed), run the accuracy pass, then the timing pass on one of its batches; return the report row."""
-    start = time.perf_counter()
-    engine = engines.load(name, job.model, job.shape, job.device, precision, options)
-    compile_s = time.perf_counter() - start
+def run_row(name: str, precision: str, job: Job, options: EngineOptions, outputs: Outputs | None = None,
+            loaded: tuple[Engine, float] | None = None) -> dict:
+    """Compile (timed), run the accuracy pass, then the timing pass on one of its batches; return the report row.
+
+    `loaded`: the engine and compile seconds of a build made earlier for this row (auto's probe). With
+    `options.threads` set, torch's intra-op threads follow it for the row."""
+    previous = torch.get_num_threads()
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    try:
+        return _run_row(name, precision, job, options, outputs, loaded)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_row(name: str, precision: str, job: Job, options: EngineOptions, outputs: Outputs | None,
+             loaded: tuple[Engine, float] | None) -> dict:
+    if loaded is not None:
+        engine, compile_s = loaded
+    else:
+        start = time.perf_counter()
+        engine = engines.load(name, job.model, job.shape, job.device, precision, options)
+        compile_s = time.perf_counter() - start
     hook = outputs.hook(engine.name, precision) if outputs else None
     result = accuracy_pass(engine, job.batches(), job.total, job.reference, job.show_progress, hook)
     timing = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 
+from report.notes import config_notes
 from utils.files import write_atomic
 
 COLUMNS = [  # (header, row key, format)
@@ -59,7 +60,8 @@ def format_report(report: dict, json_path: str | None = None, worst: str = "") -
     images' lines, and where every file went (`json_path`: the JSON report, when it was written)."""
     c = report["config"]
     lines = [
-        f"model      {c['model']} ({c['parameters']:,} parameters, {c['n_classes']} classes)",
+        f"model      {c['model']}: {c.get('variant', c['model'])}, {c['parameters']:,} parameters, "
+        f"{c['n_classes']} classes",
         f"weights    {c['weights']}",
         f"data       {c['data']}",
         f"images     {c['images']} at {c['image_size'][0]}x{c['image_size'][1]}, batch {c['batch_size']}"
@@ -102,6 +104,7 @@ def format_report(report: dict, json_path: str | None = None, worst: str = "") -
     for skip in report.get("skipped", []):
         lines.append(f"{'FAILED' if skip.get('failed') else 'skipped'} {skip['engine']} {skip['precision']}: "
                      f"{skip['reason']}")
+    lines.extend(config_notes(c))
     if report.get("partial"):
         lines.append("PARTIAL: the run was interrupted (Ctrl-C): rows it never reached are missing, and a row it cut "
                      "short says INTERRUPTED above")

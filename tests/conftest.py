@@ -68,6 +68,22 @@ def small_set(tmp_path) -> tuple[str, str]:
 
 
 @pytest.fixture(autouse=True)
+def _cheap_auto_probe(request, monkeypatch):
+    """`--engine auto` (the CLI's default) probes every installed engine the first time a cache folder sees a model
+    and shape; each CLI test has its own folder, and inductor alone compiles for ~20 s. Tests not marked `full_auto`
+    probe only torch and torchscript, which build in a second; the probe's logic is the same."""
+    if request.node.get_closest_marker("full_auto") is None:
+        import pipeline.auto
+
+        real = pipeline.auto.candidates
+        monkeypatch.setattr(pipeline.auto, "candidates",
+                            lambda device, precision: [n for n in real(device, precision) if n in CHEAP_AUTO])
+
+
+CHEAP_AUTO = ("torch", "torchscript")
+
+
+@pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
     torch.set_num_threads(2)

@@ -82,7 +82,7 @@ def test_pickled_model_is_refused(tmp_path):
 def test_corrupt_checkpoint(tmp_path, content):
     path = tmp_path / "bad.pth"
     path.write_bytes(content)
-    with pytest.raises(SampleError, match="not a readable PyTorch checkpoint|refused to unpickle"):
+    with pytest.raises(SampleError, match="not a PyTorch checkpoint"):  # issue 8: the one line for any non-checkpoint
         models.create_model("unet", str(path))
 
 

@@ -11,7 +11,6 @@ import sys
 import pytest
 import torch
 
-import engines
 import sample
 from models.unet import UNet
 from models.unetpp import NestedUNet
@@ -34,7 +33,9 @@ def test_synthetic_default_end_to_end(tmp_path, capsys):
     assert "synthetic Carvana-like set" in out and "random weights" in out
     report = json.loads(report_path.read_text())
     row = report["rows"][0]
-    assert row["engine"] == engines.default_engine(torch.device("cpu")) and row["images"] == 2 and row["images_scored"] == 2
+    auto = report["config"]["auto"][0]
+    assert auto["source"] == "measured" and auto["engine"] == row["engine"] and auto["record"]
+    assert row["images"] == 2 and row["images_scored"] == 2
     assert 0.0 <= row["dice"] <= 1.0 and row["cosine_min"] >= 0.99999
     assert row["calls"] == 2 and len(row["latencies_ms"]) == 2 and row["fps"] > 0 and row["e2e_fps"] > 0
     assert row["compile_s"] > 0 and row["first_call_ms"] > 0
@@ -46,6 +47,7 @@ def test_synthetic_default_end_to_end(tmp_path, capsys):
     assert report["config"]["host"]["cpu"] and report["config"]["command"].startswith("python sample.py ")
     code, out, err = run(FAST + ["--synthetic_count", "2", "--cache_dir", str(tmp_path)], capsys)
     assert code == 0 and "generating" not in err and "wrote" not in out  # made once; no file asked for, none named
+    assert f"auto fp32: {row['engine']} (kept from an earlier run" in out  # measured once, then kept
 
 
 @pytest.mark.parametrize("model_name", ["unet", "unet++"])
@@ -89,8 +91,8 @@ def test_images_without_masks_are_timed_not_scored(small_set, tmp_path, capsys):
 def test_no_masks_means_no_dice(small_set, capsys):
     code, out, err = run(FAST + ["--image_path", small_set[0]], capsys)
     assert code == 0
-    line = [x for x in out.splitlines() if x.startswith(engines.default_engine(torch.device("cpu")) + " ")][0]
-    assert line.split()[4] == "-"  # dice column
+    table = out.split("-----\n", 1)[1].split("\n\n")[0].splitlines()  # the rows under the table's rule
+    assert len(table) == 1 and table[0].split()[4] == "-"  # dice column
 
 
 def _ckpt(tmp_path, obj):

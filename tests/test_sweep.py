@@ -102,10 +102,8 @@ def test_a_named_engine_without_any_asked_precision_is_a_failure(small_set, tmp_
 
 
 def test_auto_plans_one_row_per_precision():
-    rows = plan_rows("auto", ["fp32", "int8"], CPU)[0]
-    assert rows == [(engines.default_engine(CPU, "fp32"), "fp32"), (engines.default_engine(CPU, "int8"), "int8")]
-    if engines.missing("openvino", CPU) is None:
-        assert rows[1] == ("openvino", "int8")  # NNCF int8 measured faster than onnxruntime's here
+    """The engine is chosen later (pipeline.auto.resolve), once the model and the data are ready to measure."""
+    assert plan_rows("auto", ["fp32", "int8"], CPU) == ([("auto", "fp32"), ("auto", "int8")], [])
 
 
 def test_precision_list_is_checked():

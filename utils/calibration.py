@@ -1,31 +1,89 @@
-"""Calibration data for int8 post-training quantisation: the first N images of the data being evaluated."""
+"""Calibration data for int8 post-training quantisation, kept apart from the images it is then scored on.
+
+Which images calibrate, in order of preference: the `--calib_path` folder; else images of the `--image_path`
+folder outside the scored subset (other cars first: a Carvana id is `<car>_<angle>`); else, when every image is
+scored, the scored images themselves, which the report then says plainly (their int8 dice delta is flattered).
+"""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from utils.data import Dataset, iter_batches
+from utils.data import Dataset, Sample, find_pairs, iter_batches
+from utils.errors import SampleError
+
+SOURCES = {
+    "calib_path": "--calib_path",
+    "outside": "images of the data folder outside the scored set",
+    "scored": "the scored images themselves (overlap: the int8 dice delta is flattered; pass --calib_path)",
+}
 
 
 @dataclass
 class Calibration:
-    """Full-size input batches (B, C, H, W) and a key naming the images and size (part of an int8 artifact's key)."""
+    """Full-size input batches (B, C, H, W) and a key naming the images and size (part of an int8 artifact's key).
+
+    `ids` are the images that decoded (and calibrated), `skipped` the (image, reason) pairs that did not, `source`
+    a key of SOURCES, `overlap` how many calibration images are also scored.
+    """
 
     batches: list[torch.Tensor]
     key: str
     images: int
+    ids: list[str] = field(default_factory=list)
+    source: str = "random"
+    overlap: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def describe(self) -> dict:
+        """The report's `config.calibration` entry."""
+        return {"source": self.source, "what": SOURCES.get(self.source, self.source), "images": self.images,
+                "ids": self.ids, "overlap_with_scored": self.overlap,
+                "skipped": [{"id": i, "error": e} for i, e in self.skipped]}
 
 
-def load_calibration(dataset: Dataset, size: tuple[int, int], batch_size: int, count: int,
-                     workers: int = 2) -> Calibration:
-    """Decode the first `count` images (scored pairs first) exactly as the accuracy pass does."""
-    samples = (dataset.samples + dataset.unpaired)[:count]
-    batches = [b.images for b in iter_batches(samples, size, batch_size, workers) if b.n]
-    ids = ",".join(s.id for s in samples)
-    key = hashlib.sha256(f"{ids}|{size}|{batch_size}".encode()).hexdigest()[:16]
-    return Calibration(batches, key, len(samples))
+def _car(image_id: str) -> str:
+    return image_id.rsplit("_", 1)[0]
+
+
+def choose_samples(dataset: Dataset, count: int, calib_path: str | None = None,
+                   folder: list[Sample] | None = None) -> tuple[list[Sample], str]:
+    """The (up to) `count` calibration samples and their source (a key of SOURCES).
+
+    `folder` is every image of the data folder, scored or not (the scored set is a subset when --limit cut it).
+    """
+    scored = dataset.samples + dataset.unpaired
+    if calib_path is not None:
+        return find_pairs(calib_path).samples[:count], "calib_path"
+    ids = {s.id for s in scored}
+    outside = [s for s in folder or [] if s.id not in ids]
+    if outside:
+        cars = {_car(i) for i in ids}
+        outside.sort(key=lambda s: _car(s.id) in cars)  # stable: other cars first, each in name order
+        return outside[:count], "outside"
+    return scored[:count], "scored"
+
+
+def load_calibration(samples: list[Sample], size: tuple[int, int], batch_size: int, workers: int = 2,
+                     source: str = "scored", scored_ids: set[str] | frozenset = frozenset()) -> Calibration:
+    """Decode `samples` exactly as the accuracy pass does; an image that does not decode is skipped and named.
+
+    SampleError when none decodes (int8 would have nothing to calibrate on).
+    """
+    batches, ids, skipped = [], [], []
+    for batch in iter_batches(samples, size, batch_size, workers):
+        skipped.extend(batch.failed)
+        if batch.n:
+            batches.append(batch.images)
+            ids.extend(batch.ids[:batch.n])
+    if not ids:
+        where = f"; first error: {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
+        raise SampleError(f"no calibration image could be decoded ({len(samples)} tried{where}); "
+                          "pass --calib_path with readable images")
+    key = hashlib.sha256(f"{','.join(ids)}|{size}|{batch_size}".encode()).hexdigest()[:16]
+    return Calibration(batches, key, len(ids), ids, source, sum(i in scored_ids for i in ids), skipped)
 
 
 def random_calibration(shape: tuple, count: int = 2, seed: int = 0) -> Calibration:

@@ -117,3 +117,57 @@ def describe_host(device: torch.device) -> dict:
     elif device.type == "npu":
         host["accelerator"] = torch.npu.get_device_name(device.index or 0) if hasattr(torch, "npu") else "npu"
     return host
+
+
+def usable_cpus() -> int:
+    """Logical CPUs this process may run on (its affinity mask, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def physical_cores() -> int:
+    """Physical cores among the usable CPUs (SMT siblings counted once); the logical count when unknown."""
+    try:
+        allowed = os.sched_getaffinity(0)
+        cores, cpu, phys = set(), None, "0"
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "processor":
+                    cpu = int(value)
+                elif key == "physical id":
+                    phys = value.strip()
+                elif key == "core id" and cpu in allowed:
+                    cores.add((phys, value.strip()))
+        return len(cores) or len(allowed)
+    except (AttributeError, OSError, ValueError):
+        return usable_cpus()
+
+
+def precision_hints(device: torch.device, precisions: list[str], host: dict | None = None) -> list[str]:
+    """One line per faster precision this device runs natively and the run did not ask for; never a switch."""
+    host = host or describe_host(device)
+    hints = []
+    if device.type == "cpu":
+        isa = set(host.get("isa", []))
+        bf16 = sorted(isa & {"avx512_bf16", "amx_bf16"})
+        int8 = sorted(isa & {"avx512_vnni", "avx_vnni", "amx_int8"})
+        if bf16 and "bf16" not in precisions:
+            hints.append(f"this CPU computes bf16 natively ({', '.join(bf16)}): try --precision fp32,bf16 "
+                         "(bf16 ran 2-6x faster than fp32 on the CPUs measured in docs/engines.md; the row is "
+                         "checked against the 0.999 cosine bar)")
+        if int8 and "int8" not in precisions:
+            hints.append(f"this CPU has int8 dot-product instructions ({', '.join(int8)}): try --precision fp32,int8 "
+                         "--calib_path DIR (images that are not scored); the row reports its dice delta vs fp32")
+    elif device.type == "cuda":
+        major, _ = torch.cuda.get_device_capability(device)
+        if major >= 7 and not {"fp16", "bf16"} & set(precisions):
+            native = "fp16 and bf16" if major >= 8 else "fp16"
+            hints.append(f"{host.get('accelerator', 'this GPU')} has tensor cores for {native}: try "
+                         "--precision fp32,fp16 (checked against the 0.999 cosine bar)")
+    elif device.type == "npu" and "fp16" not in precisions:
+        hints.append("Ascend NPUs compute fp16 natively: try --precision fp16")
+    return hints

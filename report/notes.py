@@ -1,0 +1,44 @@
+"""The report's notes on how the run was set up: what `--engine auto` measured and chose, which images calibrated
+int8, and faster precisions this device runs natively (a hint, never a switch)."""
+from __future__ import annotations
+
+
+def _candidate(entry: dict) -> str:
+    threads = f" x{entry['threads']} threads" if entry.get("threads") else ""
+    if entry.get("median_ms") is not None:
+        text = f"{entry['engine']}{threads} {entry['median_ms']:,.1f} ms"
+        return text + (f" ({entry['note']})" if entry.get("note") else "")
+    return f"{entry['engine']}{threads}: {entry.get('note') or 'not timed'}"
+
+
+def auto_lines(config: dict) -> list[str]:
+    lines = []
+    for choice in config.get("auto", []):
+        threads = f" with {choice['threads']} threads" if choice.get("threads") else ""
+        how = {"measured": f"measured now in {choice.get('probe_s', 0):.0f} s", "cached": "kept from an earlier run",
+               "static": "fixed order, not measured"}.get(choice["source"], choice["source"])
+        line = f"auto {choice['precision']}: {choice['engine']}{threads} ({how}; {choice['reason']})"
+        if choice.get("candidates"):
+            line += "; probed: " + ", ".join(_candidate(c) for c in choice["candidates"])
+        lines.append(line)
+    return lines
+
+
+def calibration_line(config: dict) -> list[str]:
+    cal = config.get("calibration")
+    if not cal:
+        return []
+    ids = ", ".join(cal["ids"][:4]) + (f" (+{len(cal['ids']) - 4} more)" if len(cal["ids"]) > 4 else "")
+    overlap = cal.get("overlap_with_scored", 0)
+    line = f"int8 calibration: {cal['images']} image(s) from {cal['what']}: {ids}"
+    if overlap and cal["source"] != "scored":
+        line += f"; {overlap} of them are also scored"
+    if cal.get("skipped"):
+        line += f"; {len(cal['skipped'])} unreadable, skipped: " + "; ".join(
+            f"{s['id']} ({s['error']})" for s in cal["skipped"][:3])
+    return [line]
+
+
+def config_notes(config: dict) -> list[str]:
+    """Lines for the report, after the table's own notes."""
+    return auto_lines(config) + calibration_line(config) + [f"hint: {h}" for h in config.get("hints", [])]

@@ -1,0 +1,158 @@
+"""`--engine auto` measures the engines here, keeps the fastest that passes the fidelity bar, and remembers it."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import pytest
+import torch
+
+import engines
+import models
+import sample
+from engines.base import EngineOptions
+from pipeline import auto
+from tests.conftest import CPU
+from tests.test_outputs import documented_fields, field_paths
+from utils.cache import ArtifactCache
+from utils.device import precision_hints
+
+SHAPE = (1, 3, 64, 64)  # at 32 px frozen TorchScript takes ~600 ms a call here (oneDNN on 2x2 maps)
+
+
+@pytest.fixture(scope="module")
+def unet():
+    torch.manual_seed(0)
+    return models.create_model("unet")[0]
+
+
+def _inputs(model):
+    batch = torch.rand(SHAPE)
+    with torch.inference_mode():
+        reference = model(batch)
+    return (lambda: (batch, 1)), (lambda b: reference)
+
+
+def _slowed(monkeypatch, slow: dict, wrong: tuple = ()):
+    """engines.load, with each call of engine `name` repeated `slow[name]` times (a ratio, which survives a busy
+    machine better than a fixed delay), and `wrong` engines returning garbage at once (the fastest of all, so only
+    the fidelity check can keep them out)."""
+    real = engines.load
+
+    def load(name, model, shape, device, precision="fp32", options=None):
+        engine = real(name, model, shape, device, precision, options)
+        if name in wrong:
+            return dataclasses.replace(engine, run=lambda x: torch.rand(shape[0], 2, *shape[2:]))
+        if name in slow:
+            run = engine.run
+            return dataclasses.replace(engine, run=lambda x: [run(x) for _ in range(slow[name])][-1])
+        return engine
+
+    monkeypatch.setattr(engines, "load", load)
+
+
+def test_picks_the_fastest_that_passes_and_keeps_it(unet, monkeypatch, tmp_path):
+    monkeypatch.setattr(auto, "candidates", lambda device, precision: ["torch", "torchscript"])
+    _slowed(monkeypatch, {"torch": 6})
+    options = EngineOptions(cache=ArtifactCache(str(tmp_path)))
+    first_batch, reference = _inputs(unet)
+    choice = auto.choose(unet, "m1", SHAPE, CPU, "fp32", options, first_batch, reference)
+    assert choice.engine == "torchscript" and choice.source == "measured" and choice.loaded is not None, choice
+    timed = {c["engine"]: c for c in choice.candidates}
+    assert timed["torch"]["median_ms"] > 2 * timed["torchscript"]["median_ms"]
+    assert timed["torchscript"]["cosine_min"] > 0.99999 and "faster than torch" in choice.reason
+    assert os.path.isfile(choice.record)
+
+    def no_probe():
+        raise AssertionError("a kept choice must not probe again")
+
+    again = auto.choose(unet, "m1", SHAPE, CPU, "fp32", options, no_probe, reference)
+    assert (again.engine, again.source, again.loaded) == ("torchscript", "cached", None)
+    assert again.candidates == json.loads(open(choice.record).read())["candidates"]
+    # Another model, shape or precision is another decision.
+    other = auto.choose(unet, "m2", SHAPE, CPU, "fp32", options, first_batch, reference)
+    assert other.source == "measured" and other.record != choice.record
+
+
+def test_a_fast_engine_with_wrong_output_is_never_chosen(unet, monkeypatch, tmp_path):
+    monkeypatch.setattr(auto, "candidates", lambda device, precision: ["torch", "torchscript"])
+    _slowed(monkeypatch, {"torch": 2}, wrong=("torchscript",))
+    first_batch, reference = _inputs(unet)
+    choice = auto.choose(unet, "m", SHAPE, CPU, "fp32", EngineOptions(cache=ArtifactCache(str(tmp_path))),
+                         first_batch, reference)
+    assert choice.engine == "torch"
+    bad = next(c for c in choice.candidates if c["engine"] == "torchscript")
+    assert bad["median_ms"] is None and "below the fp32 fidelity bar" in bad["note"] and bad["cosine_min"] < 0.9
+
+
+def test_damaged_or_stale_records_are_measured_again(unet, monkeypatch, tmp_path):
+    monkeypatch.setattr(auto, "candidates", lambda device, precision: ["torch"])
+    options = EngineOptions(cache=ArtifactCache(str(tmp_path)))
+    first_batch, reference = _inputs(unet)
+    choice = auto.choose(unet, "m", SHAPE, CPU, "fp32", options, first_batch, reference)
+    with open(choice.record, "w") as f:
+        f.write("{not json")
+    assert auto.choose(unet, "m", SHAPE, CPU, "fp32", options, first_batch, reference).source == "measured"
+    record = json.loads(open(choice.record).read())
+    record["engine"] = "tensorrt"  # kept, but it cannot run here any more
+    with open(choice.record, "w") as f:
+        json.dump(record, f)
+    assert auto.choose(unet, "m", SHAPE, CPU, "fp32", options, first_batch, reference).engine == "torch"
+
+
+def test_static_mode_and_no_candidate_fall_back_to_the_fixed_order(unet, monkeypatch):
+    first_batch, reference = _inputs(unet)
+    choice = auto.choose(unet, "", SHAPE, CPU, "fp32", EngineOptions(), first_batch, reference, mode="static")
+    assert (choice.engine, choice.source) == (engines.default_engine(CPU), "static") and not choice.candidates
+    monkeypatch.setattr(auto, "candidates", lambda device, precision: ["torch"])
+    _slowed(monkeypatch, {}, wrong=("torch",))
+    choice = auto.choose(unet, "", SHAPE, CPU, "fp32", EngineOptions(), first_batch, reference)
+    assert choice.source == "static" and "no candidate passed" in choice.reason
+
+
+def test_the_key_names_what_the_choice_depends_on():
+    key = auto.choice_key(CPU, "int8", SHAPE, ["torch", "onnxruntime"], "digest", EngineOptions(threads=3))
+    assert key["host"]["cpu"] and key["versions"]["torch"] == torch.__version__ and "onnxruntime" in key["versions"]
+    assert (key["model"], key["shape"], key["precision"], key["threads"]) == ("digest", list(SHAPE), "int8", 3)
+
+
+def test_thread_counts_are_probed_only_where_smt_offers_a_choice(monkeypatch):
+    monkeypatch.setattr(auto, "usable_cpus", lambda: 8)
+    monkeypatch.setattr(auto, "physical_cores", lambda: 4)
+    assert auto.thread_candidates(CPU, EngineOptions()) == [4]
+    assert auto.thread_candidates(CPU, EngineOptions(threads=2)) == []  # the user's --threads is kept
+    monkeypatch.setattr(auto, "physical_cores", lambda: 8)
+    assert auto.thread_candidates(CPU, EngineOptions()) == []
+
+
+@pytest.mark.full_auto
+def test_the_static_order_probes_first():
+    first = engines.default_engine(CPU, "fp32")
+    assert auto.candidates(CPU, "fp32")[0] == first
+
+
+def test_precision_hints_name_native_precisions_and_never_switch():
+    host = {"isa": ["avx2", "avx512_bf16", "amx_int8"]}
+    hints = precision_hints(CPU, ["fp32"], host)
+    assert len(hints) == 2 and "--precision fp32,bf16" in hints[0] and "amx_int8" in hints[1]
+    assert precision_hints(CPU, ["fp32", "bf16", "int8"], host) == []
+    assert precision_hints(CPU, ["fp32"], {"isa": ["avx2"]}) == []
+
+
+@pytest.mark.full_auto
+@pytest.mark.slow
+def test_cli_probes_every_installed_engine_then_reuses_the_choice(tmp_path, capsys):
+    argv = ["--image_size", "32", "--synthetic_count", "1", "--loop", "1", "--warm_counter", "0", "--quiet",
+            "--device", "cpu", "--cache_dir", str(tmp_path), "--json", str(tmp_path / "r.json")]
+    assert sample.main(argv) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "r.json").read_text())
+    choice = report["config"]["auto"][0]
+    assert {c["engine"] for c in choice["candidates"]} >= set(auto.candidates(CPU, "fp32"))
+    assert report["rows"][0]["engine"] == choice["engine"] and report["rows"][0]["fidelity"] == "ok"
+    assert f"auto fp32: {choice['engine']} (measured now" in out and "probed: " in out
+    assert report["rows"][0]["artifact"] in ("compiled", "eager", "loaded")
+    assert not field_paths(report) - documented_fields(), "document config.auto's fields in docs/outputs.md"
+    assert sample.main(argv) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["config"]["auto"][0]["source"] == "cached"
