@@ -32,11 +32,21 @@ def test_images_outside_the_scored_set_calibrate_other_cars_first(cars):
     assert [s.id for s in samples] == ["b_01", "c_01", "a_02"]  # then the scored cars' other angles
 
 
+def test_one_image_per_car_before_a_second_of_any(tmp_path):
+    for i, name in enumerate(["a_01", "b_01", "b_02", "b_03", "c_01", "c_02"]):
+        write_pair(str(tmp_path), name, size=(32, 32), seed=i)
+    images, masks = str(tmp_path / "images"), str(tmp_path / "masks")
+    samples, _ = choose_samples(find_pairs(images, masks, limit=1), 4, folder=find_pairs(images).samples)
+    assert [s.id for s in samples] == ["b_01", "c_01", "b_02", "c_02"]
+
+
 def test_calib_path_wins_and_overlap_is_counted(cars, tmp_path):
     images, masks = cars
     scored = find_pairs(images, masks)
     samples, source = choose_samples(scored, 8, calib_path=images)
     assert source == "calib_path" and len(samples) == 4
+    assert [s.id for s in choose_samples(find_pairs(images, masks, limit=1), 4, calib_path=images)[0]] == \
+        ["b_01", "c_01", "a_02", "a_01"]  # a calibration folder, too, gives other cars first, scored images last
     cal = load_calibration(samples, (64, 64), 1, source=source, scored_ids={s.id for s in scored.samples})
     assert cal.images == 4 and cal.overlap == 4 and cal.describe()["overlap_with_scored"] == 4
 
@@ -45,7 +55,7 @@ def test_when_every_image_is_scored_it_says_so(cars):
     images, masks = cars
     scored = find_pairs(images, masks)
     samples, source = choose_samples(scored, 2, folder=find_pairs(images).samples)
-    assert source == "scored" and [s.id for s in samples] == ["a_01", "a_02"]
+    assert source == "scored" and [s.id for s in samples] == ["a_01", "b_01"]  # one per car here too
 
 
 def test_unreadable_images_are_named_and_not_counted(cars, tmp_path):

@@ -55,15 +55,27 @@ def choose_samples(dataset: Dataset, count: int, calib_path: str | None = None,
     `folder` is every image of the data folder, scored or not (the scored set is a subset when --limit cut it).
     """
     scored = dataset.samples + dataset.unpaired
-    if calib_path is not None:
-        return find_pairs(calib_path).samples[:count], "calib_path"
     ids = {s.id for s in scored}
+    cars = {_car(i) for i in ids}
+
+    def other_cars_first(samples: list[Sample]) -> list[Sample]:
+        """Other cars first, then scored cars' other images, then scored images; within each group one image per
+        car before a second one of any car (eight angles of one car calibrate worse than eight cars)."""
+        seen: dict = {}
+        rank = []
+        for s in samples:
+            car = _car(s.id)
+            seen[car] = seen.get(car, -1) + 1
+            rank.append((s.id in ids, car in cars, seen[car]))
+        order = sorted(range(len(samples)), key=lambda i: rank[i])
+        return [samples[i] for i in order]
+
+    if calib_path is not None:
+        return other_cars_first(find_pairs(calib_path).samples)[:count], "calib_path"
     outside = [s for s in folder or [] if s.id not in ids]
     if outside:
-        cars = {_car(i) for i in ids}
-        outside.sort(key=lambda s: _car(s.id) in cars)  # stable: other cars first, each in name order
-        return outside[:count], "outside"
-    return scored[:count], "scored"
+        return other_cars_first(outside)[:count], "outside"
+    return other_cars_first(scored)[:count], "scored"
 
 
 def load_calibration(samples: list[Sample], size: tuple[int, int], batch_size: int, workers: int = 2,
