@@ -45,6 +45,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def at_most(limit: int, why: str):
+    """An argparse type: an int from 1 to `limit`; past it, a usage error that says the limit and why."""
+    def parse(text: str) -> int:
+        value = positive_int(text)
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"must be at most {limit} ({why}), got {value}")
+        return value
+    return parse
+
+
 def non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -75,10 +85,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     model = p.add_argument_group("model")
     model.add_argument("--model_name", default="unet", help="unet (default) or unet++ (also unetpp, nested_unet)")
     model.add_argument("--pth", help="checkpoint (state dict); without it the weights are random")
-    model.add_argument("--n_classes", type=positive_int, help="default: from the checkpoint, else 2")
+    model.add_argument("--n_classes", type=at_most(1024, "a wider segmentation head is not a Carvana model"),
+                       help="default: from the checkpoint, else 2")
     model.add_argument("--bilinear", action="store_true", default=None,
                        help="UNet with bilinear upsampling (default: from the checkpoint, else transposed conv)")
-    model.add_argument("--base_width", type=positive_int, metavar="N1",
+    model.add_argument("--base_width", type=at_most(256, "n1 = 256 is already 586 M parameters"), metavar="N1",
                        help="unet++ base width n1 (filters n1..16*n1); default: from the checkpoint, else 64, the "
                             "reference NestedUNet's")
     model.add_argument("--seed", type=int, default=0, help="seed of the random weights and the synthetic set (default 0)")
@@ -109,7 +120,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def add_engine_options(group) -> None:
     """Flags that reach the engines (int8 calibration, artifact cache, fidelity gate, per-engine settings)."""
-    group.add_argument("--calib", type=positive_int, default=8,
+    group.add_argument("--calib", type=at_most(1024, "calibration images are held in memory"), default=8,
                        help="int8: calibrate on N images (default 8): from --calib_path, else from the data folder's "
                             "images outside the scored set (other cars first), else the scored images (the report "
                             "then says they overlap)")
@@ -124,13 +135,14 @@ def add_engine_options(group) -> None:
     group.add_argument("--soc_version", default="Ascend310P3", help="torch_aie: the Ascend SoC to compile for")
 
 
-def engine_options(args, dataset, shape: tuple, precisions: list[str]) -> EngineOptions:
-    """What engines.load gets; int8 calibration images are decoded only when an int8 row is planned."""
+def engine_options(args, dataset, shape: tuple, plan: list[tuple[str, str]]) -> EngineOptions:
+    """What engines.load gets; int8 calibration images are decoded only when a row that can run int8 is planned."""
     calibration = None
-    if "int8" in precisions:
+    if any(p == "int8" and (n == "auto" or "int8" in engines.module_of(n).PRECISIONS) for n, p in plan):
         folder = None
-        if args.calib_path is None and args.image_path and args.limit:  # the images --limit left out
-            folder = find_pairs(args.image_path).samples
+        data_folder = args.image_path or os.path.dirname((dataset.samples + dataset.unpaired)[0].image)  # generated set
+        if args.calib_path is None and args.limit and os.path.isdir(data_folder):  # the images --limit left out
+            folder = find_pairs(data_folder).samples
         try:
             samples, source = choose_samples(dataset, args.calib, args.calib_path, folder)
         except SampleError as exc:
@@ -193,16 +205,19 @@ def output_problem(args) -> str | None:
     return None
 
 
-def memory_problem(name: str, size: tuple[int, int], batch_size: int) -> str | None:
-    """Why `size` cannot fit this machine's memory (the model's activations alone), or None."""
+def memory_problem(name: str, size: tuple[int, int], batch_size: int, calib: int = 0) -> str | None:
+    """Why `size` cannot fit this machine's memory (the model's activations, plus `calib` int8 calibration images
+    held as float32), or None."""
     total = memory_bytes()
-    need = BYTES_PER_PIXEL[name] * size[0] * size[1] * batch_size
+    per_pixel = BYTES_PER_PIXEL[name] * batch_size + calib * 3 * 4
+    need = per_pixel * size[0] * size[1]
     if not total or need <= total:
         return None
-    side = int((total / BYTES_PER_PIXEL[name] / batch_size) ** 0.5) // 16 * 16
+    side = int((total / per_pixel) ** 0.5) // 16 * 16
+    held = f" and {calib} calibration images (--calib)" if calib else ""
     return (f"--image_size {size[0]}x{size[1]} at --batch_size {batch_size} needs at least {need / 2**30:.0f} GiB for "
-            f"{name}'s activations ({BYTES_PER_PIXEL[name]} bytes per pixel), more than this machine's "
-            f"{total / 2**30:.0f} GiB: the limit here is about {side}x{side} at this batch size")
+            f"{name}'s activations ({BYTES_PER_PIXEL[name]} bytes per pixel){held}, more than this machine's "
+            f"{total / 2**30:.0f} GiB: the limit here is about {side}x{side} at these settings")
 
 
 def load_data(args):
@@ -237,7 +252,8 @@ def main(argv=None) -> int:
         parser.error("--base_width applies to unet++ only")
     if name == "unet++" and (args.image_size[0] % 16 or args.image_size[1] % 16):
         parser.error(f"unet++ needs --image_size sides that are multiples of 16, got {args.image_size}")
-    problem = memory_problem(name, args.image_size, args.batch_size) or output_problem(args)
+    calib = args.calib if "int8" in args.precision.lower() else 0  # int8 holds its calibration images in memory
+    problem = memory_problem(name, args.image_size, args.batch_size, calib) or output_problem(args)
     if problem:
         parser.error(problem)
     if args.threads:
@@ -272,7 +288,7 @@ def run(args, name: str) -> int:
     for sample in dataset.unpaired:
         print(f"warning: no mask for {sample.image}; it is timed but not scored", file=sys.stderr)
     shape = (args.batch_size, info["n_channels"], args.image_size[1], args.image_size[0])
-    options = engine_options(args, dataset, shape, precisions)
+    options = engine_options(args, dataset, shape, plan)
     config = {
         "model": name, "variant": info["variant"], "parameters": info["parameters"],
         "n_classes": info["n_classes"], "weights": info["weights"], "data": data_label,

@@ -71,11 +71,10 @@ def table(every: dict, chosen: dict) -> list[str]:
         own = next((r for r in chosen["rows"] if r["precision"] == precision), None)
         ratio = fastest["latency_median_ms"] / mine["latency_median_ms"] if mine else 0.0
         worst = ratio if worst is None else min(worst, ratio)
-        lines.append(
-            f"| {precision} | {choice['engine']} | {mine['latency_median_ms']:,.1f} | " if mine else
-            f"| {precision} | {choice['engine']} | (not in `all`) | ")
-        lines[-1] += (f"{fastest['engine']} {fastest['latency_median_ms']:,.1f} | {ratio:.2f}x | "
-                      f"{own['latency_median_ms']:,.1f} | {choice['probe_s']:.0f} |" if own else "- | - |")
+        cells = [precision, choice["engine"], f"{mine['latency_median_ms']:,.1f}" if mine else "(not in `all`)",
+                 f"{fastest['engine']} {fastest['latency_median_ms']:,.1f}", f"{ratio:.2f}x",
+                 f"{own['latency_median_ms']:,.1f}" if own else "(no row)", f"{choice['probe_s']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     lines.append(f"worst ratio {worst:.2f}x (bar 0.97x)" if worst is not None else "no ratio")
     return lines
 

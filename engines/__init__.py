@@ -7,7 +7,7 @@ import importlib.util
 import torch
 
 from engines.base import Engine, EngineOptions
-from utils.device import describe_host
+from utils.device import NATIVE_BF16, describe_host
 from utils.errors import SampleError, first_line
 
 # Each module defines DEVICES, PRECISIONS and load(model, example_shape, device, precision, options) -> Engine;
@@ -35,7 +35,6 @@ AUTO_INT8 = {"cpu": ("openvino", "onnxruntime")}
 # precision on such a CPU goes to torch; with AVX512-BF16 or AMX, openvino bf16 is the fastest row measured.
 AUTO_HALF = {"cpu": ("torchscript", "torch")}
 AUTO_HALF_NATIVE = {"cpu": ("openvino", "torchscript", "torch")}
-NATIVE_BF16 = ("avx512_bf16", "amx_bf16")
 
 
 def canonical_name(name: str) -> str:

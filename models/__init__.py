@@ -36,7 +36,10 @@ def variant(name: str, config: dict) -> str:
     if canonical_name(name) == "unet":
         return "UNet (Pytorch-UNet, " + ("bilinear up)" if config.get("bilinear") else "transposed-conv up)")
     width = config.get("base_width", REFERENCE_WIDTH)
-    what = "the seed's reference" if width == REFERENCE_WIDTH else "not the reference width 64"
+    if width == REFERENCE_WIDTH and not config.get("deep_supervision"):
+        what = "the seed's reference"
+    else:
+        what = "the reference width" if width == REFERENCE_WIDTH else "not the reference width 64"
     heads = ", deep-supervision heads (final4 used)" if config.get("deep_supervision") else ""
     return f"NestedUNet n1={width} ({what}{heads})"
 

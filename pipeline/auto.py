@@ -12,11 +12,11 @@ skips the probe and takes engines.default_engine's fixed order.
 from __future__ import annotations
 
 import gc
-import hashlib
 import importlib
 import importlib.metadata
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -29,7 +29,8 @@ import engines
 from engines.base import Engine, EngineOptions
 from pipeline.fidelity import BARS
 from pipeline.passes import Reference
-from utils.device import describe_host, physical_cores, usable_cpus
+from utils.cache import key_digest
+from utils.device import describe_host, physical_cores, torch_threads, usable_cpus
 from utils.errors import first_line
 from utils.files import write_atomic
 from utils.metrics import cosine_per_sample
@@ -37,6 +38,7 @@ from utils.metrics import cosine_per_sample
 PROBE_WARMUP = 2  # untimed calls first: TorchScript's profiling executor optimises on its second call
 PROBE_ROUNDS = 4  # interleaved calls per finalist after its first timed one
 GIVE_UP = 1.5  # a candidate whose first timed call is this many times the fastest one's is not a finalist
+FIRST_CALL_GIVE_UP = 3.0  # ... nor one whose first (untimed) call already took this many times the fastest timed call
 RECORD_VERSION = 1
 
 
@@ -54,6 +56,7 @@ class Choice:
     probe_s: float = 0.0
     loaded: Optional[Engine] = None  # the probe's compiled winner, handed to the row (not reported)
     compile_s: Optional[float] = None
+    first_call_s: Optional[float] = None  # the winner's first call, made by the probe
 
     def describe(self) -> dict:
         """The report's entry (config.auto)."""
@@ -103,8 +106,7 @@ def choice_key(device: torch.device, precision: str, shape: tuple, names: list[s
 def _record_path(options: EngineOptions, key: dict) -> str | None:
     if options.cache is None:
         return None
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-    return os.path.join(options.cache.root, "auto", f"{key['precision']}-{digest}.json")
+    return os.path.join(options.cache.root, "auto", f"{key['precision']}-{key_digest(key)}.json")
 
 
 def _read_record(path: str | None, key: dict, device: torch.device) -> dict | None:
@@ -122,22 +124,14 @@ def _read_record(path: str | None, key: dict, device: torch.device) -> dict | No
 
 
 def _timed_call(engine: Engine, inputs, threads: int | None) -> float:
-    """One call's milliseconds, the device synchronised, with torch's intra-op threads at `threads` (if set)."""
-    previous = _set_threads(threads)
-    try:
+    """Milliseconds per batch of one call, timed as the row's timing pass times it (`run_parallel` where the engine
+    has one: `parallel` batches per call), the device synchronised, torch's intra-op threads at `threads`."""
+    call = engine.run_parallel or engine.run
+    with torch_threads(threads):
         start = time.perf_counter()
-        engine.run(inputs)
+        call(inputs)
         engine.synchronize()
-        return (time.perf_counter() - start) * 1000.0
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _set_threads(threads: int | None) -> int:
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    return previous
+        return (time.perf_counter() - start) * 1000.0 / engine.parallel
 
 
 @dataclass
@@ -146,44 +140,55 @@ class _Finalist:
     engine: Engine
     inputs: object
     compile_s: float
+    first_call_s: float
     threads: Optional[int]
     times: list = field(default_factory=list)
 
 
 def probe(name: str, precision: str, model: torch.nn.Module, shape: tuple, device: torch.device,
-          options: EngineOptions, batch: torch.Tensor, n: int, reference: torch.Tensor) -> tuple[dict, _Finalist | None]:
+          options: EngineOptions, batch: torch.Tensor, n: int, reference: torch.Tensor,
+          best_ms: float | None = None) -> tuple[dict, _Finalist | None]:
     """Compile one candidate, make PROBE_WARMUP untimed calls, check the first one's output against the reference,
-    time one call; (its report entry, a finalist to time further, or None when it failed or missed the bar)."""
+    time one call; (its report entry, a finalist to time further, or None when it failed or missed the bar).
+
+    A candidate whose first call already took FIRST_CALL_GIVE_UP x `best_ms` (the fastest timed call so far) stops
+    there: a first call carries one-time work, hence the wider margin than GIVE_UP."""
     entry: dict = {"engine": name, "threads": options.threads, "median_ms": None, "cosine_min": None,
-                   "compile_s": 0.0, "note": ""}
-    previous = _set_threads(options.threads)
-    try:
-        start = time.perf_counter()
+                   "compile_s": 0.0, "first_call_ms": None, "note": ""}
+    with torch_threads(options.threads):
         try:
-            engine = engines.load(name, model, shape, device, precision, options)
-        except Exception as exc:  # noqa: BLE001  a candidate that cannot compile here is noted, not fatal
-            entry["note"] = f"did not compile: {first_line(exc)}"
+            start = time.perf_counter()
+            try:
+                engine = engines.load(name, model, shape, device, precision, options)
+            except Exception as exc:  # noqa: BLE001  a candidate that cannot compile here is noted, not fatal
+                entry["note"] = f"did not compile: {first_line(exc)}"
+                return entry, None
+            entry["compile_s"] = round(time.perf_counter() - start, 2)
+            entry["artifact_path"] = engine.artifact_path if engine.artifact == "compiled" else ""
+            inputs = engine.prepare(batch)
+            start = time.perf_counter()
+            raw = engine.run(inputs)
+            engine.synchronize()
+            first_call_s = time.perf_counter() - start
+            entry["first_call_ms"] = round(first_call_s * 1000.0, 2)
+            cosine = float(cosine_per_sample(engine.to_torch(raw)[:n], reference[:n]).min())
+            entry["cosine_min"] = cosine
+            if not cosine >= BARS[precision]:
+                entry["note"] = f"below the {precision} fidelity bar {BARS[precision]}"
+                return entry, None
+            if best_ms is not None and first_call_s * 1000.0 > FIRST_CALL_GIVE_UP * best_ms:
+                entry["note"] = f"not a finalist: its first call took over {FIRST_CALL_GIVE_UP}x the fastest call"
+                return entry, None
+            for _ in range(PROBE_WARMUP - 1):
+                engine.run(inputs)
+            engine.synchronize()
+            finalist = _Finalist(entry, engine, inputs, entry["compile_s"], first_call_s, options.threads)
+            finalist.times.append(_timed_call(engine, inputs, options.threads))
+            entry["median_ms"] = finalist.times[0]
+            return entry, finalist
+        except Exception as exc:  # noqa: BLE001
+            entry["note"] = f"failed: {type(exc).__name__}: {first_line(exc)}"
             return entry, None
-        entry["compile_s"] = round(time.perf_counter() - start, 2)
-        inputs = engine.prepare(batch)
-        output = engine.to_torch(engine.run(inputs))
-        for _ in range(PROBE_WARMUP - 1):
-            engine.run(inputs)
-        engine.synchronize()
-        cosine = float(cosine_per_sample(output[:n], reference[:n]).min())
-        entry["cosine_min"] = cosine
-        if not cosine >= BARS[precision]:
-            entry["note"] = f"below the {precision} fidelity bar {BARS[precision]}"
-            return entry, None
-        finalist = _Finalist(entry, engine, inputs, entry["compile_s"], options.threads)
-        finalist.times.append(_timed_call(engine, inputs, options.threads))
-        entry["median_ms"] = finalist.times[0]
-        return entry, finalist
-    except Exception as exc:  # noqa: BLE001
-        entry["note"] = f"failed: {type(exc).__name__}: {first_line(exc)}"
-        return entry, None
-    finally:
-        torch.set_num_threads(previous)
 
 
 def thread_candidates(device: torch.device, options: EngineOptions) -> list[int]:
@@ -217,7 +222,8 @@ def measure(model: torch.nn.Module, shape: tuple, device: torch.device, precisio
     entries, finalists = [], []
     for name in names:
         log(f"auto {precision}: probing {name} ...")
-        entry, finalist = probe(name, precision, model, shape, device, options, batch, n, reference)
+        fastest = min((f.times[0] for f in finalists), default=None)
+        entry, finalist = probe(name, precision, model, shape, device, options, batch, n, reference, fastest)
         entries.append(entry)
         if finalist is not None:
             finalists = _prune(finalists + [finalist])
@@ -227,7 +233,7 @@ def measure(model: torch.nn.Module, shape: tuple, device: torch.device, precisio
         for count in thread_candidates(device, options):
             log(f"auto {precision}: probing {leader.entry['engine']} with {count} threads ...")
             entry, finalist = probe(leader.entry["engine"], precision, model, shape, device,
-                                    replace(options, threads=count), batch, n, reference)
+                                    replace(options, threads=count), batch, n, reference, leader.times[0])
             entries.append(entry)
             if finalist is not None:
                 finalists = _prune(finalists + [finalist])
@@ -239,13 +245,14 @@ def measure(model: torch.nn.Module, shape: tuple, device: torch.device, precisio
         for f in finalists:
             f.entry["median_ms"] = statistics.median(f.times)
             f.entry["calls"] = len(f.times)
+        finalists.sort(key=lambda f: f.entry["median_ms"])
+    _discard_losers(entries, finalists[0].entry["engine"] if finalists else None, options)
     probe_s = time.perf_counter() - start
     if not finalists:
         fallback = engines.default_engine(device, precision)
         why = "no candidate passed the probe" if names else f"no installed engine runs {precision} on {device.type}"
         return Choice(fallback, precision, "static", options.threads, entries,
                       f"{why}; {fallback} from the static order", probe_s=probe_s)
-    finalists.sort(key=lambda f: f.entry["median_ms"])
     best = finalists[0]
     best_ms = best.entry["median_ms"]
     reason = f"fastest that passed the {precision} bar: {best_ms:,.1f} ms per call"
@@ -253,12 +260,24 @@ def measure(model: torch.nn.Module, shape: tuple, device: torch.device, precisio
                     key=lambda e: e["median_ms"])
     if others:
         runner = others[0]
-        reason += (f", {runner['median_ms'] / best_ms:.2f}x faster than {runner['engine']}"
-                   + (f" x{runner['threads']} threads" if runner["threads"] != best.threads else ""))
+        threads = f" with {runner['threads'] or 'default'} threads" if runner["threads"] != best.threads else ""
+        reason += f", {runner['median_ms'] / best_ms:.2f}x faster than {runner['engine']}{threads}"
     if len(finalists) > 1:
         reason += f" (medians of {best.entry['calls']} interleaved calls)"
+    handed = best.threads == options.threads  # else the row builds its engine with the chosen thread count
     return Choice(best.entry["engine"], precision, "measured", best.threads, entries, reason, probe_s=probe_s,
-                  loaded=best.engine if best.threads == options.threads else None, compile_s=best.compile_s)
+                  loaded=best.engine if handed else None, compile_s=best.compile_s,
+                  first_call_s=best.first_call_s if handed else None)
+
+
+def _discard_losers(entries: list[dict], winner: str | None, options: EngineOptions) -> None:
+    """Remove the artifacts this probe built for engines it did not choose (one UNet 512 build is ~120 MB, and a
+    probe makes one per engine): only folders inside the artifact cache that the probe itself compiled."""
+    root = os.path.realpath(options.cache.root) if options.cache is not None else None
+    for entry in entries:
+        path = entry.pop("artifact_path", "")
+        if root and path and entry["engine"] != winner and os.path.realpath(path).startswith(root + os.sep):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def choose(model: torch.nn.Module, model_id: str, shape: tuple, device: torch.device, precision: str,
@@ -281,8 +300,19 @@ def choose(model: torch.nn.Module, model_id: str, shape: tuple, device: torch.de
     if record is not None:
         return Choice(record["engine"], precision, "cached", record.get("threads"), record.get("candidates", []),
                       f"measured on {record.get('measured', '?')}: {record.get('reason', '')}", record=path or "")
-    batch, n = first_batch()
-    choice = measure(model, shape, device, precision, options, batch, n, reference(batch), log)
+    if not names:
+        name = engines.default_engine(device, precision)
+        return Choice(name, precision, "static", options.threads,
+                      reason=f"no installed engine runs {precision} on {device.type}; {name} from the static order")
+    try:
+        batch, n = first_batch()
+        expected = reference(batch)
+    except Exception as exc:  # noqa: BLE001  the rows meet the same failure and report it as theirs
+        name = engines.default_engine(device, precision)
+        return Choice(name, precision, "static", options.threads,
+                      reason=f"the probe could not run the eager fp32 reference ({type(exc).__name__}: "
+                             f"{first_line(exc)}); {name} from the static order")
+    choice = measure(model, shape, device, precision, options, batch, n, expected, log)
     if path and choice.source == "measured":
         record = {"key": key, "engine": choice.engine, "threads": choice.threads, "reason": choice.reason,
                   "candidates": choice.candidates, "measured": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
@@ -299,8 +329,9 @@ def resolve(plan: list[tuple[str, str]], job, options: EngineOptions, mode: str 
             log: Callable[[str], None] = lambda line: None):
     """Replace each ("auto", precision) row of `plan` by its chosen engine.
 
-    Returns (plan, loaded, row_options, choices): `loaded` maps a row to the probe's compiled engine and its compile
-    seconds (the row reuses it), `row_options` a row to its options when auto chose a thread count.
+    Returns (plan, loaded, row_options, choices): `loaded` maps a row to the probe's compiled engine, its compile
+    seconds and its first call's seconds (the row reuses it, and reports the probe's first call as its own),
+    `row_options` a row to its options when auto chose a thread count.
     """
     model_id = options.cache.digest(job.model) if options.cache is not None and mode != "static" else ""
     reference = job.reference or Reference(job.model)
@@ -342,7 +373,7 @@ def resolve(plan: list[tuple[str, str]], job, options: EngineOptions, mode: str 
             continue  # two precisions never collide; kept for safety against a plan with repeats
         resolved.append(row)
         if choice.loaded is not None:
-            loaded[row] = (choice.loaded, choice.compile_s)
+            loaded[row] = (choice.loaded, choice.compile_s, choice.first_call_s)
             choice.loaded = None
         if choice.threads != options.threads:
             row_options[row] = replace(options, threads=choice.threads)

@@ -16,6 +16,7 @@ from pipeline.fidelity import gate
 from pipeline.passes import PassResult, Reference, accuracy_pass, timing_pass
 from report.outputs import Outputs, RowOutputs
 from utils.data import Batch
+from utils.device import torch_threads
 from utils.errors import SampleError, first_line
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -102,7 +103,8 @@ def run_rows(plan: list[tuple[str, str]], job: Job, options: EngineOptions, outp
     """Run each planned row; a row the engine refuses here (e.g. bf16 on a CPU without it) is skipped, one that fails
     is listed as failed, and Ctrl-C stops with the rows finished so far.
 
-    `loaded` maps a row to an engine already compiled for it and its compile seconds (`--engine auto`'s probe);
+    `loaded` maps a row to an engine already compiled for it, its compile seconds and its first call's seconds
+    (`--engine auto`'s probe);
     `row_options` a row to its own options (a thread count auto chose)."""
     result = RowsResult()
     loaded, row_options = dict(loaded or {}), row_options or {}
@@ -131,30 +133,29 @@ def run_rows(plan: list[tuple[str, str]], job: Job, options: EngineOptions, outp
 
 
 def run_row(name: str, precision: str, job: Job, options: EngineOptions, outputs: Outputs | None = None,
-            loaded: tuple[Engine, float] | None = None) -> dict:
+            loaded: tuple[Engine, float, float | None] | None = None) -> dict:
     """Compile (timed), run the accuracy pass, then the timing pass on one of its batches; return the report row.
 
-    `loaded`: the engine and compile seconds of a build made earlier for this row (auto's probe). With
+    `loaded`: the engine, compile seconds and first-call seconds of a build made earlier for this row (auto's
+    probe, which made that first call: the row's own first call would be a warm one). With
     `options.threads` set, torch's intra-op threads follow it for the row."""
-    previous = torch.get_num_threads()
-    if options.threads:
-        torch.set_num_threads(options.threads)
-    try:
+    with torch_threads(options.threads):
         return _run_row(name, precision, job, options, outputs, loaded)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _run_row(name: str, precision: str, job: Job, options: EngineOptions, outputs: Outputs | None,
-             loaded: tuple[Engine, float] | None) -> dict:
+             loaded: tuple[Engine, float, float | None] | None) -> dict:
+    first_call_s = None
     if loaded is not None:
-        engine, compile_s = loaded
+        engine, compile_s, first_call_s = loaded
     else:
         start = time.perf_counter()
         engine = engines.load(name, job.model, job.shape, job.device, precision, options)
         compile_s = time.perf_counter() - start
     hook = outputs.hook(engine.name, precision) if outputs else None
     result = accuracy_pass(engine, job.batches(), job.total, job.reference, job.show_progress, hook)
+    if first_call_s is not None:
+        result.first_call_s = first_call_s
     timing = None
     if not result.interrupted and result.timing_batch is not None:
         try:

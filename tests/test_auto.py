@@ -152,7 +152,49 @@ def test_cli_probes_every_installed_engine_then_reuses_the_choice(tmp_path, caps
     assert {c["engine"] for c in choice["candidates"]} >= set(auto.candidates(CPU, "fp32"))
     assert report["rows"][0]["engine"] == choice["engine"] and report["rows"][0]["fidelity"] == "ok"
     assert f"auto fp32: {choice['engine']} (measured now" in out and "probed: " in out
-    assert report["rows"][0]["artifact"] in ("compiled", "eager", "loaded")
+    winner = next(c for c in choice["candidates"] if c["engine"] == choice["engine"])
+    assert report["rows"][0]["compile_s"] == pytest.approx(winner["compile_s"], abs=0.01)  # the probe's build, reused
     assert not field_paths(report) - documented_fields(), "document config.auto's fields in docs/outputs.md"
     assert sample.main(argv) == 0
     assert json.loads((tmp_path / "r.json").read_text())["config"]["auto"][0]["source"] == "cached"
+
+
+def test_a_thread_count_that_wins_is_kept_and_the_row_builds_with_it(unet, monkeypatch, tmp_path):
+    """Where SMT offers a choice, the winner is timed again with one thread per core; a variant that wins is
+    kept, named in the reason, and its row gets its own options (the probe's engine used the other count)."""
+    monkeypatch.setattr(auto, "candidates", lambda device, precision: ["torch"])
+    monkeypatch.setattr(auto, "thread_candidates", lambda device, options: [1])
+    real = auto._timed_call
+    monkeypatch.setattr(auto, "_timed_call", lambda engine, inputs, threads: real(engine, inputs, threads)
+                        * (1 if threads == 1 else 4))  # the default thread count made slow on purpose
+    options = EngineOptions(cache=ArtifactCache(str(tmp_path)))
+    first_batch, reference = _inputs(unet)
+    choice = auto.choose(unet, "m", SHAPE, CPU, "fp32", options, first_batch, reference)
+    assert (choice.engine, choice.threads, choice.loaded) == ("torch", 1, None)
+    assert "faster than torch with default threads" in choice.reason
+    job = type("Job", (), {"model": unet, "shape": SHAPE, "device": CPU, "reference": None,
+                           "batches": lambda self: iter(())})()
+    plan, loaded, row_options, _ = auto.resolve([("auto", "fp32")], job, options)
+    assert plan == [("torch", "fp32")] and not loaded and row_options[("torch", "fp32")].threads == 1
+
+
+def test_a_reference_that_cannot_run_falls_back_without_a_traceback(unet, monkeypatch):
+    monkeypatch.setattr(auto, "candidates", lambda device, precision: ["torch"])
+
+    def broken(batch):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
+
+    choice = auto.choose(unet, "", SHAPE, CPU, "fp32", EngineOptions(), lambda: (torch.rand(SHAPE), 1), broken)
+    assert choice.source == "static" and "could not run the eager fp32 reference" in choice.reason
+
+
+def test_the_losers_builds_leave_the_cache_and_the_winner_reports_the_probes_first_call(unet, monkeypatch, tmp_path):
+    monkeypatch.setattr(auto, "candidates", lambda device, precision: ["torch", "torchscript"])
+    _slowed(monkeypatch, {"torchscript": 6})
+    options = EngineOptions(cache=ArtifactCache(str(tmp_path)))
+    first_batch, reference = _inputs(unet)
+    choice = auto.choose(unet, "m", SHAPE, CPU, "fp32", options, first_batch, reference)
+    assert choice.engine == "torch" and choice.first_call_s > 0
+    assert not os.path.isdir(os.path.join(options.cache.root, "torchscript")) or \
+        not os.listdir(os.path.join(options.cache.root, "torchscript"))  # built by the probe, then removed
+    assert all("artifact_path" not in c for c in choice.candidates)

@@ -29,7 +29,9 @@ def test_images_outside_the_scored_set_calibrate_other_cars_first(cars):
     samples, source = choose_samples(scored, 2, folder=find_pairs(images).samples)
     assert source == "outside" and [s.id for s in samples] == ["b_01", "c_01"]
     samples, _ = choose_samples(scored, 5, folder=find_pairs(images).samples)
-    assert [s.id for s in samples] == ["b_01", "c_01", "a_02"]  # then the scored cars' other angles
+    assert [s.id for s in samples] == ["b_01", "c_01", "a_02", "a_01"]  # then other angles, then scored images
+    cal = load_calibration(samples, (64, 64), 1, source="outside", scored_ids={"a_01"})
+    assert cal.overlap == 1 and cal.describe()["overlap_with_scored"] == 1
 
 
 def test_one_image_per_car_before_a_second_of_any(tmp_path):
@@ -97,3 +99,12 @@ def test_calib_path_that_does_not_exist_is_one_clear_error(cars, tmp_path, capsy
                         "--precision", "int8", "--quiet", "--device", "cpu", "--calib_path", str(tmp_path / "nope")])
     assert code == 1
     assert "error: --calib_path: image path not found" in capsys.readouterr().err
+
+
+def test_the_key_follows_the_pixels_not_only_the_names(cars):
+    images, _ = cars
+    samples = find_pairs(images).samples
+    before = load_calibration(samples, (64, 64), 1).key
+    write_pair(os.path.dirname(images), "a_01", size=(64, 64), seed=99)  # same name, other pixels
+    after = load_calibration(samples, (64, 64), 1).key
+    assert before != after and load_calibration(samples, (64, 64), 1).key == after

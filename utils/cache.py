@@ -33,6 +33,11 @@ def weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def key_digest(key: dict) -> str:
+    """A short stable name for a JSON-able key: the first 20 hex digits of the sha256 of its sorted JSON."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+
 class ArtifactCache:
     """Folders of engine artifacts under `<root>/engines` (root: the user cache folder by default)."""
 
@@ -56,7 +61,7 @@ class ArtifactCache:
         """The folder for this artifact and the key it is stored under."""
         key = {"engine": engine, "version": version, "weights": self.digest(model), "shape": list(shape),
                "precision": precision, **{k: v for k, v in sorted(extra.items())}}
-        name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+        name = key_digest(key)
         return os.path.join(self.root, engine, f"{precision}-{name}"), key
 
 

@@ -73,8 +73,8 @@ def choose_samples(dataset: Dataset, count: int, calib_path: str | None = None,
     if calib_path is not None:
         return other_cars_first(find_pairs(calib_path).samples)[:count], "calib_path"
     outside = [s for s in folder or [] if s.id not in ids]
-    if outside:
-        return other_cars_first(outside)[:count], "outside"
+    if outside:  # topped up with scored images when too few lie outside (the report counts the overlap)
+        return (other_cars_first(outside) + other_cars_first(scored))[:count], "outside"
     return other_cars_first(scored)[:count], "scored"
 
 
@@ -94,7 +94,10 @@ def load_calibration(samples: list[Sample], size: tuple[int, int], batch_size: i
         where = f"; first error: {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
         raise SampleError(f"no calibration image could be decoded ({len(samples)} tried{where}); "
                           "pass --calib_path with readable images")
-    key = hashlib.sha256(f"{','.join(ids)}|{size}|{batch_size}".encode()).hexdigest()[:16]
+    digest = hashlib.sha256(f"{','.join(ids)}|{size}|{batch_size}".encode())
+    for batch in batches:  # the pixels too: other files under the same names are another calibration set
+        digest.update(batch.numpy().tobytes())
+    key = digest.hexdigest()[:16]
     return Calibration(batches, key, len(ids), ids, source, sum(i in scored_ids for i in ids), skipped)
 
 

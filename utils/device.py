@@ -1,6 +1,7 @@
 """Device selection: `cpu`, an accelerator index, or `cuda:N` / `npu:N`, never a silent fallback to the CPU."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import platform
@@ -95,22 +96,19 @@ def synchronizer(device: torch.device):
 
 # ISA features that decide which engine and precision is fast on a CPU (AMX / AVX512-BF16 / VNNI run bf16 / int8 natively).
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_fp16")
+NATIVE_BF16 = ("avx512_bf16", "amx_bf16")  # bf16 arithmetic in hardware
+NATIVE_INT8 = ("avx512_vnni", "avx_vnni", "amx_int8")  # int8 dot products in hardware
 
 
 def describe_host(device: torch.device) -> dict:
     """The CPU (model name, the ISA flags in ISA_FLAGS) and, on an accelerator, its name: every figure's context."""
     model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and value.strip():
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-                    break
-    except OSError:
-        pass  # not Linux: the model name from platform is all there is
+    for key, value in _cpuinfo():
+        if key == "model name" and value:
+            model = value
+        elif key == "flags":
+            flags = set(value.split())
+            break
     host = {"cpu": model, "cpu_count": os.cpu_count(), "isa": [f for f in ISA_FLAGS if f in flags]}
     if device.type == "cuda":
         host["accelerator"] = torch.cuda.get_device_name(device)
@@ -127,24 +125,33 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def _cpuinfo():
+    """(key, value) pairs of /proc/cpuinfo, stripped; nothing where it does not exist (not Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = f.readlines()
+    except OSError:
+        return
+    for line in lines:
+        key, _, value = line.partition(":")
+        yield key.strip(), value.strip()
+
+
 def physical_cores() -> int:
     """Physical cores among the usable CPUs (SMT siblings counted once); the logical count when unknown."""
     try:
         allowed = os.sched_getaffinity(0)
-        cores, cpu, phys = set(), None, "0"
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "processor":
-                    cpu = int(value)
-                elif key == "physical id":
-                    phys = value.strip()
-                elif key == "core id" and cpu in allowed:
-                    cores.add((phys, value.strip()))
-        return len(cores) or len(allowed)
-    except (AttributeError, OSError, ValueError):
+    except AttributeError:
         return usable_cpus()
+    cores, cpu, phys = set(), None, "0"
+    for key, value in _cpuinfo():
+        if key == "processor":
+            cpu = int(value) if value.isdigit() else None
+        elif key == "physical id":
+            phys = value
+        elif key == "core id" and cpu in allowed:
+            cores.add((phys, value))
+    return len(cores) or len(allowed)
 
 
 def precision_hints(device: torch.device, precisions: list[str], host: dict | None = None) -> list[str]:
@@ -153,8 +160,8 @@ def precision_hints(device: torch.device, precisions: list[str], host: dict | No
     hints = []
     if device.type == "cpu":
         isa = set(host.get("isa", []))
-        bf16 = sorted(isa & {"avx512_bf16", "amx_bf16"})
-        int8 = sorted(isa & {"avx512_vnni", "avx_vnni", "amx_int8"})
+        bf16 = sorted(isa & set(NATIVE_BF16))
+        int8 = sorted(isa & set(NATIVE_INT8))
         if bf16 and "bf16" not in precisions:
             hints.append(f"this CPU computes bf16 natively ({', '.join(bf16)}): try --precision fp32,bf16 "
                          "(bf16 ran 2-6x faster than fp32 on the CPUs measured in docs/engines.md; the row is "
@@ -171,3 +178,16 @@ def precision_hints(device: torch.device, precisions: list[str], host: dict | No
     elif device.type == "npu" and "fp16" not in precisions:
         hints.append("Ascend NPUs compute fp16 natively: try --precision fp16")
     return hints
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Run the block with torch's intra-op threads at `threads` (unchanged when None), then restore them."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
