@@ -63,6 +63,8 @@ def test_picks_the_fastest_that_passes_and_keeps_it(unet, monkeypatch, tmp_path)
     assert timed["torch"]["median_ms"] > 2 * timed["torchscript"]["median_ms"]
     assert timed["torchscript"]["cosine_min"] > 0.99999 and "faster than torch" in choice.reason
     assert os.path.isfile(choice.record)
+    kept = os.path.join(options.cache.root, "torchscript")
+    assert os.listdir(kept), "the winner's build stays in the cache for its row and the next run"
 
     def no_probe():
         raise AssertionError("a kept choice must not probe again")
@@ -152,7 +154,7 @@ def test_cli_probes_every_installed_engine_then_reuses_the_choice(tmp_path, caps
     assert {c["engine"] for c in choice["candidates"]} >= set(auto.candidates(CPU, "fp32"))
     assert report["rows"][0]["engine"] == choice["engine"] and report["rows"][0]["fidelity"] == "ok"
     assert f"auto fp32: {choice['engine']} (measured now" in out and "probed: " in out
-    winner = next(c for c in choice["candidates"] if c["engine"] == choice["engine"])
+    winner = next(c for c in choice["candidates"] if c["engine"] == choice["engine"] and c["threads"] == choice["threads"])
     assert report["rows"][0]["compile_s"] == pytest.approx(winner["compile_s"], abs=0.01)  # the probe's build, reused
     assert not field_paths(report) - documented_fields(), "document config.auto's fields in docs/outputs.md"
     assert sample.main(argv) == 0
