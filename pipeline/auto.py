@@ -5,9 +5,9 @@ model, shape and precision, so the next run decides at once.
 The probe compiles each candidate (into the artifact cache, so the chosen row then loads it), makes PROBE_WARMUP
 untimed calls on the run's first real batch, checks the first one's cosine against the eager fp32 reference and
 times one call. The finalists (within GIVE_UP of the fastest) are then timed in turn, PROBE_ROUNDS rounds, and the
-lowest median wins. Where the CPU has SMT, the winner is also timed
-with one thread per physical core. `--auto static` (the default with `--no_cache`, which could not keep the choice)
-skips the probe and takes engines.default_engine's fixed order.
+lowest median wins. Where the CPU has SMT, the winner is also timed with one thread per physical core. `--auto
+static` (the default with `--no_cache`, which could not keep the choice) skips the probe and takes
+engines.default_engine's fixed order.
 """
 from __future__ import annotations
 
@@ -139,7 +139,6 @@ class _Finalist:
     entry: dict
     engine: Engine
     inputs: object
-    compile_s: float
     first_call_s: float
     threads: Optional[int]
     times: list = field(default_factory=list)
@@ -182,7 +181,7 @@ def probe(name: str, precision: str, model: torch.nn.Module, shape: tuple, devic
             for _ in range(PROBE_WARMUP - 1):
                 engine.run(inputs)
             engine.synchronize()
-            finalist = _Finalist(entry, engine, inputs, entry["compile_s"], first_call_s, options.threads)
+            finalist = _Finalist(entry, engine, inputs, first_call_s, options.threads)
             finalist.times.append(_timed_call(engine, inputs, options.threads))
             entry["median_ms"] = finalist.times[0]
             return entry, finalist
@@ -211,14 +210,21 @@ def _prune(finalists: list[_Finalist]) -> list[_Finalist]:
     return kept
 
 
+def _static(device: torch.device, precision: str, options: EngineOptions, why: str, entries: list | None = None,
+            probe_s: float = 0.0) -> Choice:
+    """The static order's engine, with `why` no measured choice was made."""
+    name = engines.default_engine(device, precision)
+    return Choice(name, precision, "static", options.threads, entries or [], f"{why}; {name} from the static order",
+                  probe_s=probe_s)
+
+
 def measure(model: torch.nn.Module, shape: tuple, device: torch.device, precision: str, options: EngineOptions,
-            batch: torch.Tensor, n: int, reference: torch.Tensor,
+            names: list[str], batch: torch.Tensor, n: int, reference: torch.Tensor,
             log: Callable[[str], None] = lambda line: None) -> Choice:
-    """Probe every candidate (one timed call each), then time the finalists round-robin, PROBE_ROUNDS calls each,
-    so a busy spell on a shared machine hits them all; the lowest median that passed the bar wins (the static
-    order when none did)."""
+    """Probe the candidate engines `names` (one timed call each), then time the finalists round-robin, PROBE_ROUNDS
+    calls each, so a busy spell on a shared machine hits them all; the lowest median that passed the bar wins (the
+    static order when none did)."""
     start = time.perf_counter()
-    names = candidates(device, precision)
     entries, finalists = [], []
     for name in names:
         log(f"auto {precision}: probing {name} ...")
@@ -250,10 +256,7 @@ def measure(model: torch.nn.Module, shape: tuple, device: torch.device, precisio
     _discard_losers(entries, winner, options)
     probe_s = time.perf_counter() - start
     if not finalists:
-        fallback = engines.default_engine(device, precision)
-        why = "no candidate passed the probe" if names else f"no installed engine runs {precision} on {device.type}"
-        return Choice(fallback, precision, "static", options.threads, entries,
-                      f"{why}; {fallback} from the static order", probe_s=probe_s)
+        return _static(device, precision, options, "no candidate passed the probe", entries, probe_s)
     best = finalists[0]
     best_ms = best.entry["median_ms"]
     reason = f"fastest that passed the {precision} bar: {best_ms:,.1f} ms per batch"
@@ -267,7 +270,7 @@ def measure(model: torch.nn.Module, shape: tuple, device: torch.device, precisio
         reason += f" (medians of {best.entry['calls']} interleaved calls)"
     handed = best.threads == options.threads  # else the row builds its engine with the chosen thread count
     return Choice(best.entry["engine"], precision, "measured", best.threads, entries, reason, probe_s=probe_s,
-                  loaded=best.engine if handed else None, compile_s=best.compile_s,
+                  loaded=best.engine if handed else None, compile_s=best.entry["compile_s"],
                   first_call_s=best.first_call_s if handed else None)
 
 
@@ -294,9 +297,7 @@ def choose(model: torch.nn.Module, model_id: str, shape: tuple, device: torch.de
     eager fp32 logits for it; both are called only when a probe runs.
     """
     if mode == "static":
-        name = engines.default_engine(device, precision)
-        return Choice(name, precision, "static", options.threads,
-                      reason="static order (--auto static, or --no_cache, which could not keep a measured choice)")
+        return _static(device, precision, options, "--auto static, or --no_cache, which could not keep a measured choice")
     names = candidates(device, precision)
     key = choice_key(device, precision, shape, names, model_id, options)
     path = _record_path(options, key)
@@ -305,18 +306,14 @@ def choose(model: torch.nn.Module, model_id: str, shape: tuple, device: torch.de
         return Choice(record["engine"], precision, "cached", record.get("threads"), record.get("candidates", []),
                       f"measured on {record.get('measured', '?')}: {record.get('reason', '')}", record=path or "")
     if not names:
-        name = engines.default_engine(device, precision)
-        return Choice(name, precision, "static", options.threads,
-                      reason=f"no installed engine runs {precision} on {device.type}; {name} from the static order")
+        return _static(device, precision, options, f"no installed engine runs {precision} on {device.type}")
     try:
         batch, n = first_batch()
         expected = reference(batch)
     except Exception as exc:  # noqa: BLE001  the rows meet the same failure and report it as theirs
-        name = engines.default_engine(device, precision)
-        return Choice(name, precision, "static", options.threads,
-                      reason=f"the probe could not run the eager fp32 reference ({type(exc).__name__}: "
-                             f"{first_line(exc)}); {name} from the static order")
-    choice = measure(model, shape, device, precision, options, batch, n, expected, log)
+        return _static(device, precision, options, f"the probe could not run the eager fp32 reference "
+                                                   f"({type(exc).__name__}: {first_line(exc)})")
+    choice = measure(model, shape, device, precision, options, names, batch, n, expected, log)
     if path and choice.source == "measured":
         record = {"key": key, "engine": choice.engine, "threads": choice.threads, "reason": choice.reason,
                   "candidates": choice.candidates, "measured": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
@@ -372,9 +369,7 @@ def resolve(plan: list[tuple[str, str]], job, options: EngineOptions, mode: str 
         choice = choose(job.model, model_id, job.shape, job.device, precision, options, first_batch,
                         reference_logits, mode, log)
         choices.append(choice)
-        row = (choice.engine, precision)
-        if row in resolved:
-            continue  # two precisions never collide; kept for safety against a plan with repeats
+        row = (choice.engine, precision)  # plan_rows lists each precision once, so rows never repeat
         resolved.append(row)
         if choice.loaded is not None:
             loaded[row] = (choice.loaded, choice.compile_s, choice.first_call_s)

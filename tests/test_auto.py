@@ -52,12 +52,21 @@ def _slowed(monkeypatch, slow: dict, wrong: tuple = ()):
     monkeypatch.setattr(engines, "load", load)
 
 
-def test_picks_the_fastest_that_passes_and_keeps_it(unet, monkeypatch, tmp_path):
-    monkeypatch.setattr(auto, "candidates", lambda device, precision: ["torch", "torchscript"])
-    _slowed(monkeypatch, {"torch": 6})
+def _measured(unet, monkeypatch, tmp_path, names: list, slow: dict | None = None, wrong: tuple = (),
+              model_id: str = "m"):
+    """auto.choose among `names` only (slowed / made wrong as `_slowed` does), with a cache in `tmp_path`:
+    (the choice, its options)."""
+    monkeypatch.setattr(auto, "candidates", lambda device, precision: list(names))
+    if slow or wrong:
+        _slowed(monkeypatch, slow or {}, wrong)
     options = EngineOptions(cache=ArtifactCache(str(tmp_path)))
     first_batch, reference = _inputs(unet)
-    choice = auto.choose(unet, "m1", SHAPE, CPU, "fp32", options, first_batch, reference)
+    return auto.choose(unet, model_id, SHAPE, CPU, "fp32", options, first_batch, reference), options
+
+
+def test_picks_the_fastest_that_passes_and_keeps_it(unet, monkeypatch, tmp_path):
+    choice, options = _measured(unet, monkeypatch, tmp_path, ["torch", "torchscript"], {"torch": 6}, model_id="m1")
+    first_batch, reference = _inputs(unet)
     assert choice.engine == "torchscript" and choice.source == "measured" and choice.loaded is not None, choice
     timed = {c["engine"]: c for c in choice.candidates}
     assert timed["torch"]["median_ms"] > 2 * timed["torchscript"]["median_ms"]
@@ -78,21 +87,15 @@ def test_picks_the_fastest_that_passes_and_keeps_it(unet, monkeypatch, tmp_path)
 
 
 def test_a_fast_engine_with_wrong_output_is_never_chosen(unet, monkeypatch, tmp_path):
-    monkeypatch.setattr(auto, "candidates", lambda device, precision: ["torch", "torchscript"])
-    _slowed(monkeypatch, {"torch": 2}, wrong=("torchscript",))
-    first_batch, reference = _inputs(unet)
-    choice = auto.choose(unet, "m", SHAPE, CPU, "fp32", EngineOptions(cache=ArtifactCache(str(tmp_path))),
-                         first_batch, reference)
+    choice, _ = _measured(unet, monkeypatch, tmp_path, ["torch", "torchscript"], {"torch": 2}, wrong=("torchscript",))
     assert choice.engine == "torch"
     bad = next(c for c in choice.candidates if c["engine"] == "torchscript")
     assert bad["median_ms"] is None and "below the fp32 fidelity bar" in bad["note"] and bad["cosine_min"] < 0.9
 
 
 def test_damaged_or_stale_records_are_measured_again(unet, monkeypatch, tmp_path):
-    monkeypatch.setattr(auto, "candidates", lambda device, precision: ["torch"])
-    options = EngineOptions(cache=ArtifactCache(str(tmp_path)))
+    choice, options = _measured(unet, monkeypatch, tmp_path, ["torch"])
     first_batch, reference = _inputs(unet)
-    choice = auto.choose(unet, "m", SHAPE, CPU, "fp32", options, first_batch, reference)
     with open(choice.record, "w") as f:
         f.write("{not json")
     assert auto.choose(unet, "m", SHAPE, CPU, "fp32", options, first_batch, reference).source == "measured"
@@ -191,11 +194,7 @@ def test_a_reference_that_cannot_run_falls_back_without_a_traceback(unet, monkey
 
 
 def test_the_losers_builds_leave_the_cache_and_the_winner_reports_the_probes_first_call(unet, monkeypatch, tmp_path):
-    monkeypatch.setattr(auto, "candidates", lambda device, precision: ["torch", "torchscript"])
-    _slowed(monkeypatch, {"torchscript": 6})
-    options = EngineOptions(cache=ArtifactCache(str(tmp_path)))
-    first_batch, reference = _inputs(unet)
-    choice = auto.choose(unet, "m", SHAPE, CPU, "fp32", options, first_batch, reference)
+    choice, options = _measured(unet, monkeypatch, tmp_path, ["torch", "torchscript"], {"torchscript": 6})
     assert choice.engine == "torch" and choice.first_call_s > 0
     assert not os.path.isdir(os.path.join(options.cache.root, "torchscript")) or \
         not os.listdir(os.path.join(options.cache.root, "torchscript"))  # built by the probe, then removed
