@@ -59,6 +59,9 @@ class Engine:
     # Engines that gain throughput from concurrent requests time `run_parallel`, which runs `parallel` batches.
     run_parallel: Optional[Callable[[Any], Any]] = None
     parallel: int = 1
+    # True when `prepare` takes a batch already on `device` (torch engines): the pipeline then uploads it itself, from
+    # pinned memory and ahead of the call; False for engines that read host arrays (ONNX Runtime, OpenVINO).
+    device_input: bool = False
 
 
 def torch_io(device: torch.device, precision: str):

@@ -93,4 +93,5 @@ def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, pre
 
     return Engine("inductor", device, precision, run, prepare, to_torch, sync,
                   timed=f"compiled model call ({mode} mode) on a device-resident batch",
-                  artifact="compiled (inductor's own cache)" if cache_dir else "compiled", artifact_path=cache_dir)
+                  artifact="compiled (inductor's own cache)" if cache_dir else "compiled", artifact_path=cache_dir,
+                  device_input=True)

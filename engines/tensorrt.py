@@ -32,4 +32,4 @@ def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, pre
         with torch.no_grad():
             return compiled(x)
 
-    return Engine("tensorrt", device, precision, run, prepare, to_torch, synchronizer(device))
+    return Engine("tensorrt", device, precision, run, prepare, to_torch, synchronizer(device), device_input=True)

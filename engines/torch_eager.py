@@ -27,4 +27,4 @@ def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, pre
     prepare, to_torch = torch_io(device, precision)
     # fp32 on the CPU calls the very model the reference calls: its output is the reference.
     return Engine("torch", device, precision, run, prepare, to_torch, synchronizer(device), artifact="eager",
-                  is_reference=device.type == "cpu" and precision == "fp32")
+                  device_input=True, is_reference=device.type == "cpu" and precision == "fp32")

@@ -32,4 +32,4 @@ def load(model: torch.nn.Module, example_shape: tuple, device, precision: str, o
 
     return Engine("torch_npu", device, precision, run, prepare=lambda batch: batch.to(name, dtype),
                   to_torch=lambda out: out.to("cpu").float(), synchronize=lambda: torch.npu.synchronize(index),
-                  timed=f"eager model call on {name} + torch.npu.synchronize()")
+                  timed=f"eager model call on {name} + torch.npu.synchronize()", device_input=True)

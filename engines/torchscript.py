@@ -48,4 +48,4 @@ def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, pre
             return scripted(x)
 
     return Engine("torchscript", device, precision, run, prepare, to_torch, synchronizer(device),
-                  artifact=built.state, artifact_path=built.path)
+                  artifact=built.state, artifact_path=built.path, device_input=True)
