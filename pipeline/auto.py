@@ -344,20 +344,20 @@ def resolve(plan: list[tuple[str, str]], job, options: EngineOptions, mode: str 
             try:
                 for batch in batches:
                     if batch.n:
-                        probe_input.append((batch.images, batch.n, batch.ids))
+                        probe_input.append((batch.images, batch.n, batch.ids, batch))
                         break
             finally:
                 close = getattr(batches, "close", None)
                 if close:
                     close()
             if not probe_input:  # nothing decodes: probe on noise (the rows will report the images)
-                probe_input.append((torch.rand(job.shape), job.shape[0], []))
+                probe_input.append((torch.rand(job.shape), job.shape[0], [], None))
         return probe_input[0][:2]
 
     def reference_logits(batch: torch.Tensor) -> torch.Tensor:
-        ids = probe_input[0][2]
+        _, _, ids, whole = probe_input[0]
         if ids:
-            return reference(ids, batch)
+            return reference(ids, whole).cpu()
         with torch.inference_mode():
             return job.model(batch.float())
 

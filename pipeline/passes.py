@@ -1,6 +1,7 @@
 """The two passes over one engine: accuracy (streamed data, end-to-end fps) and timing (one resident batch)."""
 from __future__ import annotations
 
+import copy
 import signal
 import threading
 import time
@@ -13,41 +14,78 @@ import torch
 from tqdm import tqdm
 
 from engines.base import Engine
-from utils.data import Batch
+from utils.data import Batch, to_float
+from utils.device import synchronizer
 from utils.metrics import Accuracy
 from utils.timing import measure, summarize
 
 
-class Reference:
-    """Logits of the eager fp32 model on the CPU, the yardstick every engine's output is compared with.
+@contextmanager
+def exact_fp32(device: torch.device):
+    """fp32 on a CUDA device as IEEE fp32: TF32 off for cuDNN and matmuls (both may default to on) for the block."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
-    Results are kept per image id (up to `budget_bytes`), so comparing several engines on the same data
-    runs the slow CPU reference once.
+
+def metrics_device(device: torch.device) -> torch.device:
+    """Where scores are computed for tensors on `device`: there on the CPU and CUDA (only per-image scalars come
+    back), on the CPU for other accelerators (the NPU's float64 support is partial)."""
+    return device if device.type in ("cpu", "cuda") else torch.device("cpu")
+
+
+def batch_input(batch: Batch, device: torch.device) -> torch.Tensor:
+    """The batch as NCHW float32 in [0, 1] on `device`: on an accelerator the uint8 pixels are uploaded (pinned host
+    memory, a non-blocking copy: a quarter of the bytes of float32) and scaled there."""
+    if device.type == "cpu":
+        return batch.images
+    pixels = batch.pixels
+    if device.type == "cuda" and not pixels.is_pinned():
+        pixels = pixels.pin_memory()
+    return to_float(pixels.to(device, non_blocking=True))
+
+
+class Reference:
+    """Logits of the eager fp32 model, the yardstick every engine's output is compared with: on `device` (the run's
+    accelerator by default, TF32 off, so it is IEEE fp32 like the CPU's; or the CPU).
+
+    Results are kept per image id on the host up to `budget_bytes` (set it where more than one pass compares with
+    the same images: several rows, or auto's probe and its row), so the reference is computed once per image; with
+    none kept (the default) memory stays flat in the size of the data set.
     """
 
-    def __init__(self, model: torch.nn.Module, budget_bytes: int = 2 << 30):
-        self.model = model
+    def __init__(self, model: torch.nn.Module, device: torch.device | None = None, budget_bytes: int = 0):
+        self.device = device or torch.device("cpu")
+        self.model = model if self.device.type == "cpu" else copy.deepcopy(model).to(self.device).float().eval()
         self.budget = budget_bytes
         self.cache: dict[str, torch.Tensor] = {}
         self.used = 0
         self.seconds = 0.0
 
-    def __call__(self, ids: list[str], images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, ids: list[str], batch: Batch) -> torch.Tensor:
         if all(i in self.cache for i in ids):
             return torch.stack([self.cache[i] for i in ids])
         start = time.perf_counter()
-        with torch.inference_mode():
-            logits = self.model(images.float())[: len(ids)]
+        with torch.inference_mode(), exact_fp32(self.device):
+            logits = self.model(batch_input(batch, self.device))[: len(ids)].float()
+        if self.device.type != "cpu":
+            synchronizer(self.device)()
         self.seconds += time.perf_counter() - start
         self.offer(ids, logits)
         return logits
 
     def offer(self, ids: list[str], logits: torch.Tensor) -> None:
-        """Cache reference logits per id while the budget lasts (also those computed elsewhere that are the
-        reference by construction: eager fp32 on the CPU)."""
+        """Keep reference logits per id on the host while the budget lasts (also those computed elsewhere that are
+        the reference by construction: eager fp32 on the CPU)."""
         for i, row in zip(ids, logits):
             if i not in self.cache and self.used + row.numel() * 4 <= self.budget:
-                self.cache[i] = row.clone()
+                self.cache[i] = row.detach().to("cpu", copy=True)
                 self.used += row.numel() * 4
 
 
@@ -64,6 +102,7 @@ class PassResult:
     batch_ms: list[float] = field(default_factory=list)
     sizes: list[tuple[int, int]] = field(default_factory=list)
     interrupted: bool = False  # Ctrl-C stopped the row; what it holds covers the images finished before
+    split: dict = field(default_factory=lambda: dict.fromkeys(SPLIT, 0.0))  # seconds per part (accuracy_pass)
 
     @property
     def images(self) -> int:
@@ -106,61 +145,105 @@ def deferred_interrupt():
             raise KeyboardInterrupt
 
 
+SPLIT = ("wait", "h2d", "model", "d2h", "metrics", "outputs", "reference", "decode", "resize")
+
+
 def accuracy_pass(engine: Engine, batches: Iterable[Batch], total: int, reference: Reference | None,
                   show_progress: bool = True, on_batch: BatchHook | None = None) -> PassResult:
     """Stream batches through the engine; score each real row; time it all except the reference's own compute.
 
     End-to-end time covers waiting for decoded data, the copy to the device, the engine call, the copy back,
     the metrics and the `on_batch` hook (its `add` per batch, its `flush` at the end). The first engine call is
-    timed on its own (lazy initialisation shows there).
+    timed on its own (lazy initialisation shows there). `split` says where the time went (`SPLIT`): the main
+    thread's parts add up to the end-to-end time; `reference` is outside it; `decode` / `resize` are the decode
+    threads' seconds, spent in parallel. Scores are computed where the logits are (`metrics_device`): on a GPU only
+    per-image scalars come back, and the logits only when `on_batch` wants them.
     """
     result = PassResult(Accuracy())
+    split = result.split
     own_reference = reference is not None and engine.is_reference
+    on_host = metrics_device(engine.device)
+    upload = engine.device_input and engine.device.type != "cpu"
     # The bar's clock runs through the reference's compute too; e2e fps leaves it out: say so where people look.
     note = " (+ reference, not in e2e)" if reference is not None and not own_reference else ""
     bar = tqdm(total=total, desc=f"accuracy {engine.name} {engine.precision}{note}", unit="img",
                disable=not show_progress, leave=False)
     start = time.perf_counter()
     ref_before = reference.seconds if reference else 0.0
+    iterator = iter(batches)
     try:
-        for batch in batches:
+        while True:
+            mark = time.perf_counter()
+            batch = next(iterator, None)
+            now = time.perf_counter()
+            split["wait"] += now - mark
+            if batch is None:
+                break
             result.failed.extend(batch.failed)
+            split["decode"] += batch.decode_s
+            split["resize"] += batch.resize_s
             if batch.n == 0:
                 continue
             if result.timing_batch is None:
-                result.timing_batch = batch.images
-            call_start = time.perf_counter()
-            output = engine.run(engine.prepare(batch.images))
+                result.timing_batch = batch.images if not upload else None
+            mark = now
+            inputs = engine.prepare(batch_input(batch, engine.device) if upload else batch.images)
             engine.synchronize()
-            call_s = time.perf_counter() - call_start
+            if upload and result.timing_batch is None:
+                result.timing_batch = inputs
+            call_start = time.perf_counter()
+            split["h2d"] += call_start - mark
+            output = engine.run(inputs)
+            engine.synchronize()
+            mark = time.perf_counter()
+            call_s = mark - call_start
+            split["model"] += call_s
             if result.first_call_s is None:
                 result.first_call_s = call_s
-            logits = engine.to_torch(output)[: batch.n]
-            masks = batch.masks[: batch.n] if batch.masks is not None else None
+            logits = _logits(engine, output, on_host)[: batch.n]
+            host_logits = logits.cpu() if on_batch is not None else None
+            now = time.perf_counter()
+            split["d2h"] += now - mark
             if own_reference:
                 reference.offer(batch.ids, logits)
                 ref = logits
             else:
-                ref = reference(batch.ids, batch.images) if reference else None
+                ref = reference(batch.ids, batch).to(on_host) if reference else None
+            mark = time.perf_counter()
+            masks = batch.masks[: batch.n].to(on_host, non_blocking=True) if batch.masks is not None else None
             # A batch is recorded whole or not at all: its per-image lists (and so the image count) and its hand-over to the
             # writer (which waits at most for MAX_PENDING batches) all happen, or none does.
             with deferred_interrupt():
                 result.accuracy.add(batch.ids, logits, masks, ref)
                 result.batch_ms.extend([call_s * 1000.0] * batch.n)
                 result.sizes.extend(batch.original_sizes)
+                now = time.perf_counter()
+                split["metrics"] += now - mark
                 if on_batch is not None:
-                    on_batch.add(batch, logits)
+                    on_batch.add(batch, host_logits)
+                    split["outputs"] += time.perf_counter() - now
             bar.update(batch.n)
         if on_batch is not None:
+            mark = time.perf_counter()
             on_batch.flush()
+            split["outputs"] += time.perf_counter() - mark
     except KeyboardInterrupt:
         result.interrupted = True  # the batches scored so far are a result: the caller reports them as partial
     finally:
         bar.close()
         if hasattr(batches, "close"):
             batches.close()  # stop the decoding threads now (Ctrl-C, engine error), not whenever GC gets to it
-        result.e2e_s = time.perf_counter() - start - ((reference.seconds - ref_before) if reference else 0.0)
+        split["reference"] = (reference.seconds - ref_before) if reference else 0.0
+        result.e2e_s = time.perf_counter() - start - split["reference"]
     return result
+
+
+def _logits(engine: Engine, output, device: torch.device) -> torch.Tensor:
+    """The engine's output as float32 logits on `device`: a torch output stays where it is when that is `device`
+    (no copy back from a GPU), anything else goes through the engine's own `to_torch`."""
+    if isinstance(output, torch.Tensor) and output.device == device:
+        return output.float()
+    return engine.to_torch(output).to(device)
 
 
 def timing_pass(engine: Engine, batch: torch.Tensor, loop: int, warmup: int, show_progress: bool = True) -> dict:

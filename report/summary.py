@@ -79,7 +79,8 @@ def format_report(report: dict, json_path: str | None = None, worst: str = "") -
     where = ("at each image's original size (logits resized bilinearly, Kaggle's metric)"
              if c.get("eval_resolution") == "original" else f"at the model's {c['image_size'][0]}x{c['image_size'][1]}")
     lines.append(f"dice = mean over images of per-image dice (Pytorch-UNet's), scored {where}; micro dice pools all "
-                 "pixels; IoU = mean per-image IoU; cos = per-sample cosine vs eager fp32 on the CPU")
+                 "pixels; IoU = mean per-image IoU; cos = per-sample cosine vs eager fp32 on "
+                 f"{_reference_where(c)}")
     lines.append("fidelity: worst cosine vs the precision's bar (fp32 0.99999, fp16/bf16 0.999, int8 0.99; LOW = below); "
                  "dice delta = dice - eager fp32 dice on the same images (at model size); "
                  "artifact: compiled now or loaded from the cache")
@@ -90,6 +91,8 @@ def format_report(report: dict, json_path: str | None = None, worst: str = "") -
         lines.append(f"{row['engine']} {row['precision']}: timed region = {row.get('timed_region')}; "
                      f"first call {_cell(row, 'first_call_ms', '{:.1f}')} ms; compile / export {row['compile_s']:.1f} s "
                      f"({row.get('artifact')})")
+        if row.get("split_s") and row.get("images"):
+            lines.append(f"{row['engine']} {row['precision']}: {format_split(row['split_s'], row['images'], c)}")
         if row.get("model_res_dice") is not None:
             # Five decimals: the two figures usually differ past the table's fourth.
             lines.append(f"{row['engine']} {row['precision']}: dice {row['dice']:.5f} at original size, "
@@ -112,6 +115,30 @@ def format_report(report: dict, json_path: str | None = None, worst: str = "") -
         lines.append(worst)
     lines.extend(_written(report, json_path))
     return "\n".join(lines)
+
+
+MAIN_PARTS = ("wait", "h2d", "model", "d2h", "metrics", "outputs")
+
+
+def format_split(split: dict, images: int, config: dict) -> str:
+    """Where a row's end-to-end time went, in ms per image: the main thread's parts (they add up to e2e), then the
+    decode threads' (in parallel with them) and the reference's (left out of e2e)."""
+    def ms(key):
+        return f"{split.get(key, 0.0) * 1000.0 / images:.2f}"
+
+    main = ", ".join(f"{key} {ms(key)}" for key in MAIN_PARTS)
+    workers = config.get("workers")
+    threads = f"{workers} decode threads" if workers else "the decode threads"
+    text = (f"ms per image: {main} (main thread, adds up to e2e); decode {ms('decode')} + resize {ms('resize')} "
+            f"in {threads} ({config.get('decode', 'exact')} path, in parallel)")
+    if split.get("reference"):
+        text += f"; reference {ms('reference')} (not in e2e)"
+    return text
+
+
+def _reference_where(config: dict) -> str:
+    where = config.get("reference") or "cpu"
+    return "the CPU" if where == "cpu" else f"{where} (TF32 off)"
 
 
 def _random_prediction(rows: list[dict]) -> str:

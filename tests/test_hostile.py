@@ -79,11 +79,11 @@ def patch(module, name, block):
 if point == "stuck":  # one decode thread never returns (a hung network mount); one Ctrl-C, 2 s after it sticks
     import utils.data
     load = utils.data.load_image
-    def stuck(path, size):
+    def stuck(path, size, *rest):
         if "zstuck" in path:
             threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT)).start()
             threading.Event().wait()
-        return load(path, size)
+        return load(path, size, *rest)
     utils.data.load_image = stuck
 elif point == "accuracy":  # after the second batch is handed to the writer
     from report.outputs import Hook

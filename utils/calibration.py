@@ -79,13 +79,14 @@ def choose_samples(dataset: Dataset, count: int, calib_path: str | None = None,
 
 
 def load_calibration(samples: list[Sample], size: tuple[int, int], batch_size: int, workers: int = 2,
-                     source: str = "scored", scored_ids: set[str] | frozenset = frozenset()) -> Calibration:
+                     source: str = "scored", scored_ids: set[str] | frozenset = frozenset(),
+                     decode: str = "exact") -> Calibration:
     """Decode `samples` exactly as the accuracy pass does; an image that does not decode is skipped and named.
 
     SampleError when none decodes (int8 would have nothing to calibrate on).
     """
     batches, ids, skipped = [], [], []
-    for batch in iter_batches(samples, size, batch_size, workers):
+    for batch in iter_batches(samples, size, batch_size, workers, decode=decode):
         skipped.extend(batch.failed)
         if batch.n:
             batches.append(batch.images)

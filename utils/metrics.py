@@ -86,7 +86,7 @@ class Accuracy:
             self.fg_true.extend([None] * len(ids))
             return
         counts = overlap_counts(pred, masks, n_classes)
-        self.counts.append(counts.sum(0))
+        self.counts.append(counts.sum(0).cpu())
         self.dice.extend(dice_from_counts(counts).tolist())
         self.iou.extend(iou_from_counts(counts).tolist())
         self.fg_true.extend((masks != 0).flatten(1).float().mean(1).tolist())
