@@ -46,6 +46,8 @@ def batch_input(batch: Batch, device: torch.device) -> torch.Tensor:
     if device.type == "cpu":
         return batch.images
     pixels = batch.pixels
+    if pixels.device == device:  # decoded there (nvJPEG)
+        return to_float(pixels)
     if device.type == "cuda" and not pixels.is_pinned():
         pixels = pixels.pin_memory()
     return to_float(pixels.to(device, non_blocking=True))

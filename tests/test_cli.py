@@ -38,7 +38,7 @@ def test_synthetic_default_end_to_end(tmp_path, capsys):
     assert row["images"] == 2 and row["images_scored"] == 2
     assert 0.0 <= row["dice"] <= 1.0 and row["cosine_min"] >= 0.99999
     assert row["calls"] == 2 and len(row["latencies_ms"]) == 2 and row["fps"] > 0 and row["e2e_fps"] > 0
-    assert row["compile_s"] > 0 and row["first_call_ms"] > 0
+    assert row["compile_s"] >= 0 and row["first_call_ms"] > 0  # eager torch, when auto picks it, builds in ~0 s
     assert report["config"]["image_size"] == [64, 64] and report["partial"] is False
     for key in ("dice", "micro dice", "IoU", "cos min", "median ms", "p90 ms", "p99 ms", "fps", "e2e fps", "compile s"):
         assert key in out

@@ -3,6 +3,7 @@ computed where the logits are, the reference's device and memory, and (on a GPU)
 from __future__ import annotations
 
 import copy
+import io
 import os
 import time
 
@@ -12,10 +13,11 @@ import torch
 from PIL import Image
 
 import models
+import sample
 from engines.base import Engine
 from pipeline.passes import SPLIT, Reference, _logits, accuracy_pass, batch_input, exact_fp32, metrics_device
 from tests.conftest import CPU, write_pair
-from utils.data import TORCH_RESIZE, find_pairs, iter_batches, load_image, resize_bicubic
+from utils.data import TORCH_RESIZE, DeviceJpeg, find_pairs, iter_batches, load_image, resize_bicubic
 from utils.metrics import dice_from_counts, overlap_counts, predict
 
 CUDA = torch.device("cuda")
@@ -167,3 +169,83 @@ def test_gpu_pass_scores_like_the_cpu_pass(small_set):
     assert gpu.accuracy.dice == cpu.accuracy.dice
     assert min(c for c in gpu.accuracy.cosine) > 0.999999
     assert gpu.split["h2d"] > 0 and gpu.timing_batch.device.type == "cuda"
+
+
+def _pillow_decoder(calls: list):
+    """Stands in for nvJPEG on the CPU: the same contract (byte tensors in, (C, H, W) uint8 tensors out)."""
+    def decode(datas):
+        calls.append(len(datas))
+        out = []
+        for data in datas:
+            with Image.open(io.BytesIO(data.numpy().tobytes())) as img:
+                out.append(torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1))
+        return out
+    return decode
+
+
+def test_device_jpeg_path_decodes_batches_like_the_cpu_path(small_set):
+    calls: list = []
+    decoder = DeviceJpeg(CPU, (64, 48), _pillow_decoder(calls))
+    samples = find_pairs(*small_set).samples
+    on_device = list(iter_batches(samples, (64, 48), 2, 2, True, "fast", device_decoder=decoder))
+    on_cpu = list(iter_batches(samples, (64, 48), 2, 2, True, "fast"))
+    assert calls == [2, 1] and decoder.fallbacks == []  # one batched call per batch
+    assert [b.ids for b in on_device] == [b.ids for b in on_cpu] and [b.n for b in on_device] == [2, 1]
+    for a, b in zip(on_device, on_cpu):
+        assert a.pixels.shape == b.pixels.shape and a.pixels.dtype == torch.uint8
+        assert (a.pixels.int() - b.pixels.int()).abs().max() <= 2  # float vs uint8 antialiased bicubic
+        assert torch.equal(a.masks, b.masks)
+
+
+def test_device_jpeg_path_names_a_corrupt_file_and_keeps_the_others(small_set):
+    images, masks = small_set
+    victim = os.path.join(images, "car1_01.jpg")
+    data = open(victim, "rb").read()
+    open(victim, "wb").write(data[: len(data) // 3])  # the header parses in the decode thread; the pixels do not
+    decoder = DeviceJpeg(CPU, (64, 64), _pillow_decoder([]))
+    batches = list(iter_batches(find_pairs(images, masks).samples, (64, 64), 2, 2, True, "fast",
+                                device_decoder=decoder))
+    assert [i for b in batches for i in b.ids] == ["car0_01", "car2_01"] and batches[0].n == 2  # the batch refilled
+    failed = [f for b in batches for f in b.failed]
+    assert [f[0] for f in failed] == ["car1_01"] and "cannot decode image" in failed[0][1]
+    assert len(decoder.fallbacks) == 1 and "car1_01.jpg" in decoder.fallbacks[0]
+
+
+def test_device_jpeg_path_falls_back_to_the_cpu_when_the_device_fails(small_set):
+    def broken(datas):
+        raise RuntimeError("nvjpeg: NVJPEG_STATUS_EXECUTION_FAILED")
+    decoder = DeviceJpeg(CPU, (64, 64), broken)
+    samples = find_pairs(*small_set).samples
+    batches = list(iter_batches(samples, (64, 64), 4, 2, True, "fast", device_decoder=decoder))
+    reference = list(iter_batches(samples, (64, 64), 4, 2, True, "fast"))
+    assert torch.equal(batches[0].pixels, reference[0].pixels) and batches[0].failed == []
+    assert len(decoder.fallbacks) == 3 and "EXECUTION_FAILED" in decoder.fallbacks[0]
+
+
+def test_device_jpeg_is_only_offered_where_it_can_run(capsys):
+    assert DeviceJpeg.make(CPU, (64, 64))[0] is None
+    decoder, why = DeviceJpeg.make(CUDA, (64, 64))
+    if decoder is None:  # no torchvision here, or no GPU: said, and the CPU decodes
+        assert why
+    decode, chosen, why = sample.choose_decode("nvjpeg", CPU, (64, 64))
+    assert (decode, chosen) == ("fast", None) and "no device JPEG decoder for cpu" in capsys.readouterr().err
+    assert sample.choose_decode("auto", CPU, (64, 64))[:2] == ("fast", None)
+    assert sample.choose_decode("exact", CUDA, (64, 64)) == ("exact", None, "")
+
+
+@pytest.mark.cuda
+def test_nvjpeg_keeps_dice_within_1e4_of_exact_with_the_real_checkpoint(carvana, checkpoint):
+    decoder, why = DeviceJpeg.make(CUDA, (256, 256))
+    if decoder is None:
+        pytest.skip(why)
+    model, _ = models.create_model("unet", checkpoint)
+    pairs = find_pairs(*carvana).samples
+    samples = [pairs[i] for i in range(0, len(pairs), 17)][:16]
+    dice = []
+    for batch in iter_batches(samples, (256, 256), 4, 2, True, "fast", device_decoder=decoder):
+        assert batch.pixels.device.type == "cuda"
+        with torch.inference_mode():
+            pred = predict(model(batch.images))[: batch.n]
+        dice += dice_from_counts(overlap_counts(pred, batch.masks[: batch.n], 2)).tolist()
+    exact = _dice(model, samples, (256, 256), "exact")
+    assert decoder.fallbacks == [] and abs(np.mean(dice) - np.mean(exact)) < 1e-4, (np.mean(dice), np.mean(exact))

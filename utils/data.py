@@ -1,6 +1,7 @@
 """Carvana image / mask pairs: find them, decode and resize them as Pytorch-UNet does, stream them in batches."""
 from __future__ import annotations
 
+import io
 import os
 import queue
 import threading
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Callable
 
 import numpy as np
 import torch
@@ -64,7 +66,7 @@ class Batch:
     def images(self) -> torch.Tensor:
         """NCHW float32 scaled to [0, 1] (Pytorch-UNet: no mean / std), made on first use: an accelerator run
         uploads the uint8 `pixels` and scales them on the device instead."""
-        return to_float(self.pixels)
+        return to_float(self.pixels.cpu())
 
 
 def _list_files(path: str, exts: tuple[str, ...], what: str) -> list[str]:
@@ -246,10 +248,39 @@ def load_mask(path: str, size: tuple[int, int], image_size: tuple[int, int],
         raise _decode_error("mask", path, exc) from None
 
 
-def _load_sample(sample: Sample, size: tuple[int, int], decode: str):
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def read_jpeg(path: str, clock: list[float] | None = None) -> tuple[bytes, tuple[int, int]] | None:
+    """A JPEG's bytes and (W, H) from its header (no pixel decoded), for a device decoder; None for other formats."""
+    try:
+        start = time.perf_counter()
+        with open_regular(path, "image") as f:
+            data = f.read()
+        if not data.startswith(JPEG_MAGIC):
+            return None
+        with Image.open(io.BytesIO(data)) as img:
+            _check_pixels(img, "image", path)
+            if img.format != "JPEG" or img.mode not in ("RGB", "L"):
+                return None  # CMYK and other rare modes: the CPU decoder handles them
+            size = img.size
+        if clock is not None:
+            clock[0] += time.perf_counter() - start
+        return data, size
+    except Exception as exc:  # noqa: BLE001  one file's failure, named; _decode_error keeps its message
+        raise _decode_error("image", path, exc) from None
+
+
+def _load_sample(sample: Sample, size: tuple[int, int], decode: str, device_jpeg: bool = False):
+    """Decode one sample in a decode thread; with `device_jpeg` a JPEG's bytes are read for the device decoder
+    instead (its mask is still decoded here)."""
     clock = [0.0, 0.0]
     try:
-        image, original = load_image(sample.image, size, decode, clock)
+        jpeg = read_jpeg(sample.image, clock) if device_jpeg else None
+        if jpeg is not None:
+            image, original = jpeg[0], jpeg[1]
+        else:
+            image, original = load_image(sample.image, size, decode, clock)
         mask = load_mask(sample.mask, size, original, clock) if sample.mask else None
         return sample, image, mask, original, None, clock
     except SampleError as exc:
@@ -271,7 +302,10 @@ def _assemble(loaded: list, batch_size: int, has_masks: bool, pin: bool = False)
     # Static-shape engines need full batches: pad by repeating the last image; metrics ignore rows >= n.
     padded = loaded + [loaded[-1]] * (batch_size - n)
     arrays = [item[1] for item in padded]
-    if pin:  # stacked straight into page-locked memory: the upload to the GPU is then a non-blocking DMA
+    devices = [a.device for a in arrays if isinstance(a, torch.Tensor)]
+    if devices:  # decoded on the device (DeviceJpeg): the batch is assembled there
+        pixels = torch.stack([a if isinstance(a, torch.Tensor) else torch.from_numpy(a).to(devices[0]) for a in arrays])
+    elif pin:  # stacked straight into page-locked memory: the upload to the GPU is then a non-blocking DMA
         pixels = torch.empty((len(arrays), *arrays[0].shape), dtype=torch.uint8, pin_memory=True)
         np.stack(arrays, out=pixels.numpy())
     else:
@@ -279,6 +313,104 @@ def _assemble(loaded: list, batch_size: int, has_masks: bool, pin: bool = False)
     masks = torch.from_numpy(np.stack([item[2] for item in padded])) if has_masks else None
     return Batch([item[0].id for item in loaded], pixels, masks, n, [item[3] for item in loaded],
                  decode_s=sum(item[4][0] for item in loaded), resize_s=sum(item[4][1] for item in loaded))
+
+
+class DeviceJpeg:
+    """JPEG decode and resize on an accelerator: nvJPEG through `torchvision.io.decode_jpeg(device=...)`, then
+    antialiased bicubic on the device, rounded to uint8 like the CPU paths. The decode threads only read the bytes
+    (and decode the masks); a batch the device cannot decode (a corrupt file, a driver error) is decoded on the CPU
+    instead, where a bad file is named as usual.
+
+    `decoder(list of uint8 byte tensors) -> list of (C, H, W) uint8 tensors on the device` is torchvision's by default
+    (see `make`); tests pass another one.
+    """
+
+    def __init__(self, device: torch.device, size: tuple[int, int], decoder: Callable, cpu_resize: str = "fast"):
+        self.device, self.size, self.decoder, self.cpu_resize = device, size, decoder, cpu_resize
+        self.fallbacks: list[str] = []  # why batches went to the CPU
+        self.seconds = 0.0
+
+    @staticmethod
+    def make(device: torch.device, size: tuple[int, int]) -> tuple[DeviceJpeg | None, str]:
+        """The nvJPEG decoder for a CUDA `device`, or None and why not (no torchvision, or it cannot decode there)."""
+        if device.type != "cuda":
+            return None, f"no device JPEG decoder for {device.type}"
+        try:
+            from torchvision.io import ImageReadMode, decode_jpeg
+        except Exception as exc:  # noqa: BLE001  torchvision missing or built for another torch: the CPU decodes
+            return None, f"torchvision is not importable ({first_line(exc)})"
+
+        def decoder(datas: list[torch.Tensor]) -> list[torch.Tensor]:
+            return decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
+
+        probe = io.BytesIO()
+        Image.new("RGB", (16, 16), (10, 200, 30)).save(probe, "JPEG")
+        try:
+            decoder([torch.frombuffer(bytearray(probe.getvalue()), dtype=torch.uint8)])
+        except Exception as exc:  # noqa: BLE001  e.g. a torchvision without nvJPEG
+            return None, f"torchvision cannot decode JPEGs on {device} ({first_line(exc)})"
+        return DeviceJpeg(device, size, decoder), "nvJPEG (torchvision.io.decode_jpeg) + bicubic on the device"
+
+    def decode(self, datas: list[bytes], paths: list[str]) -> list[torch.Tensor | str]:
+        """Each JPEG as (H, W, C) uint8 on the device at `size`, or the one-line error of a file nothing decodes.
+
+        The batch goes to the device decoder at once; should that fail, each file is tried alone, and one the device
+        cannot decode is decoded on the CPU (the reason is kept in `fallbacks`), which names a corrupt file."""
+        start = time.perf_counter()
+        try:
+            out: list = self._on_device(datas)
+        except Exception:  # noqa: BLE001  one bad file fails the whole batched call: find it
+            out = []
+            for data, path in zip(datas, paths):
+                try:
+                    out.append(self._on_device([data])[0])
+                except Exception as exc:  # noqa: BLE001
+                    self.fallbacks.append(f"{path}: {type(exc).__name__}: {first_line(exc)}")
+                    out.append(self._cpu(data, path))
+        self.seconds += time.perf_counter() - start
+        return out
+
+    def _cpu(self, data: bytes, path: str) -> torch.Tensor | str:
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                img.load()
+                rgb = img if img.mode == "RGB" else img.convert("RGB")
+            array = resize_bicubic(rgb, self.size) if self.cpu_resize == "fast" else \
+                np.asarray(rgb.resize(self.size, resample=Image.BICUBIC))
+            return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+        except Exception as exc:  # noqa: BLE001  one file's failure, named
+            return str(_decode_error("image", path, exc))
+
+    def _on_device(self, datas: list[bytes]) -> list[torch.Tensor]:
+        decoded = self.decoder([torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in datas])
+        w, h = self.size
+        out = []
+        for chw in decoded:
+            if chw.shape[0] == 1:
+                chw = chw.expand(3, -1, -1)
+            if tuple(chw.shape[1:]) != (h, w):
+                resized = torch.nn.functional.interpolate(chw[None].float(), size=(h, w), mode="bicubic",
+                                                          antialias=True, align_corners=False)
+                chw = resized[0].round_().clamp_(0, 255).to(torch.uint8)
+            out.append(chw.permute(1, 2, 0))
+        return out
+
+
+def _device_pass(ready: list, decoder: DeviceJpeg) -> tuple[list, list[tuple[str, str]]]:
+    """Decode the JPEG bytes among `ready` on the decoder's device; returns the items that decoded (bytes replaced
+    by device tensors) and the (id, error) of those that did not."""
+    todo = [k for k, item in enumerate(ready) if isinstance(item[1], bytes)]
+    if not todo:
+        return ready, []
+    results = dict(zip(todo, decoder.decode([ready[k][1] for k in todo], [ready[k][0].image for k in todo])))
+    kept, failed = [], []
+    for k, item in enumerate(ready):
+        result = results.get(k, item[1])
+        if isinstance(result, str):
+            failed.append((item[0].id, result))
+        else:
+            kept.append((item[0], result, *item[2:]))
+    return kept, failed
 
 
 def default_workers() -> int:
@@ -327,12 +459,14 @@ class Decoders:
 
 
 def iter_batches(samples: list[Sample], size: tuple[int, int], batch_size: int, workers: int = 2,
-                 has_masks: bool = False, decode: str = "exact", pin: bool = False) -> Iterator[Batch]:
+                 has_masks: bool = False, decode: str = "exact", pin: bool = False,
+                 device_decoder: DeviceJpeg | None = None) -> Iterator[Batch]:
     """Yield full-size batches, decoding ahead in `workers` threads with a bounded queue (never the whole set in memory).
 
     Samples that fail to decode are dropped from the batches and listed in the `failed` field of the batch that
     follows them (an empty one, n == 0, at the end or when Ctrl-C stops the wait), so the caller can report them.
     `decode` is `load_image`'s: "exact" (Pytorch-UNet's) or "fast". `pin`: batches in page-locked memory (CUDA).
+    `device_decoder`: JPEGs are decoded on its device (the batch's pixels are there), in this thread.
     """
     prefetch = max(2 * batch_size, workers * 2)
     pool = Decoders(workers)
@@ -346,7 +480,7 @@ def iter_batches(samples: list[Sample], size: tuple[int, int], batch_size: int, 
             sample = next(todo, None)
             if sample is None:
                 return
-            pending.append(pool.submit(_load_sample, sample, size, decode))
+            pending.append(pool.submit(_load_sample, sample, size, decode, device_decoder is not None))
 
     def empty() -> Batch:
         return Batch([], torch.empty(0, dtype=torch.uint8), None, 0, [], failed, lost[0], lost[1])
@@ -362,11 +496,17 @@ def iter_batches(samples: list[Sample], size: tuple[int, int], batch_size: int, 
                 lost[1] += clock[1]
                 continue
             ready.append((sample, image, mask, original, clock))
+            if len(ready) == batch_size and device_decoder is not None:
+                ready, bad = _device_pass(ready, device_decoder)
+                failed.extend(bad)
             if len(ready) == batch_size:
                 batch = _assemble(ready, batch_size, has_masks, pin)
                 batch.failed, ready, failed = failed, [], []
                 batch.decode_s, batch.resize_s, lost = batch.decode_s + lost[0], batch.resize_s + lost[1], [0.0, 0.0]
                 yield batch
+        if ready and device_decoder is not None:
+            ready, bad = _device_pass(ready, device_decoder)
+            failed.extend(bad)
         if ready:
             batch = _assemble(ready, batch_size, has_masks, pin)
             batch.failed, batch.decode_s, batch.resize_s = failed, batch.decode_s + lost[0], batch.resize_s + lost[1]
@@ -384,11 +524,11 @@ def iter_batches(samples: list[Sample], size: tuple[int, int], batch_size: int, 
 
 
 def iter_dataset(dataset: Dataset, size: tuple[int, int], batch_size: int, workers: int = 2,
-                 decode: str = "exact", pin: bool = False) -> Iterator[Batch]:
+                 decode: str = "exact", pin: bool = False, device_decoder: DeviceJpeg | None = None) -> Iterator[Batch]:
     """Batches of the scored pairs, then batches of the images without a mask (timed and compared, not scored)."""
-    yield from iter_batches(dataset.samples, size, batch_size, workers, dataset.has_masks, decode, pin)
+    yield from iter_batches(dataset.samples, size, batch_size, workers, dataset.has_masks, decode, pin, device_decoder)
     if dataset.unpaired:
-        yield from iter_batches(dataset.unpaired, size, batch_size, workers, False, decode, pin)
+        yield from iter_batches(dataset.unpaired, size, batch_size, workers, False, decode, pin, device_decoder)
 
 
 def parse_size(text: str) -> tuple[int, int]:
