@@ -164,7 +164,6 @@ def accuracy_pass(engine: Engine, batches: Iterable[Batch], total: int, referenc
     result = PassResult(Accuracy())
     split = result.split
     own_reference = reference is not None and engine.is_reference
-    on_host = metrics_device(engine.device)
     upload = engine.device_input and engine.device.type != "cpu"
     # The bar's clock runs through the reference's compute too; e2e fps leaves it out: say so where people look.
     note = " (+ reference, not in e2e)" if reference is not None and not own_reference else ""
@@ -202,7 +201,8 @@ def accuracy_pass(engine: Engine, batches: Iterable[Batch], total: int, referenc
             split["model"] += call_s
             if result.first_call_s is None:
                 result.first_call_s = call_s
-            logits = _logits(engine, output, on_host)[: batch.n]
+            logits = _logits(engine, output)[: batch.n]
+            where = logits.device
             host_logits = logits.cpu() if on_batch is not None else None
             now = time.perf_counter()
             split["d2h"] += now - mark
@@ -210,9 +210,9 @@ def accuracy_pass(engine: Engine, batches: Iterable[Batch], total: int, referenc
                 reference.offer(batch.ids, logits)
                 ref = logits
             else:
-                ref = reference(batch.ids, batch).to(on_host) if reference else None
+                ref = reference(batch.ids, batch).to(where) if reference else None
             mark = time.perf_counter()
-            masks = batch.masks[: batch.n].to(on_host, non_blocking=True) if batch.masks is not None else None
+            masks = batch.masks[: batch.n].to(where, non_blocking=True) if batch.masks is not None else None
             # A batch is recorded whole or not at all: its per-image lists (and so the image count) and its hand-over to the
             # writer (which waits at most for MAX_PENDING batches) all happen, or none does.
             with deferred_interrupt():
@@ -240,12 +240,12 @@ def accuracy_pass(engine: Engine, batches: Iterable[Batch], total: int, referenc
     return result
 
 
-def _logits(engine: Engine, output, device: torch.device) -> torch.Tensor:
-    """The engine's output as float32 logits on `device`: a torch output stays where it is when that is `device`
-    (no copy back from a GPU), anything else goes through the engine's own `to_torch`."""
-    if isinstance(output, torch.Tensor) and output.device == device:
+def _logits(engine: Engine, output) -> torch.Tensor:
+    """The engine's output as float32 logits where the scores will be computed (`metrics_device`): a torch output on
+    the CPU or a GPU stays there (no copy back), anything else goes through the engine's own `to_torch` (host)."""
+    if isinstance(output, torch.Tensor) and metrics_device(output.device) == output.device:
         return output.float()
-    return engine.to_torch(output).to(device)
+    return engine.to_torch(output)
 
 
 def timing_pass(engine: Engine, batch: torch.Tensor, loop: int, warmup: int, show_progress: bool = True) -> dict:
