@@ -249,3 +249,25 @@ def test_nvjpeg_keeps_dice_within_1e4_of_exact_with_the_real_checkpoint(carvana,
         dice += dice_from_counts(overlap_counts(pred, batch.masks[: batch.n], 2)).tolist()
     exact = _dice(model, samples, (256, 256), "exact")
     assert decoder.fallbacks == [] and abs(np.mean(dice) - np.mean(exact)) < 1e-4, (np.mean(dice), np.mean(exact))
+
+
+def test_decode_threads_resize_with_one_torch_thread_and_leave_the_others_alone():
+    """The decode threads are the parallelism: each resizes with one torch thread (an OpenMP team each, beside the
+    engine's, oversubscribed the cores), and neither the caller's thread count nor later threads' change."""
+    import threading
+
+    from utils.data import Decoders
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        pool = Decoders(2)
+        assert pool.submit(torch.get_num_threads).result(timeout=10) == 1
+        assert torch.get_num_threads() == 2
+        later: list = []
+        thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        assert later == [2]
+        pool.close()
+    finally:
+        torch.set_num_threads(before)
