@@ -11,6 +11,7 @@ from utils.calibration import Calibration
 from utils.errors import SampleError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+RESIDENT = "model call on a device-resident batch (no host<->device copies)"
 
 
 class Unsupported(SampleError):
@@ -33,16 +34,25 @@ class EngineOptions:
     openvino_device: str = "CPU"  # or "GPU" (an Intel GPU)
     soc_version: str = "Ascend310P3"  # torch_aie's compile target
     inductor_mode: Optional[str] = None  # None: max-autotune on CUDA, default on the CPU
+    # GPU speed levers of the torch engines, each "auto", "on" or "off" (engines/levers.py has the auto rule).
+    channels_last: str = "auto"
+    cudnn_benchmark: str = "auto"
+    cuda_graphs: str = "auto"
 
 
 @dataclass(frozen=True)
 class Engine:
     """A compiled model ready to run; every field is set by the engine module that builds it.
 
-    `prepare` turns a CPU float32 NCHW batch into the engine's native input (device copy, dtype); `run` is the
+    `prepare` turns a CPU float32 NCHW batch into the engine's native input (device copy, dtype, layout); `run` is the
     only call the timing loop times; `synchronize` waits for the device; `to_torch` brings an output back as a
     CPU float32 tensor. `timed` says in words what a timed call holds. `is_reference` is true for the engine that
     computes exactly what the eager fp32 reference computes (its own output is its reference, for free).
+
+    What `run` returns belongs to the caller: a later call never changes it, so it may be read after the next call
+    (a writer thread, a deferred device-side metric). An engine that replays into a reused output buffer (a CUDA
+    graph) returns a copy of that buffer. `levers` names the GPU speed levers in effect (engines/levers.py); `timed`
+    names them too.
     """
 
     name: str
@@ -52,7 +62,7 @@ class Engine:
     prepare: Callable[[torch.Tensor], Any]
     to_torch: Callable[[Any], torch.Tensor]
     synchronize: Callable[[], None] = _noop
-    timed: str = "model call on a device-resident batch (no host<->device copies)"
+    timed: str = RESIDENT
     artifact: str = "compiled"  # "loaded" (from the artifact cache), "eager", ...
     artifact_path: str = ""
     is_reference: bool = False
@@ -62,16 +72,19 @@ class Engine:
     # True when `prepare` takes a batch already on `device` (torch engines): the pipeline then uploads it itself, from
     # pinned memory and ahead of the call; False for engines that read host arrays (ONNX Runtime, OpenVINO).
     device_input: bool = False
+    levers: tuple = ()  # e.g. ("channels_last", "cudnn.benchmark", "CUDA graph")
 
 
-def torch_io(device: torch.device, precision: str):
-    """prepare / to_torch for engines whose native tensors are torch tensors on `device` in `precision`."""
+def torch_io(device: torch.device, precision: str, memory_format: torch.memory_format = torch.contiguous_format):
+    """prepare / to_torch for engines whose native tensors are torch tensors on `device` in `precision` (and
+    `memory_format`: channels_last for that lever; outputs come back in the usual NCHW layout)."""
     dtype = DTYPES[precision]
 
     def prepare(batch: torch.Tensor) -> torch.Tensor:
-        return batch.to(device=device, dtype=dtype).contiguous()
+        return batch.to(device=device, dtype=dtype).contiguous(memory_format=memory_format)
 
     def to_torch(output: torch.Tensor) -> torch.Tensor:
-        return output.detach().to(device="cpu", dtype=torch.float32)
+        # contiguous() on the device (a no-op for NCHW outputs) turns a channels_last output back into NCHW there.
+        return output.detach().contiguous().to(device="cpu", dtype=torch.float32)
 
     return prepare, to_torch

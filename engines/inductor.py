@@ -1,11 +1,16 @@
-"""torch.compile (TorchInductor) at the real batch shape; on the CPU with freezing (weights folded as constants).
+"""TorchInductor at the real batch shape, as an AOTInductor package kept in the artifact cache (torch >= 2.6): the
+first run exports and compiles it, later runs load it in seconds. On the CPU with freezing (weights folded as
+constants), max-autotune on CUDA.
 
-Compilation happens on the first call, so `load` makes that call: its wall time is the reported compile time.
+Where this torch has no AOTInductor (torch 2.0.1 on the Ascend stack), it falls back to torch.compile, which
+compiles on the first call: `load` makes that call, so its wall time is the reported compile time.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import getpass
+import inspect
 import os
 import shutil
 import tempfile
@@ -14,13 +19,17 @@ from contextlib import contextmanager
 import torch
 
 from engines.base import DTYPES, Engine, EngineOptions, torch_io
-from utils.cache import ArtifactCache
-from utils.device import synchronizer
+from engines.levers import Levers, apply_levers, levers_for
+from utils.cache import ArtifactCache, artifact
+from utils.device import describe_host, synchronizer
+from utils.errors import SampleError
 
 DEVICES = ("cpu", "cuda")
 PRECISIONS = ("fp32", "fp16", "bf16")
 # Read before torch can set it: inductor writes its default into the environment the first time it looks.
 USER_CACHE_DIR = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+AOTI_VERSION = "1"
+PACKAGE_FILE = "model.pt2"  # not PACKAGE: that names a pip package an engine needs (engines/__init__.py)
 
 
 @contextmanager
@@ -68,30 +77,129 @@ def inductor_cache(cache: ArtifactCache | None):
             shutil.rmtree(default, ignore_errors=True)
 
 
+def aoti_available() -> bool:
+    """True when this torch exports and compiles AOTInductor packages with the API used here (torch >= 2.6: 2.5 had
+    another signature); else torch.compile is used."""
+    import torch._inductor
+
+    release = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2] if p.isdigit())
+    return release >= (2, 6) and hasattr(torch, "export") and \
+        all(hasattr(torch._inductor, f) for f in ("aoti_compile_and_package", "aoti_load_package"))
+
+
+def aoti_configs(device: torch.device, mode: str, cache: ArtifactCache | None) -> dict:
+    """inductor settings of the package: torch.compile's `mode` has no AOTInductor twin, so its autotuning is asked
+    for by name (its CUDA graphs are the cuda_graphs lever's, around the package's call). Precompiled headers as in
+    compile_module: with our cache only."""
+    import torch._inductor.config as config
+
+    configs = {"max_autotune": mode.startswith("max-autotune"), "freezing": device.type == "cpu"}
+    for name, group in (("cpp_cache_precompile_headers", config), ("aot_inductor.precompile_headers",
+                                                                   getattr(config, "aot_inductor", None))):
+        if hasattr(group, name.rpartition(".")[2]):
+            configs[name] = cache is not None
+    return configs
+
+
+def aoti_key(device: torch.device, mode: str) -> dict:
+    """What the package depends on beyond weights, shape and precision: the code is built for this machine (the CPU
+    compiler runs with -march=native; CUDA kernels are autotuned for this GPU), so a cache folder shared with another
+    CPU or GPU must not load it."""
+    host = describe_host(device)
+    return {"mode": mode, "cpu": host["cpu"], "isa": host["isa"], "accelerator": host.get("accelerator", "")}
+
+
+def single_threaded_loader() -> bool:
+    """True when aoti_load_package can load a package for CUDA graph capture (`run_single_threaded`)."""
+    import torch._inductor
+
+    return "run_single_threaded" in inspect.signature(torch._inductor.aoti_load_package).parameters
+
+
 def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, precision: str,
          options: EngineOptions) -> Engine:
-    """Compile a copy of the model; the mode defaults to max-autotune on CUDA (it pays there) and default on the CPU."""
-    # max-autotune benchmarks GEMM / conv templates at compile time: it pays on GPUs; on the CPU it is opt-in.
+    """The compiled model: an AOTInductor package, or torch.compile where this torch has none. The mode defaults to
+    max-autotune on CUDA (it pays there) and default on the CPU (max-autotune benchmarks GEMM / conv templates at
+    compile time: opt-in there)."""
     mode = options.inductor_mode or ("max-autotune" if device.type == "cuda" else "default")
+    levers = levers_for("inductor", device, precision, example_shape, options)
+    with inductor_cache(options.cache):  # the first `import torch._inductor` makes inductor's cache folder
+        aoti = aoti_available()
+    if aoti:
+        return load_package(model, example_shape, device, precision, options, mode, levers)
+    # torch.compile's max-autotune mode captures its own CUDA graphs: ours would wrap theirs.
+    if levers.cuda_graph and options.cuda_graphs == "on":
+        raise SampleError(f"--cuda_graphs on: torch {torch.__version__} has no AOTInductor; its torch.compile decides "
+                          "CUDA graphs by mode (max-autotune captures them); use --cuda_graphs auto or off")
+    return compile_module(model, example_shape, device, precision, options, mode,
+                          dataclasses.replace(levers, cuda_graph=False))
+
+
+def load_package(model: torch.nn.Module, example_shape: tuple, device: torch.device, precision: str,
+                 options: EngineOptions, mode: str, levers: Levers) -> Engine:
+    """Export the model, compile it into an AOTInductor package in the artifact cache (or load the one there)."""
+    import torch._inductor
+
+    if levers.cuda_graph and not single_threaded_loader():
+        if options.cuda_graphs == "on":
+            raise SampleError(f"--cuda_graphs on: torch {torch.__version__} cannot load an AOTInductor package for "
+                              "graph capture (no run_single_threaded); use --cuda_graphs off")
+        levers = dataclasses.replace(levers, cuda_graph=False)
+    prepare, to_torch = torch_io(device, precision)
+
+    def build(folder: str) -> None:
+        net = copy.deepcopy(model).to(device=device, dtype=DTYPES[precision]).eval()
+        # The package is the artifact: inductor's own cache would only keep a second copy of it (weights included),
+        # so it compiles in a temporary one (export writes there too). Precompiled headers: see compile_module.
+        # Freezing only applies to a graph compiled without grad (it then packs the CPU convolutions for oneDNN).
+        with inductor_cache(None), torch.no_grad():
+            exported = torch.export.export(net, (prepare(torch.rand(example_shape)),))
+            torch._inductor.aoti_compile_and_package(exported, package_path=os.path.join(folder, PACKAGE_FILE),
+                                                     inductor_configs=aoti_configs(device, mode, options.cache))
+
+    version = f"{AOTI_VERSION}-aoti-torch{torch.__version__}-{device.type}"
+    with artifact(options.cache, "inductor", version, model, example_shape, precision, build,
+                  **aoti_key(device, mode)) as built:
+        kwargs = {"run_single_threaded": True} if levers.cuda_graph else {}
+        if device.type == "cuda":
+            kwargs["device_index"] = device.index or 0
+        # Loading compiles inductor's small CPU-feature probes once (~6 s cold, 180 kB): kept in its own cache.
+        with inductor_cache(options.cache):
+            compiled = torch._inductor.aoti_load_package(os.path.join(built.folder, PACKAGE_FILE), **kwargs)
+
+    def call(x):
+        with torch.no_grad():
+            return compiled(x)
+
+    run = apply_levers(call, levers, device, lambda: prepare(torch.rand(example_shape)))
+    return Engine("inductor", device, precision, run, prepare, to_torch, synchronizer(device),
+                  timed=levers.describe(f"AOTInductor package call ({mode}) on a device-resident batch"),
+                  artifact=built.state, artifact_path=built.path, device_input=True, levers=levers.names())
+
+
+def compile_module(model: torch.nn.Module, example_shape: tuple, device: torch.device, precision: str,
+                   options: EngineOptions, mode: str, levers: Levers) -> Engine:
+    """torch.compile a copy of the model and make its first call (the compile), for torch without AOTInductor."""
     net = copy.deepcopy(model).to(device=device, dtype=DTYPES[precision]).eval()
     prepare, to_torch = torch_io(device, precision)
     example = prepare(torch.rand(example_shape))
     sync = synchronizer(device)
+    compiled = torch.compile(net, mode=mode, dynamic=False)  # lazy: it compiles on the first call, below
+
+    def call(x):
+        with torch.no_grad():
+            return compiled(x)
+
+    run = apply_levers(call, levers, device, lambda: example)
     # Freezing folds weights and BatchNorm into constants; it needs the graph to run without grad.
     # Inductor keeps precompiled headers (about 150 MB, made once per machine) in its global temp folder whatever
     # its cache dir says. They save 12-19 % of a cold CPU compile (UNet / UNet++ at 64 px), so they stay on with
     # our cache; with --no_cache, which promises to leave nothing behind, they are off.
-    with inductor_cache(options.cache) as cache_dir, torch.no_grad(), \
+    with inductor_cache(options.cache) as cache_dir, \
             inductor_options(freezing=device.type == "cpu", cpp_cache_precompile_headers=options.cache is not None):
-        compiled = torch.compile(net, mode=mode, dynamic=False)
-        compiled(example)
+        run(example)
         sync()
-
-    def run(x):
-        with torch.no_grad():
-            return compiled(x)
-
     return Engine("inductor", device, precision, run, prepare, to_torch, sync,
-                  timed=f"compiled model call ({mode} mode) on a device-resident batch",
+                  timed=levers.describe(f"compiled model call ({mode} mode) on a device-resident batch"),
                   artifact="compiled (inductor's own cache)" if cache_dir else "compiled", artifact_path=cache_dir,
-                  device_input=True)
+                  device_input=True, levers=levers.names())

@@ -10,7 +10,8 @@ import warnings
 
 import torch
 
-from engines.base import DTYPES, Engine, EngineOptions, torch_io
+from engines.base import DTYPES, RESIDENT, Engine, EngineOptions, torch_io
+from engines.levers import apply_levers, levers_for
 from utils.cache import artifact
 from utils.device import synchronizer
 
@@ -30,22 +31,28 @@ def trace(model: torch.nn.Module, example: torch.Tensor, freeze: bool = True) ->
 
 def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, precision: str,
          options: EngineOptions) -> Engine:
-    """Trace + freeze a copy of the model on `device` in `precision`, saved to (or reloaded from) the cache."""
+    """Trace + freeze a copy of the model on `device` in `precision`, saved to (or reloaded from) the cache, with the
+    GPU levers (engines/levers.py) in effect: a channels_last trace is its own cache entry."""
     if device.type == "npu":
         import torch_npu  # noqa: F401
-    prepare, to_torch = torch_io(device, precision)
+    levers = levers_for("torchscript", device, precision, example_shape, options)
+    prepare, to_torch = torch_io(device, precision, levers.memory_format)
 
     def build(folder: str) -> None:
         net = copy.deepcopy(model).to(device=device, dtype=DTYPES[precision]).eval()
+        net = net.to(memory_format=levers.memory_format)
         torch.jit.save(trace(net, prepare(torch.rand(example_shape))), os.path.join(folder, "model.pt"))
 
     version = f"{ARTIFACT_VERSION}-torch{torch.__version__}-{device.type}"
-    with artifact(options.cache, "torchscript", version, model, example_shape, precision, build) as built:
+    extra = {"memory_format": "channels_last"} if levers.channels_last else {}  # the NCHW key is unchanged
+    with artifact(options.cache, "torchscript", version, model, example_shape, precision, build, **extra) as built:
         scripted = torch.jit.load(os.path.join(built.folder, "model.pt"), map_location=device)
 
-    def run(x):
+    def call(x):
         with torch.inference_mode():
             return scripted(x)
 
+    run = apply_levers(call, levers, device, lambda: prepare(torch.rand(example_shape)))
     return Engine("torchscript", device, precision, run, prepare, to_torch, synchronizer(device),
-                  artifact=built.state, artifact_path=built.path, device_input=True)
+                  artifact=built.state, artifact_path=built.path, device_input=True, levers=levers.names(),
+                  timed=levers.describe(RESIDENT))

@@ -89,6 +89,12 @@ def _deterministic():
     torch.set_num_threads(2)
 
 
+def pytest_runtest_setup(item):
+    """Tests marked `cuda` skip where torch sees no CUDA GPU (pyproject.toml registers the mark)."""
+    if item.get_closest_marker("cuda") is not None and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (torch.cuda.is_available() is False here)")
+
+
 def pytest_configure(config):
     """One private temp dir and cache for the whole run, removed at its end: the suite leaves nothing behind.
 
