@@ -27,7 +27,7 @@ from report.plots import PLOT_FILES
 from report.summary import format_report, format_worst, write_json
 from utils.cache import ArtifactCache
 from utils.calibration import choose_samples, load_calibration
-from utils.data import find_pairs, iter_dataset, memory_bytes, parse_size
+from utils.data import DECODES, DeviceJpeg, default_workers, find_pairs, iter_dataset, memory_bytes, parse_size
 from utils.device import describe_host, parse_device, precision_hints
 from utils.errors import SampleError, interrupts
 from utils.files import check_destination, check_outputs, default_cache_dir
@@ -77,7 +77,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--image_size", type=image_size, default=(512, 512), metavar="N|WxH",
                       help="model input size (default 512); images resized with Pillow bicubic, masks nearest")
     data.add_argument("--limit", type=positive_int, help="use only the first N pairs (sorted by name)")
-    data.add_argument("--workers", type=positive_int, default=2, help="decoding threads (default 2)")
+    data.add_argument("--workers", type=at_most(256, "decode threads past the CPU count only wait"),
+                      default=default_workers(),
+                      help=f"decoding threads (default: one per usable CPU, 2 to 16: {default_workers()} here)")
+    data.add_argument("--decode", choices=("auto", *DECODES, "nvjpeg"), default="auto",
+                      help="auto (default): nvjpeg on a CUDA device where torchvision decodes there, else fast. fast: "
+                           "the resize in torch's antialiased bicubic, Pillow's filter (dice within 1e-5 of exact, "
+                           "about 2x the throughput: docs/data.md). exact: Pytorch-UNet's Pillow bicubic. nvjpeg: "
+                           "JPEGs decoded and resized on the GPU (torchvision.io.decode_jpeg)")
     data.add_argument("--synthetic_count", type=positive_int, default=4, help="size of the synthetic set (default 4)")
     data.add_argument("--cache_dir", help="where the generated data set and the compiled engines (<cache_dir>/engines) "
                                            "are kept (default: $UNET_SAMPLE_CACHE, else $XDG_CACHE_HOME/unet-sample, "
@@ -109,7 +116,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument("--warm_counter", type=non_negative_int, default=2, help="untimed warm-up calls before timing (default 2)")
     run.add_argument("--threads", type=positive_int,
                      help="CPU threads for torch, onnxruntime and openvino (default: each one's choice)")
-    run.add_argument("--no_reference", action="store_true", help="skip the eager fp32 CPU reference (no cosine)")
+    run.add_argument("--no_reference", action="store_true", help="skip the eager fp32 reference (no cosine)")
+    run.add_argument("--reference", choices=["device", "cpu"], default="device",
+                     help="where the eager fp32 reference runs: device (default: the run's --device; TF32 off on CUDA) "
+                          "or cpu")
     add_engine_options(p.add_argument_group("engine options"))
     out = p.add_argument_group("output")
     out.add_argument("--json", metavar="PATH", help="write the report as JSON")
@@ -133,6 +143,15 @@ def add_engine_options(group) -> None:
                        help="throughput: time concurrent async requests (one per stream)")
     group.add_argument("--openvino_device", default="CPU", help="openvino: CPU, or GPU for an Intel GPU")
     group.add_argument("--soc_version", default="Ascend310P3", help="torch_aie: the Ascend SoC to compile for")
+    # GPU speed levers of the torch, torchscript and inductor rows; auto follows the H200 measurements (docs/engines.md).
+    settings = ("auto", "on", "off")  # engines.levers.SETTINGS
+    group.add_argument("--channels_last", choices=settings, default="auto",
+                       help="torch / torchscript: weights and input in channels_last (auto: on for CUDA fp16 / bf16)")
+    group.add_argument("--cudnn_benchmark", choices=settings, default="auto",
+                       help="torch / torchscript / inductor on CUDA: let cuDNN time its algorithms (auto: on for CUDA)")
+    group.add_argument("--cuda_graphs", choices=settings, default="auto",
+                       help="torch / torchscript / inductor on CUDA: replay one captured CUDA graph per call (auto: on "
+                            "for CUDA fp16 / bf16 at batch 1)")
 
 
 def engine_options(args, dataset, shape: tuple, plan: list[tuple[str, str]]) -> EngineOptions:
@@ -148,12 +167,15 @@ def engine_options(args, dataset, shape: tuple, plan: list[tuple[str, str]]) -> 
         except SampleError as exc:
             raise SampleError(f"--calib_path: {exc}") from None
         scored = {s.id for s in dataset.samples + dataset.unpaired}
-        calibration = load_calibration(samples, args.image_size, shape[0], args.workers, source, scored)
+        calibration = load_calibration(samples, args.image_size, shape[0], args.workers, source, scored,
+                                       "exact" if args.decode == "exact" else "fast")
         for image_id, error in calibration.skipped:
             print(f"warning: calibration image {image_id} skipped: {error}", file=sys.stderr)
     return EngineOptions(threads=args.threads, cache=None if args.no_cache else ArtifactCache(args.cache_dir),
                          calibration=calibration, openvino_hint=args.openvino_hint,
-                         openvino_device=args.openvino_device, soc_version=args.soc_version)
+                         openvino_device=args.openvino_device, soc_version=args.soc_version,
+                         channels_last=args.channels_last, cudnn_benchmark=args.cudnn_benchmark,
+                         cuda_graphs=args.cuda_graphs)
 
 
 def add_result_arguments(p: argparse.ArgumentParser) -> None:
@@ -218,6 +240,32 @@ def memory_problem(name: str, size: tuple[int, int], batch_size: int, calib: int
     return (f"--image_size {size[0]}x{size[1]} at --batch_size {batch_size} needs at least {need / 2**30:.0f} GiB for "
             f"{name}'s activations ({BYTES_PER_PIXEL[name]} bytes per pixel){held}, more than this machine's "
             f"{total / 2**30:.0f} GiB: the limit here is about {side}x{side} at these settings")
+
+
+def make_reference(args, model, device, plan: list[tuple[str, str]], shape: tuple, n_classes: int) -> Reference:
+    """The eager fp32 reference on the run's device (or the CPU with --reference cpu). It keeps its logits for the
+    next pass only where one will compare with the same images: every image for several rows (at most 2 GiB), the
+    first batch for auto's probe and its row; else nothing, so memory stays flat in the data set's size."""
+    where = device if args.reference == "device" else parse_device("cpu")
+    budget = 0
+    if len(plan) > 1:
+        budget = 2 << 30
+    elif any(engine == "auto" for engine, _ in plan):
+        budget = shape[0] * n_classes * shape[2] * shape[3] * 4
+    return Reference(model, where, budget)
+
+
+def choose_decode(asked: str, device, size: tuple[int, int]):
+    """(decode path, its DeviceJpeg or None, why): nvjpeg where asked (or auto) and torchvision can decode on this
+    CUDA device, else the CPU's fast path, saying why."""
+    if asked in DECODES:
+        return asked, None, ""
+    decoder, why = DeviceJpeg.make(device, size)
+    if decoder is not None:
+        return "nvjpeg", decoder, why
+    if asked == "nvjpeg":
+        print(f"warning: --decode nvjpeg: {why}; decoding on the CPU (fast path)", file=sys.stderr)
+    return "fast", None, why
 
 
 def load_data(args):
@@ -302,9 +350,14 @@ def run(args, name: str) -> int:
     if options.calibration:
         config["calibration_images"] = options.calibration.images
         config["calibration"] = options.calibration.describe()
-    job = Job(model, shape, device, lambda: iter_dataset(dataset, args.image_size, args.batch_size, args.workers),
-              len(dataset), reference=None if args.no_reference else Reference(model), loop=args.loop,
-              warmup=args.warm_counter, show_progress=not args.quiet)
+    reference = None if args.no_reference else make_reference(args, model, device, plan, shape, info["n_classes"])
+    decode, device_decoder, why = choose_decode(args.decode, device, args.image_size)
+    config.update(decode=decode, decode_note=why, workers=args.workers,
+                  reference=None if reference is None else str(reference.device))
+    pin = device.type == "cuda"  # batches assembled in page-locked memory: their upload is a non-blocking DMA
+    job = Job(model, shape, device,
+              lambda: iter_dataset(dataset, args.image_size, args.batch_size, args.workers, decode, pin, device_decoder),
+              len(dataset), reference=reference, loop=args.loop, warmup=args.warm_counter, show_progress=not args.quiet)
     loaded, row_options = {}, {}
     if any(engine == "auto" for engine, _ in plan):
         mode = args.auto or ("static" if args.no_cache else "measure")
