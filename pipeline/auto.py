@@ -100,7 +100,8 @@ def choice_key(device: torch.device, precision: str, shape: tuple, names: list[s
             "versions": versions, "model": model_id, "shape": list(shape), "precision": precision,
             "threads": options.threads, "openvino_hint": options.openvino_hint,
             "openvino_device": options.openvino_device, "calibration": options.calibration.key
-            if options.calibration and precision == "int8" else None}
+            if options.calibration and precision == "int8" else None,
+            "levers": [options.channels_last, options.cudnn_benchmark, options.cuda_graphs]}
 
 
 def _record_path(options: EngineOptions, key: dict) -> str | None:

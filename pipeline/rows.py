@@ -196,7 +196,7 @@ def make_row(engine: Engine, compile_s: float, result: PassResult, timing: dict 
     row.update({
         "compile_s": compile_s,
         "first_call_ms": None if result.first_call_s is None else result.first_call_s * 1000.0,
-        "e2e_s": result.e2e_s, "e2e_fps": result.e2e_fps, "timed_region": engine.timed,
+        "e2e_s": result.e2e_s, "e2e_fps": result.e2e_fps, "timed_region": engine.timed, "levers": list(engine.levers),
         "split_s": {k: round(v, 6) for k, v in result.split.items()},
         **(timing or {}),
         "per_image": per_image,
