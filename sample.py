@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import datetime
 import glob
+import importlib.util
 import os
 import shlex
 import sys
@@ -17,6 +18,7 @@ from PIL import Image
 import engines
 import models
 from engines.base import EngineOptions
+from engines.levers import SETTINGS
 from pipeline.auto import resolve as resolve_auto
 from pipeline.fidelity import failures
 from pipeline.passes import Reference
@@ -80,11 +82,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     data.add_argument("--workers", type=at_most(256, "decode threads past the CPU count only wait"),
                       default=default_workers(),
                       help=f"decoding threads (default: one per usable CPU, 2 to 16: {default_workers()} here)")
-    data.add_argument("--decode", choices=("auto", *DECODES, "nvjpeg"), default="auto",
-                      help="auto (default): nvjpeg on a CUDA device where torchvision decodes there, else fast. fast: "
-                           "the resize in torch's antialiased bicubic, Pillow's filter (dice within 1e-5 of exact, "
-                           "about 2x the throughput: docs/data.md). exact: Pytorch-UNet's Pillow bicubic. nvjpeg: "
-                           "JPEGs decoded and resized on the GPU (torchvision.io.decode_jpeg)")
+    data.add_argument("--decode", choices=(*DECODES, "nvjpeg"), default="fast",
+                      help="fast (default): the resize in torch's antialiased bicubic, Pillow's filter, 4x faster "
+                           "(dice within 1e-5 of exact; decode + resize + mask about 2x: docs/data.md). exact: "
+                           "Pytorch-UNet's Pillow bicubic. nvjpeg: JPEGs decoded and resized on a CUDA GPU "
+                           "(torchvision.io.decode_jpeg; its dice not yet measured), else fast")
     data.add_argument("--synthetic_count", type=positive_int, default=4, help="size of the synthetic set (default 4)")
     data.add_argument("--cache_dir", help="where the generated data set and the compiled engines (<cache_dir>/engines) "
                                            "are kept (default: $UNET_SAMPLE_CACHE, else $XDG_CACHE_HOME/unet-sample, "
@@ -144,9 +146,10 @@ def add_engine_options(group) -> None:
     group.add_argument("--openvino_device", default="CPU", help="openvino: CPU, or GPU for an Intel GPU")
     group.add_argument("--soc_version", default="Ascend310P3", help="torch_aie: the Ascend SoC to compile for")
     # GPU speed levers of the torch, torchscript and inductor rows; auto follows the H200 measurements (docs/engines.md).
-    settings = ("auto", "on", "off")  # engines.levers.SETTINGS
+    settings = SETTINGS
     group.add_argument("--channels_last", choices=settings, default="auto",
-                       help="torch / torchscript: weights and input in channels_last (auto: on for CUDA fp16 / bf16)")
+                       help="torch / torchscript: weights and input in channels_last (auto: on for eager torch at "
+                            "CUDA fp16 / bf16, where it was measured)")
     group.add_argument("--cudnn_benchmark", choices=settings, default="auto",
                        help="torch / torchscript / inductor on CUDA: let cuDNN time its algorithms (auto: on for CUDA)")
     group.add_argument("--cuda_graphs", choices=settings, default="auto",
@@ -246,7 +249,10 @@ def make_reference(args, model, device, plan: list[tuple[str, str]], shape: tupl
     """The eager fp32 reference on the run's device (or the CPU with --reference cpu). It keeps its logits for the
     next pass only where one will compare with the same images: every image for several rows (at most 2 GiB), the
     first batch for auto's probe and its row; else nothing, so memory stays flat in the data set's size."""
-    where = device if args.reference == "device" else parse_device("cpu")
+    # On an NPU the reference is eager torch there, which needs torch_npu (torch_aie alone compiles, it runs no eager
+    # model): without it the CPU is the reference.
+    on_device = args.reference == "device" and (device.type != "npu" or importlib.util.find_spec("torch_npu"))
+    where = device if on_device else parse_device("cpu")
     budget = 0
     if len(plan) > 1:
         budget = 2 << 30
@@ -256,15 +262,15 @@ def make_reference(args, model, device, plan: list[tuple[str, str]], shape: tupl
 
 
 def choose_decode(asked: str, device, size: tuple[int, int]):
-    """(decode path, its DeviceJpeg or None, why): nvjpeg where asked (or auto) and torchvision can decode on this
-    CUDA device, else the CPU's fast path, saying why."""
+    """(decode path, its DeviceJpeg or None, why): nvjpeg where asked and torchvision can decode on this CUDA device,
+    else the CPU's fast path, saying why. nvjpeg is not the default until its dice is measured on a GPU
+    (tests/test_pipeline.py's cuda test, docs/data.md)."""
     if asked in DECODES:
         return asked, None, ""
     decoder, why = DeviceJpeg.make(device, size)
     if decoder is not None:
         return "nvjpeg", decoder, why
-    if asked == "nvjpeg":
-        print(f"warning: --decode nvjpeg: {why}; decoding on the CPU (fast path)", file=sys.stderr)
+    print(f"warning: --decode nvjpeg: {why}; decoding on the CPU (fast path)", file=sys.stderr)
     return "fast", None, why
 
 
@@ -366,6 +372,10 @@ def run(args, name: str) -> int:
         config["auto"] = [c.describe() for c in choices]
     config["hints"] = precision_hints(device, precisions, config["host"])
     result = run_rows(plan, job, options, outputs, loaded, row_options)
+    if device_decoder is not None and device_decoder.fallbacks:  # batches nvJPEG could not decode: said, not hidden
+        config["decode_fallbacks"] = device_decoder.fallbacks[:20]
+        print(f"warning: nvJPEG could not decode {len(device_decoder.fallbacks)} file(s) or batch(es); the CPU "
+              f"decoded them: {device_decoder.fallbacks[0]}", file=sys.stderr)
     report = {"version": 1, "config": config, "rows": result.rows, "skipped": skipped + result.skipped,
               "partial": result.interrupted}
     return finish(args, report, outputs, result.status)

@@ -70,7 +70,8 @@ class Engine:
     run_parallel: Optional[Callable[[Any], Any]] = None
     parallel: int = 1
     # True when `prepare` takes a batch already on `device` (torch engines): the pipeline then uploads it itself, from
-    # pinned memory and ahead of the call; False for engines that read host arrays (ONNX Runtime, OpenVINO).
+    # pinned memory, non-blocking (no overlap with the previous batch: each call is synced to be timed); False
+    # for engines that read host arrays (ONNX Runtime, OpenVINO).
     device_input: bool = False
     levers: tuple = ()  # e.g. ("channels_last", "cudnn.benchmark", "CUDA graph")
 

@@ -7,6 +7,7 @@ compiles on the first call: `load` makes that call, so its wall time is the repo
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import getpass
@@ -161,10 +162,12 @@ def load_package(model: torch.nn.Module, example_shape: tuple, device: torch.dev
     with artifact(options.cache, "inductor", version, model, example_shape, precision, build,
                   **aoti_key(device, mode)) as built:
         kwargs = {"run_single_threaded": True} if levers.cuda_graph else {}
-        if device.type == "cuda":
+        takes_index = "device_index" in inspect.signature(torch._inductor.aoti_load_package).parameters  # torch >= 2.8
+        if device.type == "cuda" and takes_index:
             kwargs["device_index"] = device.index or 0
+        on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
         # Loading compiles inductor's small CPU-feature probes once (~6 s cold, 180 kB): kept in its own cache.
-        with inductor_cache(options.cache):
+        with inductor_cache(options.cache), on_device:
             compiled = torch._inductor.aoti_load_package(os.path.join(built.folder, PACKAGE_FILE), **kwargs)
 
     def call(x):
@@ -185,10 +188,14 @@ def compile_module(model: torch.nn.Module, example_shape: tuple, device: torch.d
     example = prepare(torch.rand(example_shape))
     sync = synchronizer(device)
     compiled = torch.compile(net, mode=mode, dynamic=False)  # lazy: it compiles on the first call, below
+    # max-autotune on CUDA captures CUDA graphs itself, whose output buffer the next call overwrites: a copy keeps
+    # Engine's contract (what run returns stays the caller's).
+    own_graphs = device.type == "cuda" and mode == "max-autotune"
 
     def call(x):
         with torch.no_grad():
-            return compiled(x)
+            out = compiled(x)
+        return out.clone() if own_graphs else out
 
     run = apply_levers(call, levers, device, lambda: example)
     # Freezing folds weights and BatchNorm into constants; it needs the graph to run without grad.
@@ -200,6 +207,8 @@ def compile_module(model: torch.nn.Module, example_shape: tuple, device: torch.d
         run(example)
         sync()
     return Engine("inductor", device, precision, run, prepare, to_torch, sync,
-                  timed=levers.describe(f"compiled model call ({mode} mode) on a device-resident batch"),
+                  timed=levers.describe(f"compiled model call ({mode} mode"
+                                        + (", its own CUDA graphs, output copied out" if own_graphs else "")
+                                        + ") on a device-resident batch"),
                   artifact="compiled (inductor's own cache)" if cache_dir else "compiled", artifact_path=cache_dir,
-                  device_input=True, levers=levers.names())
+                  device_input=True, levers=levers.names() + (("CUDA graph (max-autotune's)",) if own_graphs else ()))

@@ -22,6 +22,14 @@ SUPPORTED = {
     "torchscript": ("channels_last", "cudnn_benchmark", "cuda_graphs"),
     "inductor": ("cudnn_benchmark", "cuda_graphs"),  # the graph wraps the AOTInductor package's call
 }
+# What `auto` turns on, per engine: only where it was measured. Eager torch is what the H200 script timed. Inductor's
+# graph stands in for the CUDA graphs max-autotune captured itself in the measured 710 fps (an AOTInductor package
+# has none). TorchScript with channels_last or a graph was not measured: `on` reaches it, `auto` does not.
+AUTO = {
+    "torch": ("channels_last", "cudnn_benchmark", "cuda_graphs"),
+    "torchscript": ("cudnn_benchmark",),
+    "inductor": ("cudnn_benchmark", "cuda_graphs"),
+}
 GRAPH_WARMUP = 3  # calls before capture: cudnn.benchmark's search, TorchScript's profiling runs, lazy init
 
 
@@ -62,7 +70,7 @@ def auto_levers(engine: str, device_type: str, precision: str, batch: int) -> Le
     warm-up). fp32 was not measured with channels_last or a graph: auto leaves both off there."""
     cuda, half = device_type == "cuda", precision in HALF
     wanted = {"channels_last": cuda and half, "cudnn_benchmark": cuda, "cuda_graphs": cuda and half and batch == 1}
-    supported = SUPPORTED.get(engine, ())
+    supported = AUTO.get(engine, ())
     return Levers(*(wanted[k] and k in supported for k in ("channels_last", "cudnn_benchmark", "cuda_graphs")))
 
 

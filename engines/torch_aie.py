@@ -70,4 +70,4 @@ def load(model: torch.nn.Module, example_shape: tuple, device, precision: str, o
                   to_torch=lambda out: out.to("cpu").float(), synchronize=stream.synchronize,
                   timed=f"compiled call on an npu stream + stream.synchronize() (input already on {name}; "
                         "output copied back outside the timed region)",
-                  artifact=built.state, artifact_path=built.path, device_input=True)
+                  artifact=built.state, artifact_path=built.path)

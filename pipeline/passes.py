@@ -17,21 +17,33 @@ from engines.base import Engine
 from utils.data import Batch, to_float
 from utils.device import synchronizer
 from utils.metrics import Accuracy
-from utils.timing import measure, summarize
+from utils.timing import SPLIT, measure, summarize
+
+
+def _reduced_fp32_flags(device: torch.device) -> list[tuple[object, str]]:
+    """The (object, attribute) switches that let `device` compute fp32 convolutions and matmuls in reduced precision:
+    TF32 on CUDA (cuDNN's defaults to on), HF32 on Ascend (torch_npu's convolutions default to on)."""
+    if device.type == "cuda":
+        return [(torch.backends.cudnn, "allow_tf32"), (torch.backends.cuda.matmul, "allow_tf32")]
+    if device.type == "npu":
+        npu = getattr(torch, "npu", None)
+        return [(getattr(npu, part), "allow_hf32") for part in ("conv", "matmul")
+                if npu is not None and hasattr(getattr(npu, part, None), "allow_hf32")]
+    return []
 
 
 @contextmanager
 def exact_fp32(device: torch.device):
-    """fp32 on a CUDA device as IEEE fp32: TF32 off for cuDNN and matmuls (both may default to on) for the block."""
-    if device.type != "cuda":
-        yield
-        return
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    """fp32 on an accelerator as IEEE fp32 for the block: TF32 (CUDA) / HF32 (Ascend) off, then as they were."""
+    flags = _reduced_fp32_flags(device)
+    saved = [getattr(obj, name) for obj, name in flags]
+    for obj, name in flags:
+        setattr(obj, name, False)
     try:
         yield
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+        for (obj, name), value in zip(flags, saved):
+            setattr(obj, name, value)
 
 
 def metrics_device(device: torch.device) -> torch.device:
@@ -147,9 +159,6 @@ def deferred_interrupt():
             raise KeyboardInterrupt
 
 
-SPLIT = ("wait", "h2d", "model", "d2h", "metrics", "outputs", "reference", "decode", "resize")
-
-
 def accuracy_pass(engine: Engine, batches: Iterable[Batch], total: int, reference: Reference | None,
                   show_progress: bool = True, on_batch: BatchHook | None = None) -> PassResult:
     """Stream batches through the engine; score each real row; time it all except the reference's own compute.
@@ -170,16 +179,17 @@ def accuracy_pass(engine: Engine, batches: Iterable[Batch], total: int, referenc
     bar = tqdm(total=total, desc=f"accuracy {engine.name} {engine.precision}{note}", unit="img",
                disable=not show_progress, leave=False)
     start = time.perf_counter()
-    ref_before = reference.seconds if reference else 0.0
     iterator = iter(batches)
     try:
         while True:
             mark = time.perf_counter()
             batch = next(iterator, None)
             now = time.perf_counter()
-            split["wait"] += now - mark
             if batch is None:
+                split["wait"] += now - mark
                 break
+            split["wait"] += now - mark - batch.device_decode_s
+            split["nvjpeg"] += batch.device_decode_s
             result.failed.extend(batch.failed)
             split["decode"] += batch.decode_s
             split["resize"] += batch.resize_s
@@ -212,6 +222,8 @@ def accuracy_pass(engine: Engine, batches: Iterable[Batch], total: int, referenc
             else:
                 ref = reference(batch.ids, batch).to(where) if reference else None
             mark = time.perf_counter()
+            if reference is not None:  # the whole step (compute, keeping, the copy to `where`): not in e2e
+                split["reference"] += mark - now
             masks = batch.masks[: batch.n].to(where, non_blocking=True) if batch.masks is not None else None
             # A batch is recorded whole or not at all: its per-image lists (and so the image count) and its hand-over to the
             # writer (which waits at most for MAX_PENDING batches) all happen, or none does.
@@ -235,7 +247,6 @@ def accuracy_pass(engine: Engine, batches: Iterable[Batch], total: int, referenc
         bar.close()
         if hasattr(batches, "close"):
             batches.close()  # stop the decoding threads now (Ctrl-C, engine error), not whenever GC gets to it
-        split["reference"] = (reference.seconds - ref_before) if reference else 0.0
         result.e2e_s = time.perf_counter() - start - split["reference"]
     return result
 

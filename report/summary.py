@@ -6,6 +6,7 @@ import math
 
 from report.notes import config_notes
 from utils.files import write_atomic
+from utils.timing import SPLIT_MAIN
 
 COLUMNS = [  # (header, row key, format)
     ("engine", "engine", "{}"),
@@ -117,16 +118,13 @@ def format_report(report: dict, json_path: str | None = None, worst: str = "") -
     return "\n".join(lines)
 
 
-MAIN_PARTS = ("wait", "h2d", "model", "d2h", "metrics", "outputs")
-
-
 def format_split(split: dict, images: int, config: dict) -> str:
     """Where a row's end-to-end time went, in ms per image: the main thread's parts (they add up to e2e), then the
     decode threads' (in parallel with them) and the reference's (left out of e2e)."""
     def ms(key):
         return f"{split.get(key, 0.0) * 1000.0 / images:.2f}"
 
-    main = ", ".join(f"{key} {ms(key)}" for key in MAIN_PARTS)
+    main = ", ".join(f"{key} {ms(key)}" for key in SPLIT_MAIN if key != "nvjpeg" or split.get(key))
     workers = config.get("workers")
     threads = f"{workers} decode threads" if workers else "the decode threads"
     text = (f"ms per image: {main} (main thread, adds up to e2e); decode {ms('decode')} + resize {ms('resize')} "
@@ -138,7 +136,9 @@ def format_split(split: dict, images: int, config: dict) -> str:
 
 def _reference_where(config: dict) -> str:
     where = config.get("reference") or "cpu"
-    return "the CPU" if where == "cpu" else f"{where} (TF32 off)"
+    if where == "cpu":
+        return "the CPU"
+    return f"{where} ({'TF32' if where.startswith('cuda') else 'HF32'} off)"
 
 
 def _random_prediction(rows: list[dict]) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from utils.device import synchronizer
 from utils.errors import SampleError, first_line
 from utils.files import file_kind, open_regular
 
@@ -61,6 +62,7 @@ class Batch:
     failed: list[tuple[str, str]] = field(default_factory=list)
     decode_s: float = 0.0
     resize_s: float = 0.0
+    device_decode_s: float = 0.0  # nvJPEG decode + resize, in the thread that iterates (not a decode thread)
 
     @cached_property
     def images(self) -> torch.Tensor:
@@ -191,6 +193,14 @@ def resize_bicubic(rgb: Image.Image, size: tuple[int, int]) -> np.ndarray:
     return y[0].permute(1, 2, 0).numpy()
 
 
+def _resized(img: Image.Image, size: tuple[int, int], decode: str) -> np.ndarray:
+    """`img` (decoded here if it is not yet) as RGB at `size`: torch's bicubic for `fast`, else Pillow's."""
+    rgb = img if img.mode == "RGB" else img.convert("RGB")  # grayscale, palette, RGBA: RGB, as Pytorch-UNet's
+    if decode == "fast":
+        return resize_bicubic(rgb, size)
+    return np.asarray(rgb if rgb.size == size else rgb.resize(size, resample=Image.BICUBIC))
+
+
 def load_image(path: str, size: tuple[int, int], decode: str = "exact",
                clock: list[float] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode to RGB and resize to size=(W, H) with bicubic; return the HWC uint8 array and the (W, H) before resizing.
@@ -208,10 +218,7 @@ def load_image(path: str, size: tuple[int, int], decode: str = "exact",
             img.load()
             rgb = img if img.mode == "RGB" else img.convert("RGB")  # grayscale, palette, RGBA: RGB, as Pytorch-UNet's
         decoded = time.perf_counter()
-        if decode == "fast":
-            array = resize_bicubic(rgb, size)
-        else:
-            array = np.asarray(rgb if rgb.size == size else rgb.resize(size, resample=Image.BICUBIC))
+        array = _resized(rgb, size, decode)
         if clock is not None:
             clock[0] += decoded - start
             clock[1] += time.perf_counter() - decoded
@@ -279,8 +286,8 @@ def _load_sample(sample: Sample, size: tuple[int, int], decode: str, device_jpeg
         jpeg = read_jpeg(sample.image, clock) if device_jpeg else None
         if jpeg is not None:
             image, original = jpeg[0], jpeg[1]
-        else:
-            image, original = load_image(sample.image, size, decode, clock)
+        else:  # not a JPEG, or no device decoder: decoded here
+            image, original = load_image(sample.image, size, "exact" if decode == "exact" else "fast", clock)
         mask = load_mask(sample.mask, size, original, clock) if sample.mask else None
         return sample, image, mask, original, None, clock
     except SampleError as exc:
@@ -357,6 +364,8 @@ class DeviceJpeg:
         The batch goes to the device decoder at once; should that fail, each file is tried alone, and one the device
         cannot decode is decoded on the CPU (the reason is kept in `fallbacks`), which names a corrupt file."""
         start = time.perf_counter()
+        sync = synchronizer(self.device)
+        sync()  # work queued on the stream must not see the decoder's allocations early (pytorch/vision#9606)
         try:
             out: list = self._on_device(datas)
         except Exception:  # noqa: BLE001  one bad file fails the whole batched call: find it
@@ -367,19 +376,19 @@ class DeviceJpeg:
                 except Exception as exc:  # noqa: BLE001
                     self.fallbacks.append(f"{path}: {type(exc).__name__}: {first_line(exc)}")
                     out.append(self._cpu(data, path))
+        sync()
         self.seconds += time.perf_counter() - start
         return out
 
     def _cpu(self, data: bytes, path: str) -> torch.Tensor | str:
+        """A file the device could not decode, decoded on the CPU and uploaded; its one-line error when the CPU
+        cannot decode it either. A failing upload (a broken device) is raised: it is not the file's fault."""
         try:
             with Image.open(io.BytesIO(data)) as img:
-                img.load()
-                rgb = img if img.mode == "RGB" else img.convert("RGB")
-            array = resize_bicubic(rgb, self.size) if self.cpu_resize == "fast" else \
-                np.asarray(rgb.resize(self.size, resample=Image.BICUBIC))
-            return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+                array = _resized(img, self.size, self.cpu_resize)
         except Exception as exc:  # noqa: BLE001  one file's failure, named
             return str(_decode_error("image", path, exc))
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
 
     def _on_device(self, datas: list[bytes]) -> list[torch.Tensor]:
         decoded = self.decoder([torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in datas])
@@ -396,13 +405,15 @@ class DeviceJpeg:
         return out
 
 
-def _device_pass(ready: list, decoder: DeviceJpeg) -> tuple[list, list[tuple[str, str]]]:
+def _device_pass(ready: list, decoder: DeviceJpeg, clock: list[float]) -> tuple[list, list[tuple[str, str]]]:
     """Decode the JPEG bytes among `ready` on the decoder's device; returns the items that decoded (bytes replaced
-    by device tensors) and the (id, error) of those that did not."""
+    by device tensors) and the (id, error) of those that did not. `clock[2]` gets the seconds."""
     todo = [k for k, item in enumerate(ready) if isinstance(item[1], bytes)]
     if not todo:
         return ready, []
+    start = time.perf_counter()
     results = dict(zip(todo, decoder.decode([ready[k][1] for k in todo], [ready[k][0].image for k in todo])))
+    clock[2] += time.perf_counter() - start
     kept, failed = [], []
     for k, item in enumerate(ready):
         result = results.get(k, item[1])
@@ -423,6 +434,14 @@ def default_workers() -> int:
     return max(2, min(16, cpus))
 
 
+def _meet(barrier: threading.Barrier) -> None:
+    """Wait at `barrier` for at most 10 s (a thread that never arrives must not hang the run)."""
+    try:
+        barrier.wait(timeout=10)
+    except threading.BrokenBarrierError:
+        pass
+
+
 class Decoders:
     """`workers` daemon threads that decode samples. Daemon, unlike ThreadPoolExecutor's (which are joined when the
     pool closes and again at exit): a thread stuck in a read (a hung network mount) can then neither keep Ctrl-C from
@@ -435,10 +454,7 @@ class Decoders:
         threads = torch.get_num_threads()
         for i in range(self.workers):
             threading.Thread(target=self._work, args=(started,), name=f"decode-{i}", daemon=True).start()
-        try:
-            started.wait(timeout=10)
-        except threading.BrokenBarrierError:
-            pass
+        _meet(started)
         # torch.set_num_threads(1) in each thread also set the default of threads yet to come: give it back.
         torch.set_num_threads(threads)
 
@@ -452,10 +468,7 @@ class Decoders:
         # thread beside the engine's own oversubscribes the cores; measured on 2 busy cores, the resize took 6x longer.
         torch.get_num_threads()  # torch's per-thread lazy init first, or it would undo the next line on first use
         torch.set_num_threads(1)
-        try:
-            started.wait(timeout=10)
-        except threading.BrokenBarrierError:
-            pass
+        _meet(started)
         while True:
             task = self.tasks.get()
             if task is None:
@@ -489,7 +502,8 @@ def iter_batches(samples: list[Sample], size: tuple[int, int], batch_size: int, 
     pending: deque = deque()
     todo = iter(samples)
     ready, failed = [], []
-    lost = [0.0, 0.0]  # decode / resize seconds spent on files that failed: counted with the next batch
+    # decode / resize seconds spent on files that failed (counted with the next batch), and on the device decoder
+    lost = [0.0, 0.0, 0.0]
 
     def refill():
         while len(pending) < prefetch:
@@ -499,7 +513,7 @@ def iter_batches(samples: list[Sample], size: tuple[int, int], batch_size: int, 
             pending.append(pool.submit(_load_sample, sample, size, decode, device_decoder is not None))
 
     def empty() -> Batch:
-        return Batch([], torch.empty(0, dtype=torch.uint8), None, 0, [], failed, lost[0], lost[1])
+        return Batch([], torch.empty(0, dtype=torch.uint8), None, 0, [], failed, lost[0], lost[1], lost[2])
 
     try:
         refill()
@@ -513,19 +527,22 @@ def iter_batches(samples: list[Sample], size: tuple[int, int], batch_size: int, 
                 continue
             ready.append((sample, image, mask, original, clock))
             if len(ready) == batch_size and device_decoder is not None:
-                ready, bad = _device_pass(ready, device_decoder)
+                ready, bad = _device_pass(ready, device_decoder, lost)
                 failed.extend(bad)
             if len(ready) == batch_size:
                 batch = _assemble(ready, batch_size, has_masks, pin)
                 batch.failed, ready, failed = failed, [], []
-                batch.decode_s, batch.resize_s, lost = batch.decode_s + lost[0], batch.resize_s + lost[1], [0.0, 0.0]
+                batch.decode_s, batch.resize_s, batch.device_decode_s = (batch.decode_s + lost[0],
+                                                                          batch.resize_s + lost[1], lost[2])
+                lost = [0.0, 0.0, 0.0]
                 yield batch
         if ready and device_decoder is not None:
-            ready, bad = _device_pass(ready, device_decoder)
+            ready, bad = _device_pass(ready, device_decoder, lost)
             failed.extend(bad)
         if ready:
             batch = _assemble(ready, batch_size, has_masks, pin)
             batch.failed, batch.decode_s, batch.resize_s = failed, batch.decode_s + lost[0], batch.resize_s + lost[1]
+            batch.device_decode_s = lost[2]
             yield batch
         elif failed:
             yield empty()

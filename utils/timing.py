@@ -6,6 +6,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+# Where an accuracy pass's time goes (pipeline.passes.accuracy_pass): the main thread's parts add up to its e2e time;
+# the reference's compute is left out of e2e; decode and resize are the decode threads' seconds, in parallel.
+SPLIT_MAIN = ("wait", "nvjpeg", "h2d", "model", "d2h", "metrics", "outputs")
+SPLIT = (*SPLIT_MAIN, "reference", "decode", "resize")
+
 
 def measure(run: Callable[[Any], Any], inputs: Any, synchronize: Callable[[], None], loop: int,
             warmup: int = 0, progress: Callable[[int], None] | None = None) -> list[float]:
