@@ -452,8 +452,10 @@ class Decoders:
         self.workers = max(1, workers)
         started = threading.Barrier(self.workers + 1)
         threads = torch.get_num_threads()
-        for i in range(self.workers):
-            threading.Thread(target=self._work, args=(started,), name=f"decode-{i}", daemon=True).start()
+        self.threads = [threading.Thread(target=self._work, args=(started,), name=f"decode-{i}", daemon=True)
+                        for i in range(self.workers)]
+        for thread in self.threads:
+            thread.start()
         _meet(started)
         # torch.set_num_threads(1) in each thread also set the default of threads yet to come: give it back.
         torch.set_num_threads(threads)
@@ -481,10 +483,15 @@ class Decoders:
             except BaseException as exc:  # noqa: BLE001  handed to whoever waits on the future
                 future.set_exception(exc)
 
-    def close(self) -> None:
-        """Let each thread end after its current task; waits for none of them."""
+    def close(self, wait: float = 0.0) -> None:
+        """Let each thread end after its current task, waiting at most `wait` seconds in all for them: a run that
+        finished waits (a thread still inside torch while the interpreter exits can abort the process), one stopped
+        by Ctrl-C or an error does not (a thread may be stuck in a read)."""
         for _ in range(self.workers):
             self.tasks.put(None)
+        deadline = time.perf_counter() + wait
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.perf_counter()))
 
 
 def iter_batches(samples: list[Sample], size: tuple[int, int], batch_size: int, workers: int = 2,
@@ -515,6 +522,7 @@ def iter_batches(samples: list[Sample], size: tuple[int, int], batch_size: int, 
     def empty() -> Batch:
         return Batch([], torch.empty(0, dtype=torch.uint8), None, 0, [], failed, lost[0], lost[1], lost[2])
 
+    finished = False
     try:
         refill()
         while pending:
@@ -546,6 +554,7 @@ def iter_batches(samples: list[Sample], size: tuple[int, int], batch_size: int, 
             yield batch
         elif failed:
             yield empty()
+        finished = True
     except KeyboardInterrupt:
         if failed:  # Ctrl-C while waiting for a decode: the files that failed so far are still named
             yield empty()
@@ -553,7 +562,7 @@ def iter_batches(samples: list[Sample], size: tuple[int, int], batch_size: int, 
     finally:
         for future in pending:  # closed early (Ctrl-C, an engine error): decode nothing more
             future.cancel()
-        pool.close()
+        pool.close(wait=5.0 if finished else 0.0)
 
 
 def iter_dataset(dataset: Dataset, size: tuple[int, int], batch_size: int, workers: int = 2,
