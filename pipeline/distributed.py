@@ -97,7 +97,7 @@ class World:
     group: object = None  # the gloo group every sync runs on
     started: bool = False
     stopped: bool = False  # a sync stopped the run (Stopped): no more syncs
-    lost: bool = False  # a sync failed (Lost): no more syncs; the process ends with os._exit
+    lost: bool = False  # a sync failed (Lost): no more syncs
     interrupted: bool = False  # Ctrl-C came during a sync: the run stops at the next one
     interrupts: object = None  # utils.errors.Interrupts of the run (Ctrl-C counts)
     order: dict = field(default_factory=dict)  # sample id -> index in the one-process order
@@ -181,11 +181,12 @@ class World:
         import torch.distributed as dist
 
         messages = [None] * self.size
-        self._collective(step, lambda: dist.all_gather_object(messages, (stop, status, state), group=self.group))
-        stops = [(r, m) for r, m in enumerate(messages) if m[0] is not None]
+        message = (stop, status, self.describe(), state)  # who: before the setup sync only a rank knows its device
+        self._collective(step, lambda: dist.all_gather_object(messages, message, group=self.group))
+        stops = [m for m in messages if m[0] is not None]
         if stops:
             self._stop(stops)
-        return [m[2] for m in messages]
+        return [m[3] for m in messages]
 
     def gather(self, step: str, payload) -> list | None:
         """Every rank's `payload` on rank 0 (None elsewhere), right after a `sync` that every rank passed."""
@@ -224,13 +225,13 @@ class World:
         self.interrupted = True
 
     def _stop(self, stops: list) -> None:
-        """Every rank learnt at one sync that `stops` (rank, message) stopped: rank 0 prints the first, then one last
-        sync, so that no rank exits (and torchrun kills the others) before that line is out."""
+        """Every rank learnt at one sync that `stops` (message, status, who, state) stopped: rank 0 prints the first,
+        then one last sync, so that no rank exits (and torchrun kills the others) before that line is out."""
         self.stopped = True
-        rank, (message, status, _) = stops[0]
+        message, status, who, _ = stops[0]
         if status != 130:
             more = f" (and {len(stops) - 1} other rank(s) stopped too)" if len(stops) > 1 else ""
-            message = f"{self.describe(rank)}: {message}{more}"
+            message = f"{who}: {message}{more}"
         if self.rank == 0:
             print(f"error: {message}", file=sys.stderr, flush=True)
         self.bye()
@@ -266,9 +267,9 @@ class World:
                     behind.append(f"{self.describe(r)} is still at '{where}'")
         except Exception:  # noqa: BLE001
             behind = []
-        why = "; ".join(behind) or f"gloo: {first_line(exc)}"
-        return (f"{self.describe()}: the ranks did not all reach '{step}' within --dist_timeout {self.timeout_s:g} s "
-                f"or one of them is gone ({why}); a rank that failed says why above")
+        why = "; ".join(behind) or f"gloo: {first_line(exc).split('. ')[0]}"
+        return (f"{self.describe()}: stopped waiting for the other ranks at '{step}': {why}; a rank is stuck (past "
+                f"--dist_timeout {self.timeout_s:g} s) or has died (its own error, if any, is above)")
 
     # The run's hooks, in the order sample.py calls them.
 
@@ -359,7 +360,9 @@ class World:
         if isinstance(exc, Stopped):
             return status  # printed by rank 0 at the sync
         if isinstance(exc, Lost) or not self.started or self.stopped or self.lost:
-            print(f"error: {message if isinstance(exc, Lost) else f'{self.describe()}: {message}'}", file=sys.stderr)
+            signalled = self.interrupted or getattr(self.interrupts, "count", 0)
+            if not (isinstance(exc, Lost) and signalled):  # torchrun stopping this rank: the cause is said above
+                print(f"error: {message if isinstance(exc, Lost) else f'{self.describe()}: {message}'}", file=sys.stderr)
             return status
         try:
             self.sync("stop", stop=message, status=status)
@@ -370,8 +373,9 @@ class World:
         return status
 
     def exit(self, status: int) -> int:
-        """The process's exit status: under torchrun rank 0's (it wrote the report), agreed at a last sync; then leave
-        the job. After a lost sync the process ends here (os._exit): gloo's threads could abort a normal exit."""
+        """The process's exit status: one process's own; under torchrun rank 0's (it wrote the report), agreed at a
+        last sync, and the process ends here (os._exit, streams flushed): every result is written by then, and gloo's
+        teardown can spin or abort once a peer has gone (seen with torch 2.0.1's destroy_process_group)."""
         if not self.active:
             return status
         if self.started and not (self.stopped or self.lost):
@@ -382,21 +386,12 @@ class World:
             except Lost as lost:
                 print(f"error: {lost}", file=sys.stderr)
                 status = status or 1
-        if self.started and not self.lost:
-            import torch.distributed as dist
-
+        for stream in (sys.stdout, sys.stderr):
             try:
-                dist.destroy_process_group()
-            except Exception:  # noqa: BLE001
-                self.lost = True
-        if self.lost:
-            for stream in (sys.stdout, sys.stderr):
-                try:
-                    stream.flush()
-                except (OSError, ValueError):
-                    pass
-            os._exit(status)
-        return status
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(status)
 
 
 def _store():
