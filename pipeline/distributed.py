@@ -4,11 +4,11 @@ torchrun starts one process (rank) per device and sets RANK, WORLD_SIZE, LOCAL_R
 takes its own device (accelerator LOCAL_RANK, or the CPU with its share of the cores) and a contiguous shard of the
 batches one process would make (utils/shards.py). The ranks meet only at a few syncs (pipeline/syncs.py), each one
 all_gather of every rank's state on a gloo group with a timeout (`--dist_timeout`), sometimes followed by a gather to
-rank 0 (pipeline/gather.py merges the rows there): after the
-setup (rank 0's plan, thread counts and int8 calibration reach every rank), after each engine row (rank 0 merges the
-ranks' passes into the one-process row), before the files are written (the Kaggle submission's rows, file counts)
-and at the exit (rank 0's status becomes everyone's). A rank that fails says so at the next sync and every rank
-stops there; rank 0 prints the one line that names it. A sync that times out or loses a rank ends the run too.
+rank 0: after the setup (rank 0's plan, thread counts and int8 calibration reach every rank), after each engine row
+(rank 0 merges the ranks' passes into the one-process row: pipeline/gather.py), before the files are written (the
+Kaggle submission's rows, file counts) and at the exit (rank 0's status becomes everyone's). A rank that fails says so
+at the next sync and every rank stops there; rank 0 prints the one line that names it. A sync that times out or loses
+a rank ends the run too.
 
 Outside torchrun (no WORLD_SIZE, or 1) `World()` is inactive and every method leaves the one-process run untouched.
 """
