@@ -46,28 +46,35 @@ def run_rows(world, plan: list[tuple[str, str]], job: rows.Job, options: EngineO
                 part = rows.run_rows([key], rank_job, options, outputs, built, row_options)
         except KeyboardInterrupt:
             world.interrupted = True
-        result, row_outputs = passes.get(key, (None, None))
-        if result is not None:
-            result.timing_batch = None  # a tensor the merge does not need
-        row = dict(part.rows[0]) if part.rows else None
-        if row is not None:
-            row.pop("per_image", None)  # the pass holds the same lists
-        payload = {"rank": world.rank, "row": row, "skipped": part.skipped, "result": result, "outputs": row_outputs,
-                   "start": stamps.get("start")}
-        failed = any(s.get("failed") for s in part.skipped)
-        states = world.sync(f"row {name} {precision}", (failed, bool(part.skipped), part.interrupted or world.interrupted))
-        if outputs is not None and (any(s[0] for s in states) or len({s[1] for s in states}) > 1):
-            outputs.discard(name, precision)  # failed somewhere: the next row writes the files, on every rank
-        parts = world.gather(f"row {name} {precision}", payload)
-        if parts is not None:
-            with world.holding():
+        with world.holding():  # from here to the next row a Ctrl-C is noted: the ranks stop after this row
+            states, parts = _exchange(world, key, part, passes.get(key, (None, None)), stamps.get("start"), outputs)
+            if parts is not None:
                 row, skip = merge_row(world, parts, name, precision)
-            merged.rows.extend([row] if row else [])
-            merged.skipped.extend([skip] if skip else [])
+                merged.rows.extend([row] if row else [])
+                merged.skipped.extend([skip] if skip else [])
         if any(s[2] for s in states):
             merged.interrupted = True
             break
     return merged
+
+
+def _exchange(world, key: tuple[str, str], part: rows.RowsResult, passed: tuple, start: float | None,
+              outputs: Outputs | None) -> tuple[list, list | None]:
+    """After a row: every rank's (failed, skipped, interrupted), and on rank 0 every rank's part of the row."""
+    name, precision = key
+    result, row_outputs = passed
+    if result is not None:
+        result.timing_batch = None  # a tensor the merge does not need
+    row = dict(part.rows[0]) if part.rows else None
+    if row is not None:
+        row.pop("per_image", None)  # the pass holds the same lists
+    payload = {"rank": world.rank, "row": row, "skipped": part.skipped, "result": result, "outputs": row_outputs,
+               "start": start}
+    failed = any(s.get("failed") for s in part.skipped)
+    states = world.sync(f"row {name} {precision}", (failed, bool(part.skipped), part.interrupted or world.interrupted))
+    if outputs is not None and (any(s[0] for s in states) or len({s[1] for s in states}) > 1):
+        outputs.discard(name, precision)  # failed somewhere: the next row writes the files, on every rank
+    return states, world.gather(f"row {name} {precision}", payload)
 
 
 def merge_row(world, parts: list[dict], name: str, precision: str) -> tuple[dict | None, dict | None]:
