@@ -186,7 +186,8 @@ def test_two_ranks_report_exactly_what_one_process_reports(runs):
                {k: v for k, v in b["per_image"].items() if k not in drop}
         assert b["device"] == "cpu x2" and [r["images"] for r in b["ranks"]] == [4, 3]
         assert b["fps"] == pytest.approx(sum(r["fps"] for r in b["ranks"]))
-        assert b["e2e_fps"] == pytest.approx(7 / b["e2e_s"]) and b["e2e_s"] >= max(r["e2e_s"] for r in b["ranks"])
+        assert b["e2e_fps"] == pytest.approx(7 / b["e2e_s"])
+        assert b["e2e_s"] >= max(r["e2e_s"] for r in b["ranks"]) - 1e-6  # first start to last end (wall clock)
         assert b["calls"] == 2 and len(b["latencies_ms"]) == 2  # one timed call per rank
     world = two["config"]["distributed"]
     assert world["world_size"] == 2 and world["backend"] == "gloo" and world["timeout_s"] == 1800
