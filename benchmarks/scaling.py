@@ -34,6 +34,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=2, help="runs of each, alternating (default 2)")
     p.add_argument("--loop", type=int, default=10)
     p.add_argument("--out", help="folder for the runs' JSON reports (default: a temporary one)")
+    p.add_argument("--busy", type=float, default=0.15,
+                   help="before each run, wait (up to 5 minutes) until other processes use fewer cores than this over "
+                        "10 s; a run during which they used more is marked LOADED (default 0.15)")
     return p
 
 
@@ -64,6 +67,17 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def wait_quiet(limit: float, window: float = 10.0, most: float = 300.0) -> float:
+    """Seconds waited until the machine used fewer than `limit` cores over `window` (or `most` seconds passed)."""
+    start = time.time()
+    while time.time() - start < most:
+        before = busy_cores_s()
+        time.sleep(window)
+        if (busy_cores_s() - before) / window < limit:
+            break
+    return time.time() - start
+
+
 def run(cmd: list[str]) -> tuple[float, float, dict]:
     """Wall seconds of the command, the cores other processes used meanwhile (on average), its JSON's first row."""
     busy, own, start = busy_cores_s(), children_cpu_s(), time.perf_counter()
@@ -84,7 +98,9 @@ def main(argv=None) -> int:
     results: dict[str, list] = {}
     for k in range(args.repeat):
         for name, cmd in commands(args, folder, k).items():
-            print(f"round {k + 1}/{args.repeat}: {name} ...", file=sys.stderr)
+            waited = wait_quiet(args.busy)
+            print(f"round {k + 1}/{args.repeat}: {name} (after {waited:.0f} s waiting for a quiet machine) ...",
+                  file=sys.stderr)
             results.setdefault(name, []).append(run(cmd))
     print("| setup | run | images | e2e fps (aggregate) | model fps (sum over ranks) | median ms per call | "
           "wall s (whole command) | other processes (cores) | dice | micro dice |")
@@ -92,7 +108,8 @@ def main(argv=None) -> int:
     for name, runs in results.items():
         for k, (wall, other, row) in enumerate(runs):
             print(f"| {name} | {k + 1} | {row['images']} | {row['e2e_fps']:.3f} | {row['fps']:.3f} | "
-                  f"{row['latency_median_ms']:,.0f} | {wall:.1f} | {other:.2f} | {row['dice']:.6f} | "
+                  f"{row['latency_median_ms']:,.0f} | {wall:.1f} | {other:.2f}{' LOADED' if other > args.busy else ''} | "
+                  f"{row['dice']:.6f} | "
                   f"{row['micro_dice']:.6f} |")
     scores = {(r["dice"], r["micro_dice"], r["iou"]) for runs in results.values() for _, _, r in runs}
     print(f"\ndice, micro dice and IoU {'equal to the bit in every run' if len(scores) == 1 else 'DIFFER'}; "
