@@ -102,10 +102,11 @@ class Syncs:
             self.lost = True
 
     def _mark(self, step: str) -> None:
-        """Leave this rank's last step in torchrun's store, so a sync that times out can say who did not come."""
+        """Leave this rank's last step in torchrun's store, so a sync that times out can say who did not come: its
+        name, then a counter (`add`, which never blocks, reads it back; torch 2.0's store has no `check`)."""
         try:
-            _store().set(f"unet-sample/{os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}/{self.rank}",
-                         f"{self.steps}|{step}")
+            _store().set(_key(self.rank, "step"), step)
+            _store().add(_key(self.rank, "count"), 1)
         except Exception:  # noqa: BLE001  no store: the timeout message is vaguer, nothing else changes
             pass
 
@@ -115,15 +116,19 @@ class Syncs:
         try:
             store = _store()
             for r in range(self.size):
-                key = f"unet-sample/{os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}/{r}"
-                count, _, where = store.get(key).decode().partition("|") if store.check([key]) else ("0", "", "start")
-                if int(count) < self.steps:
-                    behind.append(f"{self.describe(r)} is still at '{where}'")
+                count = store.add(_key(r, "count"), 0)
+                if count < self.steps:
+                    where = f"is still at '{store.get(_key(r, 'step')).decode()}'" if count else "reached no sync"
+                    behind.append(f"{self.describe(r)} {where}")
         except Exception:  # noqa: BLE001
             behind = []
         why = "; ".join(behind) or f"gloo: {first_line(exc).split('. ')[0]}"
         return (f"{self.describe()}: stopped waiting for the other ranks at '{step}': {why}; a rank is stuck (past "
                 f"--dist_timeout {self.timeout_s:g} s) or has died (its own error, if any, is above)")
+
+
+def _key(rank: int, what: str) -> str:
+    return f"unet-sample/{os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}/{rank}/{what}"
 
 
 def _store():
