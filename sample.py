@@ -20,6 +20,7 @@ import models
 from engines.base import EngineOptions
 from engines.levers import SETTINGS
 from pipeline.auto import resolve as resolve_auto
+from pipeline.distributed import World
 from pipeline.fidelity import failures
 from pipeline.passes import Reference
 from pipeline.rows import Job, parse_precisions, plan_rows, run_rows
@@ -122,6 +123,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument("--reference", choices=["device", "cpu"], default="device",
                      help="where the eager fp32 reference runs: device (default: the run's --device; TF32 off on CUDA) "
                           "or cpu")
+    run.add_argument("--dist_timeout", type=positive_int, default=1800, metavar="S",
+                     help="under torchrun: how long a rank waits for the others at a sync before the run ends with an "
+                          "error (default 1800 s)")
     add_engine_options(p.add_argument_group("engine options"))
     out = p.add_argument_group("output")
     out.add_argument("--json", metavar="PATH", help="write the report as JSON")
@@ -310,23 +314,26 @@ def main(argv=None) -> int:
     problem = memory_problem(name, args.image_size, args.batch_size, calib) or output_problem(args)
     if problem:
         parser.error(problem)
+    world = World.from_env(args)  # one process (inactive) unless torchrun started this one: then args are this rank's
     if args.threads:
         torch.set_num_threads(args.threads)
     # Images past Pillow's limit are skipped and named (utils/data.py); its warning would only repeat that.
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     with interrupts(restore=not from_cli) as latch, contextlib.ExitStack() as locks:
-        args.interrupts, args.locks = latch, locks  # finish holds Ctrl-C; output folders stay locked until the end
+        # finish holds Ctrl-C; output folders stay locked until the end (under torchrun by rank 0 alone)
+        args.interrupts, args.locks, args.world = latch, None if world.rank else locks, world
         try:
+            world.start(latch)
             status = run(args, name)
         except SampleError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            status = 1
+            status = world.fail(exc)  # under torchrun every rank stops, and rank 0 names the rank that failed
         except KeyboardInterrupt:
-            print("error: interrupted before any engine row finished; nothing was written", file=sys.stderr)
-            status = 130
+            status = world.fail(None)
+        except Exception as exc:  # noqa: BLE001  one process: raised as always; a rank: it must stop the others
+            status = world.fail(exc)
         finally:
             latch.hold()  # a Ctrl-C now is counted, never a traceback while the locks are released
-    return 130 if latch.count else status
+    return world.exit(130 if latch.count else status)
 
 
 def run(args, name: str) -> int:
@@ -339,10 +346,10 @@ def run(args, name: str) -> int:
                                        base_width=args.base_width)
     dataset, data_label = load_data(args)
     outputs = make_outputs(args, dataset, info["n_classes"])
-    for sample in dataset.unpaired:
+    for sample in [] if args.world.rank else dataset.unpaired:  # under torchrun, said once
         print(f"warning: no mask for {sample.image}; it is timed but not scored", file=sys.stderr)
     shape = (args.batch_size, info["n_channels"], args.image_size[1], args.image_size[0])
-    options = engine_options(args, dataset, shape, plan)
+    options = engine_options(args, dataset, shape, plan if not args.world.rank else [])  # rank 0 calibrates for all
     config = {
         "model": name, "variant": info["variant"], "parameters": info["parameters"],
         "n_classes": info["n_classes"], "weights": info["weights"], "data": data_label,
@@ -356,6 +363,7 @@ def run(args, name: str) -> int:
     if options.calibration:
         config["calibration_images"] = options.calibration.images
         config["calibration"] = options.calibration.describe()
+    dataset = args.world.shard(dataset, args.batch_size)  # from here on, this rank's share (one process: all of it)
     reference = None if args.no_reference else make_reference(args, model, device, plan, shape, info["n_classes"])
     decode, device_decoder, why = choose_decode(args.decode, device, args.image_size)
     config.update(decode=decode, decode_note=why, workers=args.workers,
@@ -365,19 +373,22 @@ def run(args, name: str) -> int:
               lambda: iter_dataset(dataset, args.image_size, args.batch_size, args.workers, decode, pin, device_decoder),
               len(dataset), reference=reference, loop=args.loop, warmup=args.warm_counter, show_progress=not args.quiet)
     loaded, row_options = {}, {}
-    if any(engine == "auto" for engine, _ in plan):
+    if any(engine == "auto" for engine, _ in plan) and not args.world.rank:  # under torchrun rank 0 chooses for all
         mode = args.auto or ("static" if args.no_cache else "measure")
         log = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr))
         plan, loaded, row_options, choices = resolve_auto(plan, job, options, mode, log)
         config["auto"] = [c.describe() for c in choices]
+    plan, row_options, options = args.world.share_setup(plan, row_options, options)
     config["hints"] = precision_hints(device, precisions, config["host"])
-    result = run_rows(plan, job, options, outputs, loaded, row_options)
+    result = (args.world.run_rows if args.world.active else run_rows)(plan, job, options, outputs, loaded, row_options)
     if device_decoder is not None and device_decoder.fallbacks:  # batches nvJPEG could not decode: said, not hidden
         config["decode_fallbacks"] = device_decoder.fallbacks[:20]
         print(f"warning: nvJPEG could not decode {len(device_decoder.fallbacks)} file(s) or batch(es); the CPU "
               f"decoded them: {device_decoder.fallbacks[0]}", file=sys.stderr)
     report = {"version": 1, "config": config, "rows": result.rows, "skipped": skipped + result.skipped,
               "partial": result.interrupted}
+    if not args.world.gather_outputs(report, outputs):
+        return result.status  # a rank other than 0: rank 0 writes the files and prints the report
     return finish(args, report, outputs, result.status)
 
 

@@ -80,6 +80,7 @@ class Job:
     loop: int = 10
     warmup: int = 2
     show_progress: bool = True
+    passes: dict | None = None  # set by pipeline/distributed.py: (engine, precision) -> (PassResult, RowOutputs), to merge
 
 
 @dataclass
@@ -164,7 +165,10 @@ def _run_row(name: str, precision: str, job: Job, options: EngineOptions, output
             result.interrupted = True  # the accuracy pass finished: its figures are a result; the timing is lost
     if result.interrupted and hook:
         outputs.wait(keep_errors=True)  # the batches already handed over get their files (MAX_PENDING at most)
-    return make_row(engine, compile_s, result, timing, outputs.finish(engine.name, precision) if hook else None)
+    row_outputs = outputs.finish(engine.name, precision) if hook else None
+    if job.passes is not None:  # a torchrun rank: rank 0 merges every rank's pass into the one-process row
+        job.passes[(name, precision)] = (result, row_outputs)
+    return make_row(engine, compile_s, result, timing, row_outputs)
 
 
 def make_row(engine: Engine, compile_s: float, result: PassResult, timing: dict | None,

@@ -5,6 +5,7 @@ import json
 import math
 
 from report.notes import config_notes
+from report.ranks import rank_lines
 from utils.files import write_atomic
 from utils.timing import SPLIT_MAIN
 
@@ -108,6 +109,7 @@ def format_report(report: dict, json_path: str | None = None, worst: str = "") -
     for skip in report.get("skipped", []):
         lines.append(f"{'FAILED' if skip.get('failed') else 'skipped'} {skip['engine']} {skip['precision']}: "
                      f"{skip['reason']}")
+    lines.extend(rank_lines(report))  # runs across ranks (torchrun) only
     lines.extend(config_notes(c))
     if report.get("partial"):
         lines.append("PARTIAL: the run was interrupted (Ctrl-C): rows it never reached are missing, and a row it cut "

@@ -9,6 +9,7 @@ import shutil
 import stat
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,9 +40,13 @@ def key_digest(key: dict) -> str:
 
 
 class ArtifactCache:
-    """Folders of engine artifacts under `<root>/engines` (root: the user cache folder by default)."""
+    """Folders of engine artifacts under `<root>/engines` (root: the user cache folder by default).
 
-    def __init__(self, root: str | None = None):
+    `wait_s`: how long a build waits for another process that is building the same artifact (the ranks of a torchrun
+    job on one host, two runs side by side) before it builds its own copy."""
+
+    def __init__(self, root: str | None = None, wait_s: float = 1800.0):
+        self.wait_s = wait_s
         try:
             self.root = os.path.join(root or default_cache_dir(), "engines")
             os.makedirs(self.root, exist_ok=True)
@@ -167,6 +172,42 @@ def building(folder: str, key: dict):
 
 
 @contextmanager
+def build_lock(cache: ArtifactCache, folder: str):
+    """Hold an exclusive `flock` on `<root>/.locks/<engine>-<entry>.lock` for the block: a second process that
+    wants the same entry waits (up to `cache.wait_s`, then builds its own copy: `building` publishes one of them
+    atomically). The kernel drops the lock when its holder ends, a crash included. No lock without fcntl (not POSIX)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    locks = os.path.join(cache.root, ".locks")
+    fd = None
+    try:
+        os.makedirs(locks, exist_ok=True)
+        name = f"{os.path.basename(os.path.dirname(folder))}-{os.path.basename(folder)}.lock"
+        fd = os.open(os.path.join(locks, name), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError:
+        pass  # a read-only lock folder: build unlocked, as before locks existed (publishing stays atomic)
+    deadline = time.monotonic() + cache.wait_s
+    try:
+        while fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    print(f"note: waited {cache.wait_s:.0f} s for another process building {folder}; building it "
+                          "here too", file=sys.stderr)
+                    break
+                time.sleep(0.2)
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # closing the descriptor releases the lock
+
+
+@contextmanager
 def artifact(cache: ArtifactCache | None, engine: str, version: str, model: torch.nn.Module, shape: tuple,
              precision: str, build: Callable[[str], None], **extra) -> Iterator[Artifact]:
     """The artifact, built by `build(folder)` unless cached; load the engine from it inside the `with` block.
@@ -184,16 +225,17 @@ def artifact(cache: ArtifactCache | None, engine: str, version: str, model: torc
         return
     folder, key = cache.folder(engine, version, model, shape, precision, **extra)
     state, problem = "loaded", None
-    if is_ready(folder):
-        problem = verify(folder)  # never load a truncated, altered or incomplete entry: rebuild it
-        if problem:
-            discard(folder)
-    if not is_ready(folder):
-        with building(folder, key) as tmp:
-            build(tmp)
-        state = "compiled"
-        if problem:
-            print(f"note: cache entry {folder} failed its checksum ({problem}); rebuilt", file=sys.stderr)
+    with build_lock(cache, folder):  # one process builds an entry; the others (the ranks of a host) wait, then load it
+        if is_ready(folder):
+            problem = verify(folder)  # never load a truncated, altered or incomplete entry: rebuild it
+            if problem:
+                discard(folder)
+        if not is_ready(folder):
+            with building(folder, key) as tmp:
+                build(tmp)
+            state = "compiled"
+            if problem:
+                print(f"note: cache entry {folder} failed its checksum ({problem}); rebuilt", file=sys.stderr)
     try:
         yield Artifact(folder, state, kept=True)
     except SampleError:

@@ -1,0 +1,279 @@
+"""Scaling out: the same command on N devices and N hosts, launched by torchrun, with the report of one process.
+
+torchrun starts one process (rank) per device and sets RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE. Each rank
+takes its own device (accelerator LOCAL_RANK, or the CPU with its share of the cores) and a contiguous shard of the
+batches one process would make (utils/shards.py). The ranks meet only at a few syncs (pipeline/syncs.py), each one
+all_gather of every rank's state on a gloo group with a timeout (`--dist_timeout`), sometimes followed by a gather to
+rank 0: after the setup (rank 0's plan, thread counts and int8 calibration reach every rank), after each engine row
+(rank 0 merges the ranks' passes into the one-process row: pipeline/gather.py), before the files are written (the
+Kaggle submission's rows, file counts) and at the exit (rank 0's status becomes everyone's). A rank that fails says so
+at the next sync and every rank stops there; rank 0 prints the one line that names it. A sync that times out or loses
+a rank ends the run too.
+
+Outside torchrun (no WORLD_SIZE, or 1) `World()` is inactive and every method leaves the one-process run untouched.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import socket
+import sys
+import threading
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from engines.base import EngineOptions
+from pipeline import gather, rows
+from pipeline.syncs import Lost, Stopped, Syncs, as_ctrl_c
+from report.outputs import Outputs
+from utils.data import Dataset
+from utils.device import accelerator, usable_cpus
+from utils.errors import SampleError, first_line
+from utils.shards import in_order, sample_order, shard
+
+VISIBLE = {"cuda": "CUDA_VISIBLE_DEVICES", "npu": "ASCEND_RT_VISIBLE_DEVICES"}
+BACKENDS = {"cuda": "nccl", "npu": "hccl"}  # the device's own; the ranks' messages always go over gloo
+INTERRUPTED = "interrupted before any engine row finished; nothing was written"
+
+
+def rank_device(text: str | None, local_rank: int) -> tuple[str, str | None]:
+    """(this rank's --device, a problem or None): an accelerator becomes `kind:LOCAL_RANK`; the CPU stays the CPU."""
+    given = (text or "auto").strip().lower()
+    if given == "cpu":
+        return "cpu", None
+    kind, _, index = given.rpartition(":")
+    if given in ("cuda", "npu"):
+        kind, index = given, "0"
+    elif given == "auto":
+        kind, index = accelerator() or "cpu", "0"
+        if kind == "cpu":
+            return "cpu", None
+    elif not kind and index.isdigit():
+        kind = accelerator()
+        if kind is None:
+            return given, None  # parse_device says there is no accelerator
+    if kind not in VISIBLE or not index.isdigit():
+        return given, None  # parse_device names what is wrong with it
+    if index != "0":
+        return given, (f"--device {text}: under torchrun each rank takes its own accelerator ({kind}:LOCAL_RANK); "
+                       f"give --device {kind} (or 0) and choose the cards with {VISIBLE[kind]}")
+    return f"{kind}:{local_rank}", None
+
+
+@dataclass
+class World(Syncs):
+    """This process's place in a torchrun job; inactive (size 1) for a plain `python sample.py`."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    local_size: int = 1
+    nodes: int = 1
+    host: str = ""
+    device: str = ""
+    threads: int = 0
+    timeout_s: float = 1800.0
+    problem: str | None = None  # found in the environment; reported at the first sync, so that rank 0 prints it
+    backend: str = ""
+    group: object = None  # the gloo group every sync runs on
+    started: bool = False
+    stopped: bool = False  # a sync stopped the run (Stopped): no more syncs
+    lost: bool = False  # a sync failed (Lost): no more syncs
+    interrupted: bool = False  # Ctrl-C came during a sync: the run stops at the next one
+    interrupts: object = None  # utils.errors.Interrupts of the run (Ctrl-C counts)
+    order: dict = field(default_factory=dict)  # sample id -> index in the one-process order
+    images: list = field(default_factory=list)  # this rank's share (sample ids)
+    ranks: list = field(default_factory=list)  # every rank's description (after the setup sync)
+    steps: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.size > 1
+
+    @classmethod
+    def from_env(cls, args) -> World:
+        """The world of this process: inactive, `args` untouched, unless torchrun set WORLD_SIZE > 1. Then `args` is
+        this rank's: its device, its share of the CPU threads (unless --threads), progress bars on rank 0 only, and
+        the command as launched."""
+        try:
+            size = int(os.environ.get("WORLD_SIZE") or 1)
+        except ValueError:
+            size = 1
+        if size <= 1:
+            return cls()
+        env = os.environ
+        world = cls(rank=int(env.get("RANK", 0)), size=size, local_rank=int(env.get("LOCAL_RANK", 0)),
+                    local_size=int(env.get("LOCAL_WORLD_SIZE") or size), nodes=int(env.get("GROUP_WORLD_SIZE") or 1),
+                    host=socket.gethostname(), timeout_s=float(args.dist_timeout))
+        args.device, world.problem = rank_device(args.device, world.local_rank)
+        if args.threads is None:  # the ranks of a host share its cores (torchrun's own default is 1 thread each)
+            args.threads = max(1, usable_cpus() // world.local_size)
+        world.device, world.threads = args.device, args.threads
+        args.quiet = args.quiet or world.rank > 0
+        nodes = f"--nnodes={world.nodes} " if world.nodes > 1 else ""
+        args.command = args.command.replace("python sample.py", f"torchrun {nodes}--nproc_per_node={world.local_size} "
+                                            "sample.py", 1)
+        return world
+
+    def describe(self, rank: int | None = None) -> str:
+        """'rank 1 (cuda:1 on host-b)'."""
+        rank = self.rank if rank is None else rank
+        info = self.ranks[rank] if rank < len(self.ranks) else ({"device": self.device, "host": self.host}
+                                                               if rank == self.rank else {})
+        return f"rank {rank} ({info.get('device', '?')} on {info.get('host', '?')})" if info else f"rank {rank}"
+
+    def start(self, interrupts=None) -> None:
+        """Join the job: the device's backend for the default group (nccl, hccl, else gloo), a gloo group for the
+        syncs, the collective timeout; SIGTERM (torchrun passes on the one it gets) then acts as Ctrl-C."""
+        self.interrupts = interrupts
+        if not self.active:
+            return
+        import torch.distributed as dist
+
+        kind = self.device.split(":")[0]
+        backend = BACKENDS.get(kind, "gloo")
+        if backend == "nccl" and not dist.is_nccl_available():
+            backend = "gloo"
+        if backend == "hccl":
+            try:
+                import torch_npu  # noqa: F401  registers hccl
+            except Exception:  # noqa: BLE001  torch_aie alone (no torch_npu): the device never needs a collective
+                backend = "gloo"
+        timeout = datetime.timedelta(seconds=self.timeout_s)
+        try:
+            if kind == "cuda" and int(self.device.split(":")[1]) < torch.cuda.device_count():
+                torch.cuda.set_device(int(self.device.split(":")[1]))
+            dist.init_process_group(backend=backend, timeout=timeout)
+            self.group = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else None
+        except (RuntimeError, ValueError) as exc:
+            raise SampleError(f"{self.describe()}: cannot join the torchrun job with {backend}: "
+                              f"{first_line(exc)}") from None
+        self.backend, self.started = backend, True
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, as_ctrl_c)
+        if self.problem:
+            raise SampleError(self.problem)
+
+    # The run's hooks, in the order sample.py calls them.
+
+    def shard(self, dataset: Dataset, batch_size: int) -> Dataset:
+        """This rank's share of the pairs (the whole set for one process)."""
+        if not self.active:
+            return dataset
+        self.order = sample_order(dataset)
+        mine = shard(dataset, batch_size, self.rank, self.size)
+        self.images = [s.id for s in mine.samples + mine.unpaired]
+        return mine
+
+    def share_setup(self, plan: list, row_options: dict, options: EngineOptions) -> tuple[list, dict, EngineOptions]:
+        """The setup sync: rank 0's plan (`--engine auto` is resolved there), its thread counts per row and its int8
+        calibration reach every rank; each rank's device, host and share reach rank 0. A rank whose setup failed
+        stops every rank here."""
+        if not self.active:
+            return plan, row_options, options
+        mine = {"rank": self.rank, "local_rank": self.local_rank, "host": self.host, "device": self.device,
+                "threads": self.threads, "images": len(self.images),
+                "first": self.images[0] if self.images else None, "last": self.images[-1] if self.images else None}
+        lead = None
+        if self.rank == 0:
+            lead = {"plan": plan, "threads": {row: o.threads for row, o in row_options.items()},
+                    "calibration": options.calibration}
+        states = self.sync("setup", (mine, lead))
+        self.ranks = [s[0] for s in states]
+        lead = states[0][1]
+        if self.rank:
+            options = replace(options, calibration=lead["calibration"])
+            row_options = {tuple(row): replace(options, threads=t) for row, t in lead["threads"].items()}
+            plan = [tuple(row) for row in lead["plan"]]
+        if options.cache is not None:
+            options.cache.wait_s = self.timeout_s  # a rank waits for its host's build as long as for a sync
+        return plan, row_options, options
+
+    def gather_outputs(self, report: dict, outputs: Outputs | None) -> bool:
+        """Before the files are written: rank 0 takes every rank's submission rows (in one-process order), file counts
+        and write errors, and notes the world in the report. True on the rank that writes the files and the report."""
+        if not self.active:
+            return True
+        payload = None
+        if outputs is not None and self.rank:
+            errors = list(outputs.errors)
+            outputs.close()  # this rank's masks are on disk
+            payload = {"files": outputs.files_written, "failed": outputs.failed_files, "errors": errors,
+                       "rle_rows": outputs.rle_rows}
+        self.sync("outputs")
+        parts = self.gather("outputs", payload)
+        if self.rank:
+            return False
+        if outputs is not None:
+            by_name = {os.path.basename(s.image): s.id for s in outputs.samples.values()}
+            for part in parts[1:]:
+                outputs.files_written += part["files"]
+                outputs.failed_files.extend(part["failed"])
+                outputs.errors.extend(part["errors"])
+                outputs.rle_rows.extend(part["rle_rows"])
+            outputs.rle_rows = in_order(outputs.rle_rows, lambda r: by_name[r[0]], self.order)
+        report["config"]["distributed"] = {"launcher": "torchrun", "world_size": self.size, "nodes": self.nodes,
+                                           "backend": self.backend, "syncs": "gloo", "timeout_s": self.timeout_s,
+                                           "ranks": self.ranks}
+        return True
+
+    def run_rows(self, plan: list[tuple[str, str]], job: rows.Job, options: EngineOptions, outputs: Outputs | None = None,
+                 loaded: dict | None = None, row_options: dict | None = None) -> rows.RowsResult:
+        """Every row on every rank, merged on rank 0 (pipeline/gather.py)."""
+        return gather.run_rows(self, plan, job, options, outputs, loaded, row_options)
+
+    def fail(self, exc: BaseException | None) -> int:
+        """The exit status after `exc` ended the run (None: Ctrl-C before any row finished). One process prints its
+        `error:` line as always (any other exception propagates, as always). Under torchrun a rank that failed tells
+        the others at their next sync, and rank 0 alone prints the line that names it; a rank that lost the others
+        prints its own."""
+        if exc is None:
+            message, status = INTERRUPTED, 130
+        elif isinstance(exc, SampleError):
+            message, status = str(exc), getattr(exc, "status", 1)
+        else:
+            message, status = f"{type(exc).__name__}: {first_line(exc)}", 1
+        if not self.active:
+            if exc is not None and not isinstance(exc, SampleError):
+                raise exc
+            print(f"error: {message}", file=sys.stderr)
+            return status
+        if self.interrupts is not None:
+            self.interrupts.hold()
+        if isinstance(exc, Stopped):
+            return status  # printed by rank 0 at the sync
+        if isinstance(exc, Lost) or not self.started or self.stopped or self.lost:
+            signalled = self.interrupted or getattr(self.interrupts, "count", 0)
+            if not (isinstance(exc, Lost) and signalled):  # torchrun stopping this rank: the cause is said above
+                print(f"error: {message if isinstance(exc, Lost) else f'{self.describe()}: {message}'}", file=sys.stderr)
+            return status
+        try:
+            self.sync("stop", stop=message, status=status)
+        except Stopped as stopped:
+            return stopped.status
+        except Lost as lost:
+            print(f"error: {lost}", file=sys.stderr)
+        return status
+
+    def exit(self, status: int) -> int:
+        """The process's exit status: one process's own; under torchrun rank 0's (it wrote the report), agreed at a
+        last sync, and the process ends here (os._exit, streams flushed): every result is written by then, and gloo's
+        teardown can spin or abort once a peer has gone (seen with torch 2.0.1's destroy_process_group)."""
+        if not self.active:
+            return status
+        if self.started and not (self.stopped or self.lost):
+            try:
+                status = self.sync("exit", status)[0]  # rank 0 merged every rank's results into its status
+            except Stopped as stopped:
+                status = stopped.status
+            except Lost as lost:
+                print(f"error: {lost}", file=sys.stderr)
+                status = status or 1
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(status)
