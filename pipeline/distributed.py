@@ -14,7 +14,9 @@ Outside torchrun (no WORLD_SIZE, or 1) `World()` is inactive and every method le
 """
 from __future__ import annotations
 
+import atexit
 import datetime
+import hashlib
 import os
 import signal
 import socket
@@ -85,6 +87,7 @@ class World(Syncs):
     interrupts: object = None  # utils.errors.Interrupts of the run (Ctrl-C counts)
     order: dict = field(default_factory=dict)  # sample id -> index in the one-process order
     images: list = field(default_factory=list)  # this rank's share (sample ids)
+    data: tuple = (0, "")  # the whole data set this rank listed: (images, digest of their ids)
     ranks: list = field(default_factory=list)  # every rank's description (after the setup sync)
     steps: int = 0
 
@@ -145,6 +148,8 @@ class World(Syncs):
         try:
             if kind == "cuda" and int(self.device.split(":")[1]) < torch.cuda.device_count():
                 torch.cuda.set_device(int(self.device.split(":")[1]))
+            elif kind == "npu" and hasattr(torch, "npu"):  # hccl's context is the current device's (npu:0 otherwise)
+                torch.npu.set_device(int(self.device.split(":")[1]))
             dist.init_process_group(backend=backend, timeout=timeout)
             self.group = dist.new_group(backend="gloo", timeout=timeout) if backend != "gloo" else None
         except (RuntimeError, ValueError) as exc:
@@ -163,6 +168,8 @@ class World(Syncs):
         if not self.active:
             return dataset
         self.order = sample_order(dataset)
+        ids = [s.id for s in dataset.samples + dataset.unpaired]
+        self.data = (len(ids), hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16])
         mine = shard(dataset, batch_size, self.rank, self.size)
         self.images = [s.id for s in mine.samples + mine.unpaired]
         return mine
@@ -179,12 +186,21 @@ class World(Syncs):
         lead = None
         if self.rank == 0:
             lead = {"plan": plan, "threads": {row: o.threads for row, o in row_options.items()},
-                    "calibration": options.calibration}
-        states = self.sync("setup", (mine, lead))
+                    "calibration": options.calibration is not None}
+        states = self.sync("setup", (mine, lead, self.data))
         self.ranks = [s[0] for s in states]
         lead = states[0][1]
-        if self.rank:
-            options = replace(options, calibration=lead["calibration"])
+        others = [r for r, s in enumerate(states) if s[2] != states[0][2]]
+        if others:  # each rank listed the pairs itself: shards of different lists would miss or repeat images
+            raise SampleError(f"{self.describe(others[0])} sees another data set than rank 0 ({states[others[0]][2][0]} "
+                              f"vs {states[0][2][0]} images, or other names): give every rank the same --image_path / "
+                              "--mask_path contents (on several hosts, a shared folder)")
+        # The calibration batches go from rank 0 alone, by broadcast: an all_gather would pad every rank's message
+        # to the largest and hand each rank world-size copies.
+        if lead["calibration"]:
+            calibration = self.broadcast("setup (calibration)", options.calibration if self.rank == 0 else None)
+            if self.rank:
+                options = replace(options, calibration=calibration)
             row_options = {tuple(row): replace(options, threads=t) for row, t in lead["threads"].items()}
             plan = [tuple(row) for row in lead["plan"]]
         if options.cache is not None:
@@ -245,10 +261,13 @@ class World(Syncs):
         if isinstance(exc, Stopped):
             return status  # printed by rank 0 at the sync
         if isinstance(exc, Lost) or not self.started or self.stopped or self.lost:
+            # Rank 0 always says a lost rank, naming who is missing: torchrun's SIGTERM (after a peer died) arrives as
+            # a Ctrl-C here, so being signalled does not mean the user stopped the run (their Ctrl-C reaches every
+            # rank alike, and the syncs then succeed). Another rank stopped by torchrun stays quiet: one line.
             signalled = self.interrupted or getattr(self.interrupts, "count", 0)
-            if not (isinstance(exc, Lost) and signalled):  # torchrun stopping this rank: the cause is said above
+            if self.rank == 0 or not (isinstance(exc, Lost) and signalled):
                 print(f"error: {message if isinstance(exc, Lost) else f'{self.describe()}: {message}'}", file=sys.stderr)
-            return status
+            return 1 if isinstance(exc, Lost) else status
         try:
             self.sync("stop", stop=message, status=status)
         except Stopped as stopped:
@@ -263,6 +282,8 @@ class World(Syncs):
         teardown can spin or abort once a peer has gone (seen with torch 2.0.1's destroy_process_group)."""
         if not self.active:
             return status
+        if self.lost and status in (0, 130):
+            status = 1  # a rank died or hung: not an interruption, whatever signal torchrun then sent
         if self.started and not (self.stopped or self.lost):
             try:
                 status = self.sync("exit", status)[0]  # rank 0 merged every rank's results into its status
@@ -271,6 +292,11 @@ class World(Syncs):
             except Lost as lost:
                 print(f"error: {lost}", file=sys.stderr)
                 status = status or 1
+        if not self.lost:  # exit handlers (torch_aie.finalize) run as in any process; after a lost peer they may hang
+            try:
+                atexit._run_exitfuncs()
+            except Exception:  # noqa: BLE001  a failing handler must not change the agreed status
+                pass
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()

@@ -50,6 +50,14 @@ class Syncs:
         self._collective(step + " (gather)", lambda: dist.gather_object(payload, parts, dst=0, group=self.group))
         return parts
 
+    def broadcast(self, step: str, obj):
+        """Rank 0's `obj` on every rank (each receives one copy of exactly its size)."""
+        import torch.distributed as dist
+
+        box = [obj]
+        self._collective(step, lambda: dist.broadcast_object_list(box, src=0, group=self.group))
+        return box[0]
+
     def _collective(self, step: str, call: Callable[[], None]) -> None:
         self.steps += 1
         self._mark(step)

@@ -129,7 +129,11 @@ def format_split(split: dict, images: int, config: dict) -> str:
     main = ", ".join(f"{key} {ms(key)}" for key in SPLIT_MAIN if key != "nvjpeg" or split.get(key))
     workers = config.get("workers")
     threads = f"{workers} decode threads" if workers else "the decode threads"
-    text = (f"ms per image: {main} (main thread, adds up to e2e); decode {ms('decode')} + resize {ms('resize')} "
+    ranks = (config.get("distributed") or {}).get("world_size")
+    unit = (f"rank-ms per image (summed over {ranks} ranks; each rank's main-thread parts add up to its e2e)"
+            if ranks else "ms per image")
+    where = "main thread" if ranks else "main thread, adds up to e2e"
+    text = (f"{unit}: {main} ({where}); decode {ms('decode')} + resize {ms('resize')} "
             f"in {threads} ({config.get('decode', 'exact')} path, in parallel)")
     if split.get("reference"):
         text += f"; reference {ms('reference')} (not in e2e)"

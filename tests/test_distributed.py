@@ -66,6 +66,15 @@ elif fault == "ctrl-c" and rank == 0:  # Ctrl-C in the terminal: SIGINT to torch
                 time.sleep(5)
             yield batch
     utils.data.iter_dataset = iter_dataset
+elif fault == "die" and rank == 1:  # a rank killed mid-row (the OOM killer, a segfault)
+    import utils.data
+    real = utils.data.iter_dataset
+    def iter_dataset(*args, **kwargs):
+        for k, batch in enumerate(real(*args, **kwargs)):
+            if k == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+            yield batch
+    utils.data.iter_dataset = iter_dataset
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
@@ -353,3 +362,18 @@ def test_find_pairs_shard_and_iter_dataset_agree(tmp_path):
     split = [b.ids for r in range(2) for b in iter_dataset(shard(dataset, 2, r, 2), (32, 32), 2, 1)]
     assert whole == split == [["car0_01", "car1_01"], ["car2_01", "car3_01"], ["car4_01"]]
     assert sample_order(dataset)["car4_01"] == 4
+
+
+def test_a_rank_that_dies_is_named_by_rank_0_and_the_run_exits_1(tmp_path):
+    """SIGKILL on rank 1 mid-row: torchrun then sends SIGTERM to rank 0, which must not pass for the user's Ctrl-C."""
+    for i in range(6):
+        write_pair(str(tmp_path), f"car{i}_01", seed=i)
+    argv = FAST + ["--image_path", str(tmp_path / "images"), "--mask_path", str(tmp_path / "masks"),
+                   "--cache_dir", str(tmp_path / "cache")]
+    start = time.monotonic()
+    code, out, err = torchrun(argv, fault="die", timeout=90)
+    assert code == 1, (code, err)
+    mine = ours(err)
+    assert mine.count("error: rank 0 (cpu on") == 1 and "rank 1 (cpu on" in mine, err
+    assert "interrupted" not in mine.lower() and no_traceback_of_ours(err), err
+    assert time.monotonic() - start < 60
