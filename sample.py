@@ -150,13 +150,12 @@ def add_engine_options(group) -> None:
     group.add_argument("--openvino_device", default="CPU", help="openvino: CPU, or GPU for an Intel GPU")
     group.add_argument("--soc_version", default="Ascend310P3", help="torch_aie: the Ascend SoC to compile for")
     # GPU speed levers of the torch, torchscript and inductor rows; auto follows the H200 measurements (docs/engines.md).
-    settings = SETTINGS
-    group.add_argument("--channels_last", choices=settings, default="auto",
+    group.add_argument("--channels_last", choices=SETTINGS, default="auto",
                        help="torch / torchscript: weights and input in channels_last (auto: on for eager torch at "
                             "CUDA fp16 / bf16, where it was measured)")
-    group.add_argument("--cudnn_benchmark", choices=settings, default="auto",
+    group.add_argument("--cudnn_benchmark", choices=SETTINGS, default="auto",
                        help="torch / torchscript / inductor on CUDA: let cuDNN time its algorithms (auto: on for CUDA)")
-    group.add_argument("--cuda_graphs", choices=settings, default="auto",
+    group.add_argument("--cuda_graphs", choices=SETTINGS, default="auto",
                        help="torch / torchscript / inductor on CUDA: replay one captured CUDA graph per call (auto: on "
                             "for CUDA fp16 / bf16 at batch 1)")
 
@@ -174,8 +173,7 @@ def engine_options(args, dataset, shape: tuple, plan: list[tuple[str, str]]) -> 
         except SampleError as exc:
             raise SampleError(f"--calib_path: {exc}") from None
         scored = {s.id for s in dataset.samples + dataset.unpaired}
-        calibration = load_calibration(samples, args.image_size, shape[0], args.workers, source, scored,
-                                       "exact" if args.decode == "exact" else "fast")
+        calibration = load_calibration(samples, args.image_size, shape[0], args.workers, source, scored, args.decode)
         for image_id, error in calibration.skipped:
             print(f"warning: calibration image {image_id} skipped: {error}", file=sys.stderr)
     return EngineOptions(threads=args.threads, cache=None if args.no_cache else ArtifactCache(args.cache_dir),

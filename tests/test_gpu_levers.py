@@ -238,15 +238,22 @@ def test_aoti_graph_needs_a_single_threaded_loader(monkeypatch):
         inductor.load(torch.nn.Conv2d(3, 2, 1), SHAPE, CUDA, "fp16", EngineOptions(cuda_graphs="on"))
 
 
-@pytest.mark.slow
-def test_aoti_package_is_cached_loaded_and_rebuilt_when_tampered(unet, tmp_path, capsys):
+def built_twice(unet, device: torch.device, precision: str, folder: str):
+    """The inductor row built twice into one cache (the second should load the first's package): the options and
+    both engines; skipped where torch has no AOTInductor."""
     if not inductor.aoti_available():
         pytest.skip(f"torch {torch.__version__} has no AOTInductor: inductor uses torch.compile")
-    model, x, expected, _ = unet
-    options = EngineOptions(cache=ArtifactCache(str(tmp_path)))
-    first = engines.load("inductor", model, SHAPE, CPU, "fp32", options)
-    second = engines.load("inductor", model, SHAPE, CPU, "fp32", options)
+    options = EngineOptions(cache=ArtifactCache(folder))
+    first = engines.load("inductor", unet[0], SHAPE, device, precision, options)
+    second = engines.load("inductor", unet[0], SHAPE, device, precision, options)
     assert (first.artifact, second.artifact) == ("compiled", "loaded")
+    return options, first, second
+
+
+@pytest.mark.slow
+def test_aoti_package_is_cached_loaded_and_rebuilt_when_tampered(unet, tmp_path, capsys):
+    model, x, expected, _ = unet
+    options, first, second = built_twice(unet, CPU, "fp32", str(tmp_path))
     assert first.artifact_path == second.artifact_path and "AOTInductor package" in second.timed
     assert cosine_per_sample(run_once(second, x), expected).min().item() >= BARS["fp32"]
     package = os.path.join(second.artifact_path, inductor.PACKAGE_FILE)
@@ -315,11 +322,7 @@ def test_cuda_graph_outputs_outlive_the_next_replay(unet):
 @pytest.mark.cuda
 @pytest.mark.slow
 def test_inductor_max_autotune_package_loads_on_the_second_run(unet, tmp_path):
-    if not inductor.aoti_available():
-        pytest.skip(f"torch {torch.__version__} has no AOTInductor")
-    model, x, expected, _ = unet
-    options = EngineOptions(cache=ArtifactCache(str(tmp_path)))
-    first = engines.load("inductor", model, SHAPE, CUDA, "fp16", options)
-    second = engines.load("inductor", model, SHAPE, CUDA, "fp16", options)
-    assert (first.artifact, second.artifact) == ("compiled", "loaded") and "max-autotune" in second.timed
+    _, x, expected, _ = unet
+    _, _, second = built_twice(unet, CUDA, "fp16", str(tmp_path))
+    assert "max-autotune" in second.timed
     assert cosine_per_sample(run_once(second, x), expected).min().item() >= BARS["fp16"]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from utils.device import synchronizer
+from utils.device import synchronizer, usable_cpus
 from utils.errors import SampleError, first_line
 from utils.files import file_kind, open_regular
 
@@ -198,10 +198,16 @@ def resize_bicubic(rgb: Image.Image, size: tuple[int, int]) -> np.ndarray:
     return y[0].permute(1, 2, 0).numpy()
 
 
-def _resized(img: Image.Image, size: tuple[int, int], decode: str) -> np.ndarray:
-    """`img` (decoded here if it is not yet) as RGB at `size`: torch's bicubic for `fast`, else Pillow's."""
-    rgb = img if img.mode == "RGB" else img.convert("RGB")  # grayscale, palette, RGBA: RGB, as Pytorch-UNet's
-    if decode == "fast":
+def _rgb(img: Image.Image) -> Image.Image:
+    """`img` decoded, as RGB: grayscale, palette and RGBA images are converted, as Pytorch-UNet's input expects."""
+    img.load()
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def _resized(rgb: Image.Image, size: tuple[int, int], decode: str) -> np.ndarray:
+    """An RGB image at `size`: Pillow's bicubic for `exact`, torch's for every other path (`fast`, and the CPU side
+    of `nvjpeg`: the files it leaves to the CPU)."""
+    if decode != "exact":
         return resize_bicubic(rgb, size)
     return np.asarray(rgb if rgb.size == size else rgb.resize(size, resample=Image.BICUBIC))
 
@@ -210,18 +216,17 @@ def load_image(path: str, size: tuple[int, int], decode: str = "exact",
                clock: list[float] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode to RGB and resize to size=(W, H) with bicubic; return the HWC uint8 array and the (W, H) before resizing.
 
-    `exact` is Pytorch-UNet's path: the full-size decode, then Pillow's bicubic. `fast` decodes the same way and
-    resizes with torch's antialiased bicubic (`resize_bicubic`: Pillow's filter, several times faster). Decoding at a
-    reduced DCT scale (Pillow's `draft`) was measured and left out: it moved dice by 5e-4 to 8e-4 (docs/data.md).
-    `clock`, when given, gets [decode seconds, resize seconds] added.
+    `exact` is Pytorch-UNet's path: the full-size decode, then Pillow's bicubic. `fast` (and `nvjpeg`'s CPU side)
+    decodes the same way and resizes with torch's antialiased bicubic (`resize_bicubic`: Pillow's filter, several
+    times faster). Decoding at a reduced DCT scale (Pillow's `draft`) was measured and left out: it moved dice by
+    5e-4 to 8e-4 (docs/data.md). `clock`, when given, gets [decode seconds, resize seconds] added.
     """
     try:
         start = time.perf_counter()
         with open_regular(path, "image") as f, Image.open(f) as img:
             _check_pixels(img, "image", path)
             original = img.size
-            img.load()
-            rgb = img if img.mode == "RGB" else img.convert("RGB")  # grayscale, palette, RGBA: RGB, as Pytorch-UNet's
+            rgb = _rgb(img)
         decoded = time.perf_counter()
         array = _resized(rgb, size, decode)
         if clock is not None:
@@ -292,7 +297,7 @@ def _load_sample(sample: Sample, size: tuple[int, int], decode: str, device_jpeg
         if jpeg is not None:
             image, original = jpeg[0], jpeg[1]
         else:  # not a JPEG, or no device decoder: decoded here
-            image, original = load_image(sample.image, size, "exact" if decode == "exact" else "fast", clock)
+            image, original = load_image(sample.image, size, decode, clock)
         mask = load_mask(sample.mask, size, original, clock) if sample.mask else None
         return sample, image, mask, original, None, clock
     except SampleError as exc:
@@ -337,10 +342,9 @@ class DeviceJpeg:
     (see `make`); tests pass another one.
     """
 
-    def __init__(self, device: torch.device, size: tuple[int, int], decoder: Callable, cpu_resize: str = "fast"):
-        self.device, self.size, self.decoder, self.cpu_resize = device, size, decoder, cpu_resize
+    def __init__(self, device: torch.device, size: tuple[int, int], decoder: Callable):
+        self.device, self.size, self.decoder = device, size, decoder
         self.fallbacks: list[str] = []  # why batches went to the CPU
-        self.seconds = 0.0
 
     @staticmethod
     def make(device: torch.device, size: tuple[int, int]) -> tuple[DeviceJpeg | None, str]:
@@ -368,7 +372,6 @@ class DeviceJpeg:
 
         The batch goes to the device decoder at once; should that fail, each file is tried alone, and one the device
         cannot decode is decoded on the CPU (the reason is kept in `fallbacks`), which names a corrupt file."""
-        start = time.perf_counter()
         sync = synchronizer(self.device)
         sync()  # work queued on the stream must not see the decoder's allocations early (pytorch/vision#9606)
         try:
@@ -381,8 +384,7 @@ class DeviceJpeg:
                 except Exception as exc:  # noqa: BLE001
                     self.fallbacks.append(f"{path}: {type(exc).__name__}: {first_line(exc)}")
                     out.append(self._cpu(data, path))
-        sync()
-        self.seconds += time.perf_counter() - start
+        sync()  # the caller's clock then holds the device's time
         return out
 
     def _cpu(self, data: bytes, path: str) -> torch.Tensor | str:
@@ -390,7 +392,7 @@ class DeviceJpeg:
         cannot decode it either. A failing upload (a broken device) is raised: it is not the file's fault."""
         try:
             with Image.open(io.BytesIO(data)) as img:
-                array = _resized(img, self.size, self.cpu_resize)
+                array = _resized(_rgb(img), self.size, "fast")
         except Exception as exc:  # noqa: BLE001  one file's failure, named
             return str(_decode_error("image", path, exc))
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
@@ -432,11 +434,7 @@ def _device_pass(ready: list, decoder: DeviceJpeg, clock: list[float]) -> tuple[
 def default_workers() -> int:
     """Decode threads by default: one per usable CPU (the decoders and the resize release the GIL), at least 2,
     at most 16."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 2
-    return max(2, min(16, cpus))
+    return max(2, min(16, usable_cpus()))
 
 
 def _meet(barrier: threading.Barrier) -> None:
