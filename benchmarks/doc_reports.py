@@ -12,6 +12,7 @@ import datetime
 import os
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -85,6 +86,8 @@ def attempt(name: str, args: list[str], limit: float) -> tuple[int, float, str]:
 
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
+    # `timeout` and schedulers stop with SIGTERM: as an exit, so each run's engine cache in the temp dir is removed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     names = args.names or list(RUNS)
     unknown = [n for n in names if n not in RUNS]
     if unknown:
