@@ -21,7 +21,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from utils.data import DECODES, TORCH_RESIZE, default_workers, find_pairs, iter_batches, parse_size  # noqa: E402
+from dataset.batches import Loader, default_workers, iter_batches  # noqa: E402
+from dataset.decode import DECODES, TORCH_RESIZE, parse_size  # noqa: E402
+from dataset.pairs import find_pairs  # noqa: E402
 from utils.device import describe_host, usable_cpus  # noqa: E402
 
 
@@ -42,7 +44,7 @@ def one_pass(samples, size, batch_size, workers, has_masks, decode) -> tuple[flo
     start = time.perf_counter()
     decode_s = resize_s = 0.0
     images = 0
-    for batch in iter_batches(samples, size, batch_size, workers, has_masks, decode):
+    for batch in iter_batches(samples, Loader(size, batch_size, workers, decode), has_masks):
         if batch.n:
             batch.images  # noqa: B018  the float conversion every CPU engine's input needs
         decode_s += batch.decode_s

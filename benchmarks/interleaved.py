@@ -18,11 +18,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import engines  # noqa: E402
 import models  # noqa: E402
+from dataset.batches import Loader, to_tensor  # noqa: E402
+from dataset.calibration import load_calibration  # noqa: E402
+from dataset.decode import load_image, parse_size  # noqa: E402
+from dataset.pairs import find_pairs  # noqa: E402
 from engines.base import EngineOptions  # noqa: E402
-from utils.cache import ArtifactCache  # noqa: E402
-from utils.calibration import load_calibration  # noqa: E402
-from utils.data import find_pairs, load_image, parse_size, to_tensor  # noqa: E402
-from utils.metrics import cosine_per_sample  # noqa: E402
+from engines.cache import ArtifactCache  # noqa: E402
+from report.metrics import cosine_per_sample  # noqa: E402
 from utils.timing import measure  # noqa: E402
 
 
@@ -55,7 +57,7 @@ def main(argv=None) -> int:
     rows = [tuple(r.split(":")) for r in args.rows.split(",")]
     calibration = None
     if any(p == "int8" for _, p in rows):  # the timed batch is one image: calibration overlaps it, speed is the point
-        calibration = load_calibration(dataset.samples[:args.calib], size, 1)
+        calibration = load_calibration(dataset.samples[:args.calib], Loader(size))
     options = EngineOptions(cache=ArtifactCache(args.cache_dir), calibration=calibration)
     loaded = []
     for name, precision in rows:

@@ -6,8 +6,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from utils.cache import ArtifactCache
-from utils.calibration import Calibration
+from dataset.calibration import Calibration
+from engines.cache import ArtifactCache
 from utils.errors import SampleError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

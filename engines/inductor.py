@@ -20,8 +20,8 @@ from contextlib import contextmanager
 import torch
 
 from engines.base import DTYPES, Engine, EngineOptions, torch_io
+from engines.cache import ArtifactCache, artifact
 from engines.levers import Levers, apply_levers, levers_for
-from utils.cache import ArtifactCache, artifact
 from utils.device import describe_host, synchronizer
 from utils.errors import SampleError
 

@@ -12,10 +12,10 @@ import sys
 import numpy as np
 import torch
 
+from dataset.calibration import Calibration
 from engines.base import Engine, EngineOptions, Unsupported
+from engines.cache import artifact
 from engines.onnx_export import OPSET, export_onnx, host_array
-from utils.cache import artifact
-from utils.calibration import Calibration
 from utils.errors import SampleError
 
 DEVICES = ("cpu",)

@@ -11,7 +11,7 @@ import os
 import torch
 
 from engines.base import Engine, EngineOptions
-from utils.cache import artifact
+from engines.cache import artifact
 
 DEVICES = ("npu",)
 PRECISIONS = ("fp32", "fp16")

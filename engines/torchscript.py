@@ -11,8 +11,8 @@ import warnings
 import torch
 
 from engines.base import DTYPES, RESIDENT, Engine, EngineOptions, torch_io
+from engines.cache import artifact
 from engines.levers import apply_levers, levers_for
-from utils.cache import artifact
 from utils.device import synchronizer
 
 DEVICES = ("cpu", "cuda", "npu")

@@ -15,25 +15,30 @@ Outside torchrun (no WORLD_SIZE, or 1) `World()` is inactive and every method le
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import datetime
 import hashlib
 import os
 import signal
 import socket
 import sys
-import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
+from dataset.pairs import Dataset
+from dataset.shards import in_order, sample_order, shard
 from engines.base import EngineOptions
-from pipeline import gather, rows
-from pipeline.syncs import Lost, Stopped, Syncs, as_ctrl_c
+from pipeline.config import RunConfig
+from pipeline.gather import Gather
+from pipeline.rows import PlannedRow
+from pipeline.syncs import Lost, Stopped, Syncs
 from report.outputs import Outputs
-from utils.data import Dataset
+from report.results import Report
 from utils.device import accelerator, usable_cpus
 from utils.errors import SampleError, first_line
-from utils.shards import in_order, sample_order, shard
+from utils.signals import Interrupts
 
 VISIBLE = {"cuda": "CUDA_VISIBLE_DEVICES", "npu": "ASCEND_RT_VISIBLE_DEVICES"}
 BACKENDS = {"cuda": "nccl", "npu": "hccl"}  # the device's own; the ranks' messages always go over gloo
@@ -65,7 +70,7 @@ def rank_device(text: str | None, local_rank: int) -> tuple[str, str | None]:
 
 
 @dataclass
-class World(Syncs):
+class World(Syncs, Gather):
     """This process's place in a torchrun job; inactive (size 1) for a plain `python sample.py`."""
 
     rank: int = 0
@@ -84,7 +89,7 @@ class World(Syncs):
     stopped: bool = False  # a sync stopped the run (Stopped): no more syncs
     lost: bool = False  # a sync failed (Lost): no more syncs
     interrupted: bool = False  # Ctrl-C came during a sync: the run stops at the next one
-    interrupts: object = None  # utils.errors.Interrupts of the run (Ctrl-C counts)
+    interrupts: Optional[Interrupts] = None  # the run's signals (Ctrl-C counts)
     order: dict = field(default_factory=dict)  # sample id -> index in the one-process order
     images: list = field(default_factory=list)  # this rank's share (sample ids)
     data: tuple = (0, "")  # the whole data set this rank listed: (images, digest of their ids)
@@ -96,10 +101,8 @@ class World(Syncs):
         return self.size > 1
 
     @classmethod
-    def from_env(cls, args) -> World:
-        """The world of this process: inactive, `args` untouched, unless torchrun set WORLD_SIZE > 1. Then `args` is
-        this rank's: its device, its share of the CPU threads (unless --threads), progress bars on rank 0 only, and
-        the command as launched."""
+    def from_env(cls, timeout_s: float = 1800.0) -> World:
+        """The world of this process: inactive unless torchrun set WORLD_SIZE > 1."""
         try:
             size = int(os.environ.get("WORLD_SIZE") or 1)
         except ValueError:
@@ -107,18 +110,24 @@ class World(Syncs):
         if size <= 1:
             return cls()
         env = os.environ
-        world = cls(rank=int(env.get("RANK", 0)), size=size, local_rank=int(env.get("LOCAL_RANK", 0)),
-                    local_size=int(env.get("LOCAL_WORLD_SIZE") or size), nodes=int(env.get("GROUP_WORLD_SIZE") or 1),
-                    host=socket.gethostname(), timeout_s=float(args.dist_timeout))
-        args.device, world.problem = rank_device(args.device, world.local_rank)
-        if args.threads is None:  # the ranks of a host share its cores (torchrun's own default is 1 thread each)
-            args.threads = max(1, usable_cpus() // world.local_size)
-        world.device, world.threads = args.device, args.threads
-        args.quiet = args.quiet or world.rank > 0
-        nodes = f"--nnodes={world.nodes} " if world.nodes > 1 else ""
-        args.command = args.command.replace("python sample.py", f"torchrun {nodes}--nproc_per_node={world.local_size} "
-                                            "sample.py", 1)
-        return world
+        return cls(rank=int(env.get("RANK", 0)), size=size, local_rank=int(env.get("LOCAL_RANK", 0)),
+                   local_size=int(env.get("LOCAL_WORLD_SIZE") or size), nodes=int(env.get("GROUP_WORLD_SIZE") or 1),
+                   host=socket.gethostname(), timeout_s=float(timeout_s))
+
+    def rank_config(self, config: RunConfig) -> RunConfig:
+        """This rank's copy of the run's config: its device, its share of the CPU threads (unless --threads), progress
+        bars on rank 0 only, and the command as launched. One process: `config` itself."""
+        if not self.active:
+            return config
+        device, self.problem = rank_device(config.device, self.local_rank)
+        # the ranks of a host share its cores (torchrun's own default is 1 thread each)
+        threads = config.threads or max(1, usable_cpus() // self.local_size)
+        self.device, self.threads = device, threads
+        nodes = f"--nnodes={self.nodes} " if self.nodes > 1 else ""
+        command = config.command.replace("python sample.py", f"torchrun {nodes}--nproc_per_node={self.local_size} "
+                                         "sample.py", 1)
+        return dataclasses.replace(config, device=device, threads=threads, quiet=config.quiet or self.rank > 0,
+                                   command=command)
 
     def describe(self, rank: int | None = None) -> str:
         """'rank 1 (cuda:1 on host-b)'."""
@@ -127,7 +136,7 @@ class World(Syncs):
                                                                if rank == self.rank else {})
         return f"rank {rank} ({info.get('device', '?')} on {info.get('host', '?')})" if info else f"rank {rank}"
 
-    def start(self, interrupts=None) -> None:
+    def start(self, interrupts: Interrupts | None = None) -> None:
         """Join the job: the device's backend for the default group (nccl, hccl, else gloo), a gloo group for the
         syncs, the collective timeout; SIGTERM (torchrun passes on the one it gets) then acts as Ctrl-C."""
         self.interrupts = interrupts
@@ -156,8 +165,8 @@ class World(Syncs):
             raise SampleError(f"{self.describe()}: cannot join the torchrun job with {backend}: "
                               f"{first_line(exc)}") from None
         self.backend, self.started = backend, True
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, as_ctrl_c)
+        if self.interrupts is not None:
+            self.interrupts.catch(signal.SIGTERM)
         if self.problem:
             raise SampleError(self.problem)
 
@@ -174,19 +183,18 @@ class World(Syncs):
         self.images = [s.id for s in mine.samples + mine.unpaired]
         return mine
 
-    def share_setup(self, plan: list, row_options: dict, options: EngineOptions) -> tuple[list, dict, EngineOptions]:
-        """The setup sync: rank 0's plan (`--engine auto` is resolved there), its thread counts per row and its int8
-        calibration reach every rank; each rank's device, host and share reach rank 0. A rank whose setup failed
-        stops every rank here."""
+    def share_setup(self, plan: list[PlannedRow], options: EngineOptions) -> tuple[list[PlannedRow], EngineOptions]:
+        """The setup sync: rank 0's plan (`--engine auto` is resolved there) and its int8 calibration reach every
+        rank, each with its own thread count; each rank's device, host and share reach rank 0. A rank whose setup
+        failed stops every rank here."""
         if not self.active:
-            return plan, row_options, options
+            return plan, options
         mine = {"rank": self.rank, "local_rank": self.local_rank, "host": self.host, "device": self.device,
                 "threads": self.threads, "images": len(self.images),
                 "first": self.images[0] if self.images else None, "last": self.images[-1] if self.images else None}
         lead = None
         if self.rank == 0:
-            lead = {"plan": plan, "threads": {row: o.threads for row, o in row_options.items()},
-                    "calibration": options.calibration is not None}
+            lead = {"plan": [(row.engine, row.precision) for row in plan], "calibration": options.calibration is not None}
         states = self.sync("setup", (mine, lead, self.data))
         self.ranks = [s[0] for s in states]
         lead = states[0][1]
@@ -200,14 +208,14 @@ class World(Syncs):
         if lead["calibration"]:
             calibration = self.broadcast("setup (calibration)", options.calibration if self.rank == 0 else None)
             if self.rank:
-                options = replace(options, calibration=calibration)
-            row_options = {tuple(row): replace(options, threads=t) for row, t in lead["threads"].items()}
-            plan = [tuple(row) for row in lead["plan"]]
+                options = dataclasses.replace(options, calibration=calibration)
+        if self.rank:  # rank 0's engines (auto chose them there), with this rank's threads
+            plan = [PlannedRow(engine, precision, self.threads) for engine, precision in lead["plan"]]
         if options.cache is not None:
             options.cache.wait_s = self.timeout_s  # a rank waits for its host's build as long as for a sync
-        return plan, row_options, options
+        return plan, options
 
-    def gather_outputs(self, report: dict, outputs: Outputs | None) -> bool:
+    def gather_outputs(self, report: Report, outputs: Outputs | None) -> bool:
         """Before the files are written: rank 0 takes every rank's submission rows (in one-process order), file counts
         and write errors, and notes the world in the report. True on the rank that writes the files and the report."""
         if not self.active:
@@ -230,15 +238,10 @@ class World(Syncs):
                 outputs.errors.extend(part["errors"])
                 outputs.rle_rows.extend(part["rle_rows"])
             outputs.rle_rows = in_order(outputs.rle_rows, lambda r: by_name[r[0]], self.order)
-        report["config"]["distributed"] = {"launcher": "torchrun", "world_size": self.size, "nodes": self.nodes,
-                                           "backend": self.backend, "syncs": "gloo", "timeout_s": self.timeout_s,
-                                           "ranks": self.ranks}
+        report.info.distributed = {"launcher": "torchrun", "world_size": self.size, "nodes": self.nodes,
+                                   "backend": self.backend, "syncs": "gloo", "timeout_s": self.timeout_s,
+                                   "ranks": self.ranks}
         return True
-
-    def run_rows(self, plan: list[tuple[str, str]], job: rows.Job, options: EngineOptions, outputs: Outputs | None = None,
-                 loaded: dict | None = None, row_options: dict | None = None) -> rows.RowsResult:
-        """Every row on every rank, merged on rank 0 (pipeline/gather.py)."""
-        return gather.run_rows(self, plan, job, options, outputs, loaded, row_options)
 
     def fail(self, exc: BaseException | None) -> int:
         """The exit status after `exc` ended the run (None: Ctrl-C before any row finished). One process prints its
@@ -248,7 +251,7 @@ class World(Syncs):
         if exc is None:
             message, status = INTERRUPTED, 130
         elif isinstance(exc, SampleError):
-            message, status = str(exc), getattr(exc, "status", 1)
+            message, status = str(exc), exc.status if isinstance(exc, Stopped) else 1
         else:
             message, status = f"{type(exc).__name__}: {first_line(exc)}", 1
         if not self.active:
@@ -264,7 +267,7 @@ class World(Syncs):
             # Rank 0 always says a lost rank, naming who is missing: torchrun's SIGTERM (after a peer died) arrives as
             # a Ctrl-C here, so being signalled does not mean the user stopped the run (their Ctrl-C reaches every
             # rank alike, and the syncs then succeed). Another rank stopped by torchrun stays quiet: one line.
-            signalled = self.interrupted or getattr(self.interrupts, "count", 0)
+            signalled = self.interrupted or (self.interrupts is not None and self.interrupts.count)
             if self.rank == 0 or not (isinstance(exc, Lost) and signalled):
                 print(f"error: {message if isinstance(exc, Lost) else f'{self.describe()}: {message}'}", file=sys.stderr)
             return 1 if isinstance(exc, Lost) else status

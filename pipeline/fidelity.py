@@ -1,25 +1,27 @@
 """The fidelity gate: a row's worst per-image cosine vs eager fp32 must reach its precision's bar."""
 from __future__ import annotations
 
+from report.results import Gate, Row
+
 # fp32 engines reorder float sums (fused BatchNorm, other kernels) and land near 1 - 1e-7; 1e-5 of slack is a bug
 # detector, not a tolerance for approximation. Half precision loses ~3 decimal digits. int8 is our own bar (the
 # issue sets none): measured int8 rows sit at 0.998+ here, and a broken quantisation falls far below 0.99.
 BARS = {"fp32": 0.99999, "fp16": 0.999, "bf16": 0.999, "int8": 0.99}
 
 
-def gate(precision: str, cosine_min: float | None, dice: float | None, reference_dice: float | None) -> dict:
-    """A row's fidelity part: cosine_bar, fidelity ('ok' / 'LOW' / 'unchecked') and dice_delta (model-resolution
-    dice minus the eager fp32 reference's on the same images; None without masks or a reference)."""
+def gate(precision: str, cosine_min: float | None, dice: float | None, reference_dice: float | None) -> Gate:
+    """A row's fidelity: its precision's bar, 'ok' / 'LOW' / 'unchecked', and the dice delta (model-resolution dice
+    minus the eager fp32 reference's on the same images; None without masks or a reference)."""
     bar = BARS.get(precision)
     if cosine_min is None or bar is None:
         fidelity = "unchecked"
     else:
         fidelity = "ok" if cosine_min >= bar else "LOW"
     delta = dice - reference_dice if dice is not None and reference_dice is not None else None
-    return {"cosine_bar": bar, "fidelity": fidelity, "dice_delta": delta}
+    return Gate(bar, fidelity, delta)
 
 
-def failures(rows: list[dict]) -> list[str]:
+def failures(rows: list[Row]) -> list[str]:
     """One line per row below its bar, for stderr and --strict."""
-    return [f"{r['engine']} {r['precision']}: worst cosine {r['cosine_min']:.6f} < bar {r['cosine_bar']}"
-            for r in rows if r.get("fidelity") == "LOW"]
+    return [f"{r.label}: worst cosine {r.agreement.cosine_min:.6f} < bar {r.gate.cosine_bar}"
+            for r in rows if r.gate.fidelity == "LOW"]

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import copy
-import signal
-import threading
 import time
 from collections.abc import Iterable
 from contextlib import contextmanager
@@ -13,11 +11,12 @@ from typing import Protocol
 import torch
 from tqdm import tqdm
 
+from dataset.batches import Batch, to_float
 from engines.base import Engine
-from utils.data import Batch, to_float
+from report.metrics import Accuracy
 from utils.device import synchronizer
-from utils.metrics import Accuracy
-from utils.timing import SPLIT, measure, summarize
+from utils.signals import held
+from utils.timing import Split, Timing, measure, summarize
 
 
 def _reduced_fp32_flags(device: torch.device) -> list[tuple[object, str]]:
@@ -102,7 +101,7 @@ class Reference:
 @dataclass
 class PassResult:
     """What the accuracy pass measured for one engine: scores at the model's resolution, per-image call times and
-    sizes (aligned with `accuracy.ids`), the end-to-end time, and one batch for the timing pass."""
+    sizes (aligned with `accuracy.ids`), the end-to-end time and where it went, and one batch for the timing pass."""
 
     accuracy: Accuracy
     e2e_s: float = 0.0
@@ -112,7 +111,8 @@ class PassResult:
     batch_ms: list[float] = field(default_factory=list)
     sizes: list[tuple[int, int]] = field(default_factory=list)
     interrupted: bool = False  # Ctrl-C stopped the row; what it holds covers the images finished before
-    split: dict = field(default_factory=lambda: dict.fromkeys(SPLIT, 0.0))  # seconds per part (accuracy_pass)
+    split: Split = field(default_factory=Split)
+    started: float = 0.0  # wall clock (time.time) at the start: a torchrun merge spans the ranks' passes with it
 
     @property
     def images(self) -> int:
@@ -134,27 +134,6 @@ class BatchHook(Protocol):
         """Called once after the last batch, inside the end-to-end time: finish any background work."""
 
 
-@contextmanager
-def deferred_interrupt():
-    """Hold Ctrl-C until the block ends (in the main thread; elsewhere signals never arrive anyway), then deliver it."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught:
-        # Hand the held Ctrl-C to the handler it was held from (the run's own counts it and raises only the first),
-        # so a second one after the block cannot raise again while the partial report is written.
-        if callable(previous):
-            previous(signal.SIGINT, None)
-        elif previous != signal.SIG_IGN:
-            raise KeyboardInterrupt
-
-
 def accuracy_pass(engine: Engine, batches: Iterable[Batch], total: int, reference: Reference | None,
                   show_progress: bool = True, on_batch: BatchHook | None = None) -> PassResult:
     """Stream batches through the engine; score each real row; time it all except the reference's own compute.
@@ -166,10 +145,9 @@ def accuracy_pass(engine: Engine, batches: Iterable[Batch], total: int, referenc
     threads' seconds, spent in parallel. Scores are computed where the logits are (`metrics_device`): on a GPU only
     per-image scalars come back, and the logits only when `on_batch` wants them.
     """
-    result = PassResult(Accuracy())
+    result = PassResult(Accuracy(), started=time.time())
     split = result.split
     own_reference = reference is not None and engine.is_reference
-    upload = engine.device_input and engine.device.type != "cpu"
     # The bar's clock runs through the reference's compute too; e2e fps leaves it out: say so where people look.
     note = " (+ reference, not in e2e)" if reference is not None and not own_reference else ""
     bar = tqdm(total=total, desc=f"accuracy {engine.name} {engine.precision}{note}", unit="img",
@@ -178,63 +156,21 @@ def accuracy_pass(engine: Engine, batches: Iterable[Batch], total: int, referenc
     iterator = iter(batches)
     try:
         while True:
-            mark = time.perf_counter()
-            batch = next(iterator, None)
-            now = time.perf_counter()
+            with split("wait"):
+                batch = next(iterator, None)
             if batch is None:
-                split["wait"] += now - mark
                 break
-            split["wait"] += now - mark - batch.device_decode_s
-            split["nvjpeg"] += batch.device_decode_s
+            split.add("wait", -batch.device_decode_s)
+            for part, seconds in (("nvjpeg", batch.device_decode_s), ("decode", batch.decode_s),
+                                  ("resize", batch.resize_s)):
+                split.add(part, seconds)
             result.failed.extend(batch.failed)
-            split["decode"] += batch.decode_s
-            split["resize"] += batch.resize_s
-            if batch.n == 0:
-                continue
-            mark = now
-            inputs = engine.prepare(batch_input(batch, engine.device) if upload else batch.images)
-            engine.synchronize()
-            if result.timing_batch is None:  # on an accelerator the uploaded batch, else the host one
-                result.timing_batch = inputs if upload else batch.images
-            call_start = time.perf_counter()
-            split["h2d"] += call_start - mark
-            output = engine.run(inputs)
-            engine.synchronize()
-            mark = time.perf_counter()
-            call_s = mark - call_start
-            split["model"] += call_s
-            if result.first_call_s is None:
-                result.first_call_s = call_s
-            logits = _logits(engine, output)[: batch.n]
-            where = logits.device
-            host_logits = logits.cpu() if on_batch is not None else None
-            now = time.perf_counter()
-            split["d2h"] += now - mark
-            if own_reference:
-                reference.offer(batch.ids, logits)
-                ref = logits
-            else:
-                ref = reference(batch.ids, batch).to(where) if reference else None
-            mark = time.perf_counter()
-            if reference is not None:  # the whole step (compute, keeping, the copy to `where`): not in e2e
-                split["reference"] += mark - now
-            masks = batch.masks[: batch.n].to(where, non_blocking=True) if batch.masks is not None else None
-            # A batch is recorded whole or not at all: its per-image lists (and so the image count) and its hand-over to the
-            # writer (which waits at most for MAX_PENDING batches) all happen, or none does.
-            with deferred_interrupt():
-                result.accuracy.add(batch.ids, logits, masks, ref)
-                result.batch_ms.extend([call_s * 1000.0] * batch.n)
-                result.sizes.extend(batch.original_sizes)
-                now = time.perf_counter()
-                split["metrics"] += now - mark
-                if on_batch is not None:
-                    on_batch.add(batch, host_logits)
-                    split["outputs"] += time.perf_counter() - now
-            bar.update(batch.n)
+            if batch.n:
+                _score_batch(engine, batch, result, reference, on_batch)
+                bar.update(batch.n)
         if on_batch is not None:
-            mark = time.perf_counter()
-            on_batch.flush()
-            split["outputs"] += time.perf_counter() - mark
+            with split("outputs"):
+                on_batch.flush()
     except KeyboardInterrupt:
         result.interrupted = True  # the batches scored so far are a result: the caller reports them as partial
     finally:
@@ -245,6 +181,47 @@ def accuracy_pass(engine: Engine, batches: Iterable[Batch], total: int, referenc
     return result
 
 
+def _score_batch(engine: Engine, batch: Batch, result: PassResult, reference: Reference | None,
+                 on_batch: BatchHook | None) -> None:
+    """One batch of the accuracy pass: upload, engine call, logits, reference, scores and the hook, each part timed."""
+    split = result.split
+    upload = engine.device_input and engine.device.type != "cpu"
+    with split("h2d"):
+        inputs = engine.prepare(batch_input(batch, engine.device) if upload else batch.images)
+        engine.synchronize()
+        if result.timing_batch is None:  # on an accelerator the uploaded batch, else the host one
+            result.timing_batch = inputs if upload else batch.images
+    start = time.perf_counter()
+    output = engine.run(inputs)
+    engine.synchronize()
+    call_s = time.perf_counter() - start
+    split.add("model", call_s)
+    if result.first_call_s is None:
+        result.first_call_s = call_s
+    with split("d2h"):
+        logits = _logits(engine, output)[: batch.n]
+        host_logits = logits.cpu() if on_batch is not None else None
+    ref = None
+    if reference is not None:
+        with split("reference"):  # the whole step (compute, keeping, the copy to where the logits are): not in e2e
+            if engine.is_reference:
+                reference.offer(batch.ids, logits)
+                ref = logits
+            else:
+                ref = reference(batch.ids, batch).to(logits.device)
+    # A batch is recorded whole or not at all: its per-image lists (and so the image count) and its hand-over to the
+    # writer (which waits at most for MAX_PENDING batches) all happen, or none does.
+    with held():
+        with split("metrics"):
+            masks = batch.masks[: batch.n].to(logits.device, non_blocking=True) if batch.masks is not None else None
+            result.accuracy.add(batch.ids, logits, masks, ref)
+            result.batch_ms.extend([call_s * 1000.0] * batch.n)
+            result.sizes.extend(batch.original_sizes)
+        if on_batch is not None:
+            with split("outputs"):
+                on_batch.add(batch, host_logits)
+
+
 def _logits(engine: Engine, output) -> torch.Tensor:
     """The engine's output as float32 logits where the scores will be computed (`metrics_device`): a torch output on
     the CPU or a GPU stays there (no copy back), anything else goes through the engine's own `to_torch` (host)."""
@@ -253,7 +230,7 @@ def _logits(engine: Engine, output) -> torch.Tensor:
     return engine.to_torch(output)
 
 
-def timing_pass(engine: Engine, batch: torch.Tensor, loop: int, warmup: int, show_progress: bool = True) -> dict:
+def timing_pass(engine: Engine, batch: torch.Tensor, loop: int, warmup: int, show_progress: bool = True) -> Timing:
     """Warm up, then time `loop` engine calls on one batch already in the engine's native form."""
     native = engine.prepare(batch)
     engine.synchronize()
@@ -261,6 +238,4 @@ def timing_pass(engine: Engine, batch: torch.Tensor, loop: int, warmup: int, sho
               leave=False) as bar:
         call = engine.run_parallel or engine.run
         latencies = measure(call, native, engine.synchronize, loop=loop, warmup=warmup, progress=bar.update)
-    stats = summarize(latencies, batch.shape[0] * engine.parallel)
-    stats["latencies_ms"] = [s * 1000.0 for s in latencies]
-    return stats
+    return summarize(latencies, batch.shape[0] * engine.parallel)

@@ -1,25 +1,52 @@
-"""Side-by-side runs: which (engine, precision) rows to run, running each (compile, accuracy pass, timing pass), and
-building its report row once, from typed parts; one failing row loses no other."""
+"""Side-by-side runs: which (engine, precision) rows to run, running each (compile, accuracy pass, timing pass) into one
+typed result, and the report row built from that result in one place; one failing row loses no other."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional, Protocol
 
 import torch
 
 import engines
+from dataset.batches import Batch
 from engines.base import Engine, EngineOptions, Unsupported
 from pipeline.fidelity import gate
 from pipeline.passes import PassResult, Reference, accuracy_pass, timing_pass
 from report.outputs import Outputs, RowOutputs
-from utils.data import Batch
+from report.results import FailedImage, PerImage, RankPart, Row, Skip
 from utils.device import torch_threads
 from utils.errors import SampleError, first_line
+from utils.timing import Timing
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+
+@dataclass(frozen=True)
+class Built:
+    """An engine compiled before its row ran (auto's probe), with its compile seconds and the probe's first call."""
+
+    engine: Engine
+    compile_s: float
+    first_call_s: Optional[float]
+
+
+@dataclass(frozen=True)
+class PlannedRow:
+    """One row to run: the engine ('auto' until pipeline.auto resolves it), the precision, torch's and the engine's
+    CPU threads (None: each one's default), and the engine auto's probe already built for it."""
+
+    engine: str
+    precision: str
+    threads: Optional[int] = None
+    built: Optional[Built] = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.engine} {self.precision}"
 
 
 def parse_precisions(text: str) -> list[str]:
@@ -32,8 +59,9 @@ def parse_precisions(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def plan_rows(engine_spec: str, precisions: list[str], device: torch.device) -> tuple[list[tuple[str, str]], list[dict]]:
-    """The (engine, precision) rows to run and the skipped ones with their reason.
+def plan_rows(engine_spec: str, precisions: list[str], device: torch.device,
+              threads: int | None = None) -> tuple[list[PlannedRow], list[Skip]]:
+    """The rows to run (each with `threads`) and the skipped ones with their reason.
 
     `engine_spec` is `auto`, `all` (every registered engine whose package and device are present) or a comma list.
     Precisions run where the engine supports them and are skipped elsewhere. An engine asked for by name that cannot
@@ -42,7 +70,7 @@ def plan_rows(engine_spec: str, precisions: list[str], device: torch.device) -> 
     """
     spec = engine_spec.strip().lower()
     if spec == "auto":  # pipeline.auto.resolve picks each row's engine once the model and data are ready
-        return [("auto", p) for p in precisions], []
+        return [PlannedRow("auto", p, threads) for p in precisions], []
     if spec == "all":
         names, explicit = list(engines.ENGINES), False
     else:
@@ -54,157 +82,186 @@ def plan_rows(engine_spec: str, precisions: list[str], device: torch.device) -> 
     for name in names:
         reason = None if explicit else engines.missing(name, device)
         if reason:
-            skipped.append({"engine": name, "precision": ",".join(precisions), "reason": reason})
+            skipped.append(Skip(name, ",".join(precisions), reason))
             continue
         supported = engines.module_of(name).PRECISIONS
         runnable = [p for p in precisions if p in supported]
         for precision in precisions:
             if precision in runnable or (explicit and not runnable):
-                rows.append((name, precision))
+                rows.append(PlannedRow(name, precision, threads))
             else:
-                skipped.append({"engine": name, "precision": precision,
-                                "reason": f"engine {name} does not support {precision} ({', '.join(supported)})"})
+                skipped.append(Skip(name, precision, f"engine {name} does not support {precision} "
+                                                     f"({', '.join(supported)})"))
     return rows, skipped
 
 
 @dataclass
 class Job:
-    """What every row of a run shares: the model, the compiled shape, the device, the data, and how to time it."""
+    """What every row of a run shares: the model, the compiled shape, the device, the data, the engine options, the
+    per-image outputs, and how to time it."""
 
     model: torch.nn.Module
     shape: tuple
     device: torch.device
     batches: Callable[[], Iterable[Batch]]  # a fresh pass over the data per row
     total: int  # images per pass (for the progress bar)
-    reference: Reference | None = None
+    options: EngineOptions = field(default_factory=EngineOptions)
+    outputs: Optional[Outputs] = None
+    reference: Optional[Reference] = None
     loop: int = 10
     warmup: int = 2
     show_progress: bool = True
-    passes: dict | None = None  # set by pipeline/distributed.py: (engine, precision) -> (PassResult, RowOutputs), to merge
+
+
+@dataclass(frozen=True)
+class EngineFacts:
+    """What the report says about the engine a row ran (an Engine itself holds callables and device state)."""
+
+    name: str
+    device: str
+    precision: str
+    artifact: str
+    artifact_path: str
+    timed: str
+    levers: tuple[str, ...]
+
+    @classmethod
+    def of(cls, engine: Engine) -> EngineFacts:
+        return cls(engine.name, str(engine.device), engine.precision, engine.artifact, engine.artifact_path,
+                   engine.timed, tuple(engine.levers))
+
+
+@dataclass
+class RowResult:
+    """Everything one row measured: the engine's facts, its compile seconds, the accuracy pass, the timing pass (None
+    when Ctrl-C came first) and what the per-image outputs did; a torchrun merge adds each rank's part."""
+
+    facts: EngineFacts
+    compile_s: float
+    passed: PassResult
+    timing: Optional[Timing]
+    outputs: Optional[RowOutputs]
+    ranks: Optional[list[RankPart]] = None
 
 
 @dataclass
 class RowsResult:
-    """What `run_rows` made: the finished rows, the rows skipped or failed (with `failed: True`) and why, and
-    whether Ctrl-C stopped the run."""
+    """What `run_rows` made: the finished rows, the rows skipped or failed and why, and whether Ctrl-C stopped the run."""
 
-    rows: list[dict] = field(default_factory=list)
-    skipped: list[dict] = field(default_factory=list)
+    results: list[RowResult] = field(default_factory=list)
+    skipped: list[Skip] = field(default_factory=list)
     interrupted: bool = False
 
     @property
     def status(self) -> int:
         """1 when a row failed, a row lost images, or nothing ran; else 0 (130 for Ctrl-C is the caller's)."""
-        failed = any(s.get("failed") for s in self.skipped) or any(r["failed_images"] for r in self.rows)
-        return 1 if failed or not self.rows else 0
+        failed = any(s.failed for s in self.skipped) or any(r.passed.failed for r in self.results)
+        return 1 if failed or not self.results else 0
 
 
-def run_rows(plan: list[tuple[str, str]], job: Job, options: EngineOptions, outputs: Outputs | None = None,
-             loaded: dict | None = None, row_options: dict | None = None) -> RowsResult:
+class Ranks(Protocol):
+    """The ranks of a torchrun job (pipeline.distributed.World), as `run_rows` meets them after each row."""
+
+    interrupted: bool  # Ctrl-C reached a rank: no further row runs
+
+    def merge(self, row: PlannedRow, part: RowsResult, outputs: Outputs | None) -> RowsResult:
+        """Every rank's part of `row`, merged into the one-process row on rank 0 (empty elsewhere); interrupted when
+        any rank was."""
+
+
+def run_rows(plan: list[PlannedRow], job: Job, ranks: Ranks | None = None) -> RowsResult:
     """Run each planned row; a row the engine refuses here (e.g. bf16 on a CPU without it) is skipped, one that fails
-    is listed as failed, and Ctrl-C stops with the rows finished so far.
-
-    `loaded` maps a row to an engine already compiled for it, its compile seconds and its first call's seconds
-    (`--engine auto`'s probe);
-    `row_options` a row to its own options (a thread count auto chose)."""
-    result = RowsResult()
-    loaded, row_options = dict(loaded or {}), row_options or {}
-    for name, precision in plan:
-        if job.show_progress:
-            print(f"[{name} {precision}] compiling / loading ...", file=sys.stderr)
-        try:
-            row = run_row(name, precision, job, row_options.get((name, precision), options), outputs,
-                          loaded.pop((name, precision), None))
-            result.rows.append(row)
-            if row["interrupted"]:
-                result.interrupted = True
-                break
-        except KeyboardInterrupt:
-            result.interrupted = True
+    is listed as failed, and Ctrl-C stops with the rows finished so far. Under torchrun (`ranks`) every rank runs
+    every row on its shard and the ranks' parts are merged after each one."""
+    done = RowsResult()
+    for row in plan:
+        part = RowsResult(interrupted=True) if ranks is not None and ranks.interrupted else _attempt(row, job)
+        if ranks is not None:
+            part = ranks.merge(row, part, job.outputs)
+        done.results.extend(part.results)
+        done.skipped.extend(part.skipped)
+        if part.interrupted:
+            done.interrupted = True
             break
-        except Unsupported as exc:
-            result.skipped.append({"engine": name, "precision": precision, "reason": str(exc)})
-        except Exception as exc:  # noqa: BLE001  any engine failure becomes a reported row; the others still run
-            reason = str(exc) if isinstance(exc, SampleError) else \
-                f"engine {name} {precision} failed: {type(exc).__name__}: {first_line(exc)}"
-            result.skipped.append({"engine": name, "precision": precision, "reason": reason, "failed": True})
-            if outputs:
-                outputs.discard(name, precision)
-    return result
+    return done
 
 
-def run_row(name: str, precision: str, job: Job, options: EngineOptions, outputs: Outputs | None = None,
-            loaded: tuple[Engine, float, float | None] | None = None) -> dict:
-    """Compile (timed), run the accuracy pass, then the timing pass on one of its batches; return the report row.
-
-    `loaded`: the engine, compile seconds and first-call seconds of a build made earlier for this row (auto's
-    probe, which made that first call: the row's own first call would be a warm one). With
-    `options.threads` set, torch's intra-op threads follow it for the row."""
-    with torch_threads(options.threads):
-        return _run_row(name, precision, job, options, outputs, loaded)
-
-
-def _run_row(name: str, precision: str, job: Job, options: EngineOptions, outputs: Outputs | None,
-             loaded: tuple[Engine, float, float | None] | None) -> dict:
-    first_call_s = None
-    if loaded is not None:
-        engine, compile_s, first_call_s = loaded
-    else:
-        start = time.perf_counter()
-        engine = engines.load(name, job.model, job.shape, job.device, precision, options)
-        compile_s = time.perf_counter() - start
-    hook = outputs.hook(engine.name, precision) if outputs else None
-    result = accuracy_pass(engine, job.batches(), job.total, job.reference, job.show_progress, hook)
-    if first_call_s is not None:
-        result.first_call_s = first_call_s
-    timing = None
-    if not result.interrupted and result.timing_batch is not None:
-        try:
-            timing = timing_pass(engine, result.timing_batch, job.loop, job.warmup, job.show_progress)
-        except KeyboardInterrupt:
-            result.interrupted = True  # the accuracy pass finished: its figures are a result; the timing is lost
-    if result.interrupted and hook:
-        outputs.wait(keep_errors=True)  # the batches already handed over get their files (MAX_PENDING at most)
-    row_outputs = outputs.finish(engine.name, precision) if hook else None
-    if job.passes is not None:  # a torchrun rank: rank 0 merges every rank's pass into the one-process row
-        job.passes[(name, precision)] = (result, row_outputs)
-    return make_row(engine, compile_s, result, timing, row_outputs)
+def _attempt(row: PlannedRow, job: Job) -> RowsResult:
+    """One row, whatever happens: its result, its skip or failure, or an interruption."""
+    part = RowsResult()
+    try:
+        if job.show_progress:
+            print(f"[{row.label}] compiling / loading ...", file=sys.stderr)
+        result = run_row(row, job)
+        part.results.append(result)
+        part.interrupted = result.passed.interrupted
+    except KeyboardInterrupt:
+        part.interrupted = True
+    except Unsupported as exc:
+        part.skipped.append(Skip(row.engine, row.precision, str(exc)))
+    except Exception as exc:  # noqa: BLE001  any engine failure becomes a reported row; the others still run
+        reason = str(exc) if isinstance(exc, SampleError) else \
+            f"engine {row.engine} {row.precision} failed: {type(exc).__name__}: {first_line(exc)}"
+        part.skipped.append(Skip(row.engine, row.precision, reason, failed=True))
+        if job.outputs:
+            job.outputs.discard(row.engine, row.precision)
+    return part
 
 
-def make_row(engine: Engine, compile_s: float, result: PassResult, timing: dict | None,
-             outputs: RowOutputs | None) -> dict:
-    """The report row, built once: what ran, its scores (at the original size when `outputs` scored there, with the
-    model-size ones kept as `model_res_*`), agreement with the reference, fidelity, timing and per-image lists."""
-    model_res = result.accuracy
-    final = outputs.scores if outputs is not None and outputs.scores is not None else model_res
+def run_row(row: PlannedRow, job: Job) -> RowResult:
+    """Compile (timed) unless auto's probe built the engine, run the accuracy pass, then the timing pass on one of its
+    batches. torch's intra-op threads follow the row's `threads` while it runs."""
+    options = job.options if row.threads == job.options.threads else \
+        dataclasses.replace(job.options, threads=row.threads)
+    with torch_threads(row.threads):
+        if row.built is not None:
+            engine, compile_s = row.built.engine, row.built.compile_s
+        else:
+            start = time.perf_counter()
+            engine = engines.load(row.engine, job.model, job.shape, job.device, row.precision, options)
+            compile_s = time.perf_counter() - start
+        outputs = job.outputs
+        hook = outputs.hook(engine.name, row.precision) if outputs else None
+        passed = accuracy_pass(engine, job.batches(), job.total, job.reference, job.show_progress, hook)
+        if row.built is not None and row.built.first_call_s is not None:
+            passed.first_call_s = row.built.first_call_s  # the probe made the first call: the row's would be warm
+        timing = None
+        if not passed.interrupted and passed.timing_batch is not None:
+            try:
+                timing = timing_pass(engine, passed.timing_batch, job.loop, job.warmup, job.show_progress)
+            except KeyboardInterrupt:
+                passed.interrupted = True  # the accuracy pass finished: its figures are a result; the timing is lost
+        if passed.interrupted and hook:
+            outputs.wait(keep_errors=True)  # the batches already handed over get their files (MAX_PENDING at most)
+        row_outputs = outputs.finish(engine.name, row.precision) if hook else None
+    passed.timing_batch = None  # the row keeps its figures, not a device batch
+    return RowResult(EngineFacts.of(engine), compile_s, passed, timing, row_outputs)
+
+
+def to_row(result: RowResult) -> Row:
+    """The report row, built here and nowhere else: what ran, its scores (at the original size when the outputs scored
+    there, with the model-size ones kept as `model_res`), agreement with the reference, fidelity, timing, lists."""
+    passed, facts = result.passed, result.facts
+    model_res = passed.accuracy
+    final = result.outputs.scores if result.outputs is not None and result.outputs.scores is not None else model_res
     scores, model_scores, agreement = final.scores(), model_res.scores(), model_res.agreement()
-    row = {
-        "engine": engine.name, "device": str(engine.device), "precision": engine.precision,
-        "artifact": engine.artifact, "artifact_path": engine.artifact_path,
-        "images": result.images, "interrupted": result.interrupted,
-        "failed_images": [{"id": i, "error": e} for i, e in result.failed],
-        **scores, **agreement,
-    }
     # Aligned by id: at the original size the outputs thread scores the images the pass handed it, in order.
     position = {image_id: k for k, image_id in enumerate(model_res.ids)}
     index = [position[i] for i in final.ids]
-    per_image = {"id": final.ids, "width": [result.sizes[i][0] for i in index],
-                 "height": [result.sizes[i][1] for i in index], "dice": final.dice, "iou": final.iou,
-                 "fg_true": final.fg_true, "fg_pred": final.fg_pred, "cosine": [model_res.cosine[i] for i in index],
-                 "batch_ms": [result.batch_ms[i] for i in index]}
-    if final is not model_res:
-        row.update({f"model_res_{k}": v for k, v in model_scores.items() if k != "images_scored"})
-        per_image["dice_model_res"] = [model_res.dice[i] for i in index]
-    row.update(gate(engine.precision, agreement.get("cosine_min"), model_scores.get("dice"),
-                    agreement.get("reference_dice")))
-    row.update({
-        "compile_s": compile_s,
-        "first_call_ms": None if result.first_call_s is None else result.first_call_s * 1000.0,
-        "e2e_s": result.e2e_s, "e2e_fps": result.e2e_fps, "timed_region": engine.timed, "levers": list(engine.levers),
-        "split_s": {k: round(v, 6) for k, v in result.split.items()},
-        **(timing or {}),
-        "per_image": per_image,
-    })
-    if outputs is not None:
-        row["outputs_s"] = outputs.seconds
-    return row
+    per_image = PerImage(id=final.ids, width=[passed.sizes[i][0] for i in index],
+                         height=[passed.sizes[i][1] for i in index], dice=final.dice, iou=final.iou,
+                         fg_true=final.fg_true, fg_pred=final.fg_pred, cosine=[model_res.cosine[i] for i in index],
+                         batch_ms=[passed.batch_ms[i] for i in index],
+                         dice_model_res=None if final is model_res else [model_res.dice[i] for i in index])
+    return Row(
+        engine=facts.name, device=facts.device, precision=facts.precision, artifact=facts.artifact,
+        artifact_path=facts.artifact_path, images=passed.images, interrupted=passed.interrupted,
+        failed_images=[FailedImage(i, e) for i, e in passed.failed], scores=scores, agreement=agreement,
+        model_res=None if final is model_res else model_scores,
+        gate=gate(facts.precision, agreement.cosine_min, model_scores.dice, agreement.reference_dice),
+        compile_s=result.compile_s,
+        first_call_ms=None if passed.first_call_s is None else passed.first_call_s * 1000.0,
+        e2e_s=passed.e2e_s, e2e_fps=passed.e2e_fps, timed_region=facts.timed, levers=list(facts.levers),
+        split_s={k: round(v, 6) for k, v in passed.split.seconds.items()}, timing=result.timing,
+        per_image=per_image, outputs_s=None if result.outputs is None else result.outputs.seconds,
+        ranks=result.ranks)

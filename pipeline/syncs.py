@@ -5,13 +5,12 @@ out or loses a rank says which rank did not come and where it last was (from tor
 from __future__ import annotations
 
 import os
-import signal
 import sys
-import threading
 from contextlib import contextmanager
 from typing import Callable
 
 from utils.errors import SampleError, first_line
+from utils.signals import held
 
 
 class Stopped(SampleError):
@@ -27,8 +26,8 @@ class Lost(SampleError):
 
 
 class Syncs:
-    """The syncs of pipeline.distributed.World, which holds the state they use: rank, size, group, interrupts, steps,
-    stopped, lost, interrupted, timeout_s, and `describe(rank)`."""
+    """The syncs of pipeline.distributed.World, which holds the state they use: rank, size, group, steps, stopped,
+    lost, interrupted, timeout_s, and `describe(rank)`."""
 
     def sync(self, step: str, state=None, stop: str | None = None, status: int = 1) -> list:
         """Every rank's `state` at `step`; Stopped when a rank sent `stop` (rank 0 prints it first)."""
@@ -71,20 +70,11 @@ class Syncs:
     @contextmanager
     def holding(self):
         """Ctrl-C (or SIGTERM) in the block is noted, not raised: a sync cut in half would leave the ranks out of step.
-        The run then stops at the next row."""
-        if threading.current_thread() is not threading.main_thread():
+        The run then stops after the row."""
+        with held(deliver=False) as section:
             yield
-            return
-        previous = signal.signal(signal.SIGINT, self._note_interrupt)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
-
-    def _note_interrupt(self, signum, frame) -> None:
-        if self.interrupts is not None:
-            self.interrupts.later(signum, frame)  # counted: the process exits 130
-        self.interrupted = True
+        if section.caught:
+            self.interrupted = True
 
     def _stop(self, stops: list) -> None:
         """Every rank learnt at one sync that `stops` (message, status, who, state) stopped: rank 0 prints the first,
@@ -143,12 +133,3 @@ def _store():
     import torch.distributed.distributed_c10d as c10d
 
     return c10d._get_default_store()
-
-
-def as_ctrl_c(signum, frame) -> None:
-    """SIGTERM (torchrun stopping its workers) goes to the current Ctrl-C handler: a partial report, not a kill."""
-    handler = signal.getsignal(signal.SIGINT)
-    if callable(handler):
-        handler(signal.SIGINT, frame)
-    elif handler != signal.SIG_IGN:
-        raise KeyboardInterrupt

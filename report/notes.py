@@ -2,6 +2,8 @@
 int8, and faster precisions this device runs natively (a hint, never a switch)."""
 from __future__ import annotations
 
+from report.results import RunInfo
+
 
 def _candidate(entry: dict) -> str:
     threads = f" x{entry['threads']} threads" if entry.get("threads") else ""
@@ -11,9 +13,9 @@ def _candidate(entry: dict) -> str:
     return f"{entry['engine']}{threads}: {entry.get('note') or 'not timed'}"
 
 
-def auto_lines(config: dict) -> list[str]:
+def auto_lines(info: RunInfo) -> list[str]:
     lines = []
-    for choice in config.get("auto", []):
+    for choice in info.auto or []:
         threads = f" with {choice['threads']} threads" if choice.get("threads") else ""
         how = {"measured": f"measured now in {choice.get('probe_s', 0):.0f} s", "cached": "kept from an earlier run",
                "static": "fixed order, not measured"}.get(choice["source"], choice["source"])
@@ -24,8 +26,8 @@ def auto_lines(config: dict) -> list[str]:
     return lines
 
 
-def calibration_line(config: dict) -> list[str]:
-    cal = config.get("calibration")
+def calibration_line(info: RunInfo) -> list[str]:
+    cal = info.calibration
     if not cal:
         return []
     ids = ", ".join(cal["ids"][:4]) + (f" (+{len(cal['ids']) - 4} more)" if len(cal["ids"]) > 4 else "")
@@ -39,6 +41,6 @@ def calibration_line(config: dict) -> list[str]:
     return [line]
 
 
-def config_notes(config: dict) -> list[str]:
+def config_notes(info: RunInfo) -> list[str]:
     """Lines for the report, after the table's own notes."""
-    return auto_lines(config) + calibration_line(config) + [f"hint: {h}" for h in config.get("hints", [])]
+    return auto_lines(info) + calibration_line(info) + [f"hint: {h}" for h in info.hints]

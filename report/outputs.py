@@ -20,13 +20,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from dataset.batches import Batch
+from dataset.decode import load_mask
+from dataset.pairs import Dataset
 from report.csv_files import write_submission
+from report.metrics import Accuracy, predict
 from report.overlay import draw_overlay, encode_jpeg, encode_mask_png
 from report.rle import encode_rle
-from utils.data import Batch, Dataset, load_mask
 from utils.errors import SampleError
 from utils.files import open_regular, write_atomic
-from utils.metrics import Accuracy, predict
 
 MAX_PENDING = 2
 FOLDER_FILES = ("*_mask.png", "*_overlay.jpg")  # the names written into --output

@@ -1,46 +1,47 @@
-"""The report: a table on stdout, the worst images under it, and the same numbers as JSON (written atomically)."""
+"""The report on stdout: what ran on what, the table, the notes that qualify its numbers, and the worst images."""
 from __future__ import annotations
 
-import json
 import math
+from typing import Callable
 
+from report.csv_files import ImageRecord
 from report.notes import config_notes
 from report.ranks import rank_lines
-from utils.files import write_atomic
+from report.results import Report, Row, RunInfo
 from utils.timing import SPLIT_MAIN
 
-COLUMNS = [  # (header, row key, format)
-    ("engine", "engine", "{}"),
-    ("device", "device", "{}"),
-    ("prec", "precision", "{}"),
-    ("images", "images", "{}"),
-    ("dice", "dice", "{:.4f}"),
-    ("micro dice", "micro_dice", "{:.4f}"),
-    ("IoU", "iou", "{:.4f}"),
-    ("cos min", "cosine_min", "{:.6f}"),
-    ("cos mean", "cosine_mean", "{:.6f}"),
-    ("fidelity", "fidelity", "{}"),
-    ("dice delta", "dice_delta", "{:+.4f}"),
-    ("median ms", "latency_median_ms", "{:.1f}"),
-    ("p90 ms", "latency_p90_ms", "{:.1f}"),
-    ("p99 ms", "latency_p99_ms", "{:.1f}"),
-    ("fps", "fps", "{:.3f}"),
-    ("e2e fps", "e2e_fps", "{:.3f}"),
-    ("compile s", "compile_s", "{:.1f}"),
-    ("artifact", "artifact", "{}"),
+COLUMNS: list[tuple[str, Callable[[Row], object], str]] = [  # (header, figure, format)
+    ("engine", lambda r: r.engine, "{}"),
+    ("device", lambda r: r.device, "{}"),
+    ("prec", lambda r: r.precision, "{}"),
+    ("images", lambda r: r.images, "{}"),
+    ("dice", lambda r: r.scores.dice, "{:.4f}"),
+    ("micro dice", lambda r: r.scores.micro_dice, "{:.4f}"),
+    ("IoU", lambda r: r.scores.iou, "{:.4f}"),
+    ("cos min", lambda r: r.agreement.cosine_min, "{:.6f}"),
+    ("cos mean", lambda r: r.agreement.cosine_mean, "{:.6f}"),
+    ("fidelity", lambda r: r.gate.fidelity, "{}"),
+    ("dice delta", lambda r: r.gate.dice_delta, "{:+.4f}"),
+    ("median ms", lambda r: r.timing and r.timing.latency_median_ms, "{:.1f}"),
+    ("p90 ms", lambda r: r.timing and r.timing.latency_p90_ms, "{:.1f}"),
+    ("p99 ms", lambda r: r.timing and r.timing.latency_p99_ms, "{:.1f}"),
+    ("fps", lambda r: r.timing and r.timing.fps, "{:.3f}"),
+    ("e2e fps", lambda r: r.e2e_fps, "{:.3f}"),
+    ("compile s", lambda r: r.compile_s, "{:.1f}"),
+    ("artifact", lambda r: r.artifact, "{}"),
 ]
 
 
-def _cell(row: dict, key: str, fmt: str) -> str:
-    value = row.get(key)
+def cell(value, fmt: str) -> str:
+    """`value` formatted, or '-' where it was not measured (None, NaN)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return fmt.format(value)
 
 
-def format_table(rows: list[dict]) -> str:
+def format_table(rows: list[Row]) -> str:
     """Rows aligned under COLUMNS; '-' where a figure was not measured (no masks, no reference)."""
-    cells = [[h for h, _, _ in COLUMNS]] + [[_cell(r, k, f) for _, k, f in COLUMNS] for r in rows]
+    cells = [[h for h, _, _ in COLUMNS]] + [[cell(figure(r), f) for _, figure, f in COLUMNS] for r in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
     lines = ["  ".join(c.rjust(w) if i > 2 else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
              for line in cells]
@@ -57,61 +58,71 @@ def describe(host: dict | None) -> str:
     return text + (f"; {host['accelerator']}" if host.get("accelerator") else "")
 
 
-def format_report(report: dict, json_path: str | None = None, worst: str = "") -> str:
-    """The human-readable report: what was run on what, the table, the notes that qualify the numbers, the `worst`
-    images' lines, and where every file went (`json_path`: the JSON report, when it was written)."""
-    c = report["config"]
-    lines = [
-        f"model      {c['model']}: {c.get('variant', c['model'])}, {c['parameters']:,} parameters, "
-        f"{c['n_classes']} classes",
-        f"weights    {c['weights']}",
-        f"data       {c['data']}",
-        f"images     {c['images']} at {c['image_size'][0]}x{c['image_size'][1]}, batch {c['batch_size']}"
-        + (f", {c['unpaired']} without a mask (timed, not scored)" if c.get("unpaired") else ""),
-        f"timing     {c['warm_counter']} warm-up + {c['loop']} timed calls per engine; torch {c['torch']},"
-        f" {c['threads']} CPU threads",
-        f"host       {describe(c.get('host'))}",
-        "",
-        format_table(report["rows"]),
-        "",
+def header_lines(c: RunInfo) -> list[str]:
+    """What was run on what."""
+    unpaired = f", {c.unpaired} without a mask (timed, not scored)" if c.unpaired else ""
+    return [
+        f"model      {c.model}: {c.variant}, {c.parameters:,} parameters, {c.n_classes} classes",
+        f"weights    {c.weights}",
+        f"data       {c.data}",
+        f"images     {c.images} at {c.image_size[0]}x{c.image_size[1]}, batch {c.batch_size}{unpaired}",
+        f"timing     {c.warm_counter} warm-up + {c.loop} timed calls per engine; torch {c.torch}, {c.threads} CPU threads",
+        f"host       {describe(c.host)}",
     ]
-    if c["weights"] == "random":
+
+
+def legend_lines(report: Report) -> list[str]:
+    """What the table's figures mean in this run."""
+    c, lines = report.info, []
+    if c.weights == "random":
         lines.append("note: random weights (no --pth): dice measures nothing; cosine and speed are still valid"
-                     + _random_prediction(report["rows"]))
+                     + _random_prediction(report.rows))
     where = ("at each image's original size (logits resized bilinearly, Kaggle's metric)"
-             if c.get("eval_resolution") == "original" else f"at the model's {c['image_size'][0]}x{c['image_size'][1]}")
+             if c.eval_resolution == "original" else f"at the model's {c.image_size[0]}x{c.image_size[1]}")
     lines.append(f"dice = mean over images of per-image dice (Pytorch-UNet's), scored {where}; micro dice pools all "
                  "pixels; IoU = mean per-image IoU; cos = per-sample cosine vs eager fp32 on "
                  f"{_reference_where(c)}")
     lines.append("fidelity: worst cosine vs the precision's bar (fp32 0.99999, fp16/bf16 0.999, int8 0.99; LOW = below); "
                  "dice delta = dice - eager fp32 dice on the same images (at model size); "
                  "artifact: compiled now or loaded from the cache")
-    for row in report["rows"]:
-        if row.get("interrupted"):
-            lines.append(f"{row['engine']} {row['precision']}: INTERRUPTED after {row['images']} of {c['images']} "
-                         "image(s); its figures cover those" + ("" if row.get("calls") else ", and it has no timing"))
-        lines.append(f"{row['engine']} {row['precision']}: timed region = {row.get('timed_region')}; "
-                     f"first call {_cell(row, 'first_call_ms', '{:.1f}')} ms; compile / export {row['compile_s']:.1f} s "
-                     f"({row.get('artifact')})")
-        if row.get("split_s") and row.get("images"):
-            lines.append(f"{row['engine']} {row['precision']}: {format_split(row['split_s'], row['images'], c)}")
-        if row.get("model_res_dice") is not None:
-            # Five decimals: the two figures usually differ past the table's fourth.
-            lines.append(f"{row['engine']} {row['precision']}: dice {row['dice']:.5f} at original size, "
-                         f"{row['model_res_dice']:.5f} at the model's size (micro {row['micro_dice']:.5f} / "
-                         f"{row['model_res_micro_dice']:.5f})")
-        if row.get("outputs_s") is not None:
-            lines.append(f"{row['engine']} {row['precision']}: per-image outputs took {row['outputs_s']:.1f} s in a "
-                         "background thread, overlapped with the engine and included in e2e fps")
-        if row.get("failed_images"):
-            lines.append(f"{row['engine']} {row['precision']}: {len(row['failed_images'])} image(s) skipped: "
-                         + "; ".join(f["error"] for f in row["failed_images"][:3]))
-    for skip in report.get("skipped", []):
-        lines.append(f"{'FAILED' if skip.get('failed') else 'skipped'} {skip['engine']} {skip['precision']}: "
-                     f"{skip['reason']}")
+    return lines
+
+
+def row_lines(row: Row, c: RunInfo) -> list[str]:
+    """The notes on one row: interrupted, what a timed call holds, where the time went, both dice, outputs, failures."""
+    lines, label = [], row.label
+    if row.interrupted:
+        lines.append(f"{label}: INTERRUPTED after {row.images} of {c.images} image(s); its figures cover those"
+                     + ("" if row.timing else ", and it has no timing"))
+    lines.append(f"{label}: timed region = {row.timed_region}; first call {cell(row.first_call_ms, '{:.1f}')} ms; "
+                 f"compile / export {row.compile_s:.1f} s ({row.artifact})")
+    if row.split_s and row.images:
+        lines.append(f"{label}: {format_split(row.split_s, row.images, c)}")
+    if row.model_res is not None and row.model_res.dice is not None:
+        # Five decimals: the two figures usually differ past the table's fourth.
+        lines.append(f"{label}: dice {row.scores.dice:.5f} at original size, {row.model_res.dice:.5f} at the model's "
+                     f"size (micro {row.scores.micro_dice:.5f} / {row.model_res.micro_dice:.5f})")
+    if row.outputs_s is not None:
+        lines.append(f"{label}: per-image outputs took {row.outputs_s:.1f} s in a background thread, overlapped with "
+                     "the engine and included in e2e fps")
+    if row.failed_images:
+        lines.append(f"{label}: {len(row.failed_images)} image(s) skipped: "
+                     + "; ".join(f.error for f in row.failed_images[:3]))
+    return lines
+
+
+def format_report(report: Report, json_path: str | None = None, worst: str = "") -> str:
+    """The human-readable report: what was run on what, the table, the notes that qualify the numbers, the `worst`
+    images' lines, and where every file went (`json_path`: the JSON report, when it was written)."""
+    c = report.info
+    lines = header_lines(c) + ["", format_table(report.rows), ""] + legend_lines(report)
+    for row in report.rows:
+        lines.extend(row_lines(row, c))
+    for skip in report.skipped:
+        lines.append(f"{'FAILED' if skip.failed else 'skipped'} {skip.engine} {skip.precision}: {skip.reason}")
     lines.extend(rank_lines(report))  # runs across ranks (torchrun) only
     lines.extend(config_notes(c))
-    if report.get("partial"):
+    if report.partial:
         lines.append("PARTIAL: the run was interrupted (Ctrl-C): rows it never reached are missing, and a row it cut "
                      "short says INTERRUPTED above")
     if worst:
@@ -120,36 +131,35 @@ def format_report(report: dict, json_path: str | None = None, worst: str = "") -
     return "\n".join(lines)
 
 
-def format_split(split: dict, images: int, config: dict) -> str:
+def format_split(split: dict[str, float], images: int, c: RunInfo) -> str:
     """Where a row's end-to-end time went, in ms per image: the main thread's parts (they add up to e2e), then the
     decode threads' (in parallel with them) and the reference's (left out of e2e)."""
     def ms(key):
         return f"{split.get(key, 0.0) * 1000.0 / images:.2f}"
 
     main = ", ".join(f"{key} {ms(key)}" for key in SPLIT_MAIN if key != "nvjpeg" or split.get(key))
-    workers = config.get("workers")
-    threads = f"{workers} decode threads" if workers else "the decode threads"
-    ranks = (config.get("distributed") or {}).get("world_size")
+    threads = f"{c.workers} decode threads" if c.workers else "the decode threads"
+    ranks = (c.distributed or {}).get("world_size")
     unit = (f"rank-ms per image (summed over {ranks} ranks; each rank's main-thread parts add up to its e2e)"
             if ranks else "ms per image")
     where = "main thread" if ranks else "main thread, adds up to e2e"
     text = (f"{unit}: {main} ({where}); decode {ms('decode')} + resize {ms('resize')} "
-            f"in {threads} ({config.get('decode', 'exact')} path, in parallel)")
+            f"in {threads} ({c.decode} path, in parallel)")
     if split.get("reference"):
         text += f"; reference {ms('reference')} (not in e2e)"
     return text
 
 
-def _reference_where(config: dict) -> str:
-    where = config.get("reference") or "cpu"
+def _reference_where(c: RunInfo) -> str:
+    where = c.reference or "cpu"
     if where == "cpu":
         return "the CPU"
     return f"{where} ({'TF32' if where.startswith('cuda') else 'HF32'} off)"
 
 
-def _random_prediction(rows: list[dict]) -> str:
+def _random_prediction(rows: list[Row]) -> str:
     """Why random weights give the same dice with any architecture: they predict one class nearly everywhere."""
-    fg = rows[0]["per_image"]["fg_pred"] if rows else []
+    fg = rows[0].per_image.fg_pred if rows else []
     if not fg:
         return ""
     share = sum(fg) / len(fg)
@@ -160,48 +170,34 @@ def _random_prediction(rows: list[dict]) -> str:
             "any untrained model scores the same dice, set by how much of each image the car covers)")
 
 
-def _written(report: dict, json_path: str | None) -> list[str]:
+def _written(report: Report, json_path: str | None) -> list[str]:
     """Where the run's files went, so nobody has to guess."""
-    out, lines = report.get("outputs") or {}, []
-    if out.get("folder"):
-        lines.append(f"wrote {out['files']} mask / overlay file(s) to {out['folder']}")
-    if out.get("submission"):
-        lines.append(f"wrote the submission ({out['submission_rows']} rows) to {out['submission']}")
-    if out.get("csv"):
-        lines.append(f"wrote the per-image CSV ({out['csv_rows']} rows) to {out['csv']}")
-    for path in report.get("plots") or []:
+    out, lines = report.outputs, []
+    if out is not None and out.folder:
+        lines.append(f"wrote {out.files} mask / overlay file(s) to {out.folder}")
+    if out is not None and out.submission:
+        lines.append(f"wrote the submission ({out.submission_rows} rows) to {out.submission}")
+    if out is not None and out.csv:
+        lines.append(f"wrote the per-image CSV ({out.csv_rows} rows) to {out.csv}")
+    for path in report.plots or []:
         lines.append(f"wrote plot {path}")
     if json_path:
         lines.append(f"wrote the JSON report to {json_path}")
     return lines
 
 
-def format_worst(records: list[dict], count: int = 5) -> str:
+def format_worst(records: list[ImageRecord], count: int = 5) -> str:
     """The `count` scored images with the lowest dice per engine row, worst first, so the images to look at are
     named."""
     rows: dict = {}
     for r in records:
-        if r["dice"] is not None:
-            rows.setdefault((r["engine"], r["precision"]), []).append(r)
-    worst = [w for group in rows.values() for w in sorted(group, key=lambda r: r["dice"])[:count]]
+        if r.dice is not None:
+            rows.setdefault((r.engine, r.precision), []).append(r)
+    worst = [w for group in rows.values() for w in sorted(group, key=lambda r: r.dice)[:count]]
     if not worst:
         return ""
-    lines = [f"worst {len(worst)} image(s) by dice ({worst[0]['resolution']} resolution):"]
+    lines = [f"worst {len(worst)} image(s) by dice ({worst[0].resolution} resolution):"]
     for r in worst:
-        lines.append(f"  {r['engine']} {r['precision']}  {r['id']}  dice {r['dice']:.4f}  IoU {r['iou']:.4f}  "
-                     f"foreground true {r['fg_true']:.3f} / predicted {r['fg_pred']:.3f}")
+        lines.append(f"  {r.engine} {r.precision}  {r.id}  dice {r.dice:.4f}  IoU {r.iou:.4f}  "
+                     f"foreground true {r.fg_true:.3f} / predicted {r.fg_pred:.3f}")
     return "\n".join(lines)
-
-
-def write_json(path: str, report: dict) -> None:
-    """The report as JSON: the same numbers as the table, as numbers (NaN / inf written as null)."""
-    def clean(value):
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [clean(v) for v in value]
-        return value
-
-    write_atomic(path, json.dumps(clean(report), indent=2) + "\n")

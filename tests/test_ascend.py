@@ -13,7 +13,7 @@ import torch
 
 import engines
 from engines.base import EngineOptions
-from utils.cache import ArtifactCache
+from engines.cache import ArtifactCache
 
 NPU1 = SimpleNamespace(type="npu", index=1)  # torch.device("npu:1") only parses once torch_npu is imported
 SHAPE = (2, 3, 32, 32)

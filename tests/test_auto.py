@@ -12,10 +12,11 @@ import engines
 import models
 import sample
 from engines.base import EngineOptions
-from pipeline import auto
+from engines.cache import ArtifactCache
+from pipeline import auto, probe
+from pipeline.rows import Job, PlannedRow
 from tests.conftest import CPU
 from tests.test_outputs import documented_fields, field_paths
-from utils.cache import ArtifactCache
 from utils.device import precision_hints
 
 SHAPE = (1, 3, 64, 64)  # at 32 px frozen TorchScript takes ~600 ms a call here (oneDNN on 2x2 maps)
@@ -28,10 +29,16 @@ def unet():
 
 
 def _inputs(model):
+    """The probe's input: a batch and its eager fp32 logits."""
     batch = torch.rand(SHAPE)
     with torch.inference_mode():
         reference = model(batch)
-    return (lambda: (batch, 1)), (lambda b: reference)
+    given = probe.ProbeInput(batch, 1, reference)
+    return lambda: given
+
+
+def _target(model, model_id: str = "m", options: EngineOptions | None = None) -> probe.Target:
+    return probe.Target(model, model_id, SHAPE, CPU, "fp32", options or EngineOptions())
 
 
 def _slowed(monkeypatch, slow: dict, wrong: tuple = ()):
@@ -60,14 +67,12 @@ def _measured(unet, monkeypatch, tmp_path, names: list, slow: dict | None = None
     if slow or wrong:
         _slowed(monkeypatch, slow or {}, wrong)
     options = EngineOptions(cache=ArtifactCache(str(tmp_path)))
-    first_batch, reference = _inputs(unet)
-    return auto.choose(unet, model_id, SHAPE, CPU, "fp32", options, first_batch, reference), options
+    return auto.choose(_target(unet, model_id, options), _inputs(unet)), options
 
 
 def test_picks_the_fastest_that_passes_and_keeps_it(unet, monkeypatch, tmp_path):
     choice, options = _measured(unet, monkeypatch, tmp_path, ["torch", "torchscript"], {"torch": 6}, model_id="m1")
-    first_batch, reference = _inputs(unet)
-    assert choice.engine == "torchscript" and choice.source == "measured" and choice.loaded is not None, choice
+    assert choice.engine == "torchscript" and choice.source == "measured" and choice.built is not None, choice
     timed = {c["engine"]: c for c in choice.candidates}
     assert timed["torch"]["median_ms"] > 2 * timed["torchscript"]["median_ms"]
     assert timed["torchscript"]["cosine_min"] > 0.99999 and "faster than torch" in choice.reason
@@ -78,11 +83,11 @@ def test_picks_the_fastest_that_passes_and_keeps_it(unet, monkeypatch, tmp_path)
     def no_probe():
         raise AssertionError("a kept choice must not probe again")
 
-    again = auto.choose(unet, "m1", SHAPE, CPU, "fp32", options, no_probe, reference)
-    assert (again.engine, again.source, again.loaded) == ("torchscript", "cached", None)
+    again = auto.choose(_target(unet, "m1", options), no_probe)
+    assert (again.engine, again.source, again.built) == ("torchscript", "cached", None)
     assert again.candidates == json.loads(open(choice.record).read())["candidates"]
     # Another model, shape or precision is another decision.
-    other = auto.choose(unet, "m2", SHAPE, CPU, "fp32", options, first_batch, reference)
+    other = auto.choose(_target(unet, "m2", options), _inputs(unet))
     assert other.source == "measured" and other.record != choice.record
 
 
@@ -95,40 +100,39 @@ def test_a_fast_engine_with_wrong_output_is_never_chosen(unet, monkeypatch, tmp_
 
 def test_damaged_or_stale_records_are_measured_again(unet, monkeypatch, tmp_path):
     choice, options = _measured(unet, monkeypatch, tmp_path, ["torch"])
-    first_batch, reference = _inputs(unet)
     with open(choice.record, "w") as f:
         f.write("{not json")
-    assert auto.choose(unet, "m", SHAPE, CPU, "fp32", options, first_batch, reference).source == "measured"
+    assert auto.choose(_target(unet, "m", options), _inputs(unet)).source == "measured"
     record = json.loads(open(choice.record).read())
     record["engine"] = "tensorrt"  # kept, but it cannot run here any more
     with open(choice.record, "w") as f:
         json.dump(record, f)
-    assert auto.choose(unet, "m", SHAPE, CPU, "fp32", options, first_batch, reference).engine == "torch"
+    assert auto.choose(_target(unet, "m", options), _inputs(unet)).engine == "torch"
 
 
 def test_static_mode_and_no_candidate_fall_back_to_the_fixed_order(unet, monkeypatch):
-    first_batch, reference = _inputs(unet)
-    choice = auto.choose(unet, "", SHAPE, CPU, "fp32", EngineOptions(), first_batch, reference, mode="static")
+    choice = auto.choose(_target(unet, ""), _inputs(unet), mode="static")
     assert (choice.engine, choice.source) == (engines.default_engine(CPU), "static") and not choice.candidates
     monkeypatch.setattr(auto, "candidates", lambda device, precision: ["torch"])
     _slowed(monkeypatch, {}, wrong=("torch",))
-    choice = auto.choose(unet, "", SHAPE, CPU, "fp32", EngineOptions(), first_batch, reference)
+    choice = auto.choose(_target(unet, ""), _inputs(unet))
     assert choice.source == "static" and "no candidate passed" in choice.reason
 
 
 def test_the_key_names_what_the_choice_depends_on():
-    key = auto.choice_key(CPU, "int8", SHAPE, ["torch", "onnxruntime"], "digest", EngineOptions(threads=3))
+    target = probe.Target(None, "digest", SHAPE, CPU, "int8", EngineOptions(threads=3))
+    key = auto.choice_key(target, ["torch", "onnxruntime"])
     assert key["host"]["cpu"] and key["versions"]["torch"] == torch.__version__ and "onnxruntime" in key["versions"]
     assert (key["model"], key["shape"], key["precision"], key["threads"]) == ("digest", list(SHAPE), "int8", 3)
 
 
 def test_thread_counts_are_probed_only_where_smt_offers_a_choice(monkeypatch):
-    monkeypatch.setattr(auto, "usable_cpus", lambda: 8)
-    monkeypatch.setattr(auto, "physical_cores", lambda: 4)
-    assert auto.thread_candidates(CPU, EngineOptions()) == [4]
-    assert auto.thread_candidates(CPU, EngineOptions(threads=2)) == []  # the user's --threads is kept
-    monkeypatch.setattr(auto, "physical_cores", lambda: 8)
-    assert auto.thread_candidates(CPU, EngineOptions()) == []
+    monkeypatch.setattr(probe, "usable_cpus", lambda: 8)
+    monkeypatch.setattr(probe, "physical_cores", lambda: 4)
+    assert probe.thread_candidates(CPU, EngineOptions()) == [4]
+    assert probe.thread_candidates(CPU, EngineOptions(threads=2)) == []  # the user's --threads is kept
+    monkeypatch.setattr(probe, "physical_cores", lambda: 8)
+    assert probe.thread_candidates(CPU, EngineOptions()) == []
 
 
 @pytest.mark.full_auto
@@ -168,34 +172,32 @@ def test_a_thread_count_that_wins_is_kept_and_the_row_builds_with_it(unet, monke
     """Where SMT offers a choice, the winner is timed again with one thread per core; a variant that wins is
     kept, named in the reason, and its row gets its own options (the probe's engine used the other count)."""
     monkeypatch.setattr(auto, "candidates", lambda device, precision: ["torch"])
-    monkeypatch.setattr(auto, "thread_candidates", lambda device, options: [1])
-    real = auto._timed_call
-    monkeypatch.setattr(auto, "_timed_call", lambda engine, inputs, threads: real(engine, inputs, threads)
+    monkeypatch.setattr(probe, "thread_candidates", lambda device, options: [1])
+    real = probe._timed_call
+    monkeypatch.setattr(probe, "_timed_call", lambda engine, inputs, threads: real(engine, inputs, threads)
                         * (1 if threads == 1 else 4))  # the default thread count made slow on purpose
     options = EngineOptions(cache=ArtifactCache(str(tmp_path)))
-    first_batch, reference = _inputs(unet)
-    choice = auto.choose(unet, "m", SHAPE, CPU, "fp32", options, first_batch, reference)
-    assert (choice.engine, choice.threads, choice.loaded) == ("torch", 1, None)
+    choice = auto.choose(_target(unet, "m", options), _inputs(unet))
+    assert (choice.engine, choice.threads, choice.built) == ("torch", 1, None)
     assert "faster than torch with default threads" in choice.reason
-    job = type("Job", (), {"model": unet, "shape": SHAPE, "device": CPU, "reference": None,
-                           "batches": lambda self: iter(())})()
-    plan, loaded, row_options, _ = auto.resolve([("auto", "fp32")], job, options)
-    assert plan == [("torch", "fp32")] and not loaded and row_options[("torch", "fp32")].threads == 1
+    job = Job(unet, SHAPE, CPU, lambda: iter(()), 0, options)
+    plan, _ = auto.resolve([PlannedRow("auto", "fp32")], job)
+    assert plan == [PlannedRow("torch", "fp32", threads=1)]  # the row builds its own engine with the chosen count
 
 
 def test_a_reference_that_cannot_run_falls_back_without_a_traceback(unet, monkeypatch):
     monkeypatch.setattr(auto, "candidates", lambda device, precision: ["torch"])
 
-    def broken(batch):
+    def broken():
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
 
-    choice = auto.choose(unet, "", SHAPE, CPU, "fp32", EngineOptions(), lambda: (torch.rand(SHAPE), 1), broken)
+    choice = auto.choose(_target(unet, ""), broken)
     assert choice.source == "static" and "could not run the eager fp32 reference" in choice.reason
 
 
 def test_the_losers_builds_leave_the_cache_and_the_winner_reports_the_probes_first_call(unet, monkeypatch, tmp_path):
     choice, options = _measured(unet, monkeypatch, tmp_path, ["torch", "torchscript"], {"torchscript": 6})
-    assert choice.engine == "torch" and choice.first_call_s > 0
+    assert choice.engine == "torch" and choice.built.first_call_s > 0
     assert not os.path.isdir(os.path.join(options.cache.root, "torchscript")) or \
         not os.listdir(os.path.join(options.cache.root, "torchscript"))  # built by the probe, then removed
     assert all("artifact_path" not in c for c in choice.candidates)

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from utils.cache import ArtifactCache, artifact, is_ready
+from engines.cache import ArtifactCache, artifact, is_ready
 
 
 def test_key_changes_with_weights_shape_precision_version_and_extra(tmp_path):

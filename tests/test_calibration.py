@@ -8,10 +8,11 @@ import pytest
 
 import engines
 import sample
+from dataset.batches import Loader
+from dataset.calibration import choose_samples, load_calibration
+from dataset.pairs import find_pairs
 from tests.conftest import CPU, write_pair
 from tests.test_outputs import documented_fields, field_paths
-from utils.calibration import choose_samples, load_calibration
-from utils.data import find_pairs
 from utils.errors import SampleError
 
 
@@ -30,7 +31,7 @@ def test_images_outside_the_scored_set_calibrate_other_cars_first(cars):
     assert source == "outside" and [s.id for s in samples] == ["b_01", "c_01"]
     samples, _ = choose_samples(scored, 5, folder=find_pairs(images).samples)
     assert [s.id for s in samples] == ["b_01", "c_01", "a_02", "a_01"]  # then other angles, then scored images
-    cal = load_calibration(samples, (64, 64), 1, source="outside", scored_ids={"a_01"})
+    cal = load_calibration(samples, Loader((64, 64), 1), source="outside", scored_ids={"a_01"})
     assert cal.overlap == 1 and cal.describe()["overlap_with_scored"] == 1
 
 
@@ -49,7 +50,7 @@ def test_calib_path_wins_and_overlap_is_counted(cars, tmp_path):
     assert source == "calib_path" and len(samples) == 4
     assert [s.id for s in choose_samples(find_pairs(images, masks, limit=1), 4, calib_path=images)[0]] == \
         ["b_01", "c_01", "a_02", "a_01"]  # a calibration folder, too, gives other cars first, scored images last
-    cal = load_calibration(samples, (64, 64), 1, source=source, scored_ids={s.id for s in scored.samples})
+    cal = load_calibration(samples, Loader((64, 64), 1), source=source, scored_ids={s.id for s in scored.samples})
     assert cal.images == 4 and cal.overlap == 4 and cal.describe()["overlap_with_scored"] == 4
 
 
@@ -65,14 +66,14 @@ def test_unreadable_images_are_named_and_not_counted(cars, tmp_path):
     with open(os.path.join(images, "b_01.jpg"), "wb") as f:
         f.write(b"not a jpeg")
     samples = find_pairs(images).samples
-    cal = load_calibration(samples, (64, 64), 2, source="calib_path")
+    cal = load_calibration(samples, Loader((64, 64), 2), source="calib_path")
     assert cal.images == 3 and "b_01" not in cal.ids and [i for i, _ in cal.skipped] == ["b_01"]
     assert sum(b.shape[0] for b in cal.batches) == 4  # two padded batches of 2 carry the 3 images that decoded
     for name in ("a_01", "a_02", "c_01"):
         with open(os.path.join(images, name + ".jpg"), "wb") as f:
             f.write(b"")
     with pytest.raises(SampleError, match="no calibration image could be decoded .4 tried; first error: a_01"):
-        load_calibration(samples, (64, 64), 1)
+        load_calibration(samples, Loader((64, 64), 1))
 
 
 def test_cli_reports_which_images_calibrated(cars, tmp_path, capsys):
@@ -104,7 +105,7 @@ def test_calib_path_that_does_not_exist_is_one_clear_error(cars, tmp_path, capsy
 def test_the_key_follows_the_pixels_not_only_the_names(cars):
     images, _ = cars
     samples = find_pairs(images).samples
-    before = load_calibration(samples, (64, 64), 1).key
+    before = load_calibration(samples, Loader((64, 64), 1)).key
     write_pair(os.path.dirname(images), "a_01", size=(64, 64), seed=99)  # same name, other pixels
-    after = load_calibration(samples, (64, 64), 1).key
-    assert before != after and load_calibration(samples, (64, 64), 1).key == after
+    after = load_calibration(samples, Loader((64, 64), 1)).key
+    assert before != after and load_calibration(samples, Loader((64, 64), 1)).key == after

@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dataset.batches import Loader, iter_batches, iter_dataset, to_tensor
+from dataset.decode import load_image, load_mask, parse_size
+from dataset.pairs import find_pairs
+from dataset.synthetic import ensure_synthetic, make_pair
 from tests.conftest import write_pair
-from utils.data import find_pairs, iter_batches, iter_dataset, load_image, load_mask, parse_size, to_tensor
 from utils.errors import SampleError
-from utils.synthetic import ensure_synthetic, make_pair
 
 
 def test_pairs_gif_and_png(small_set):
@@ -102,7 +104,7 @@ def test_corrupt_files_are_reported_not_scored(small_set, damage):
     with open(victim, "wb") as f:
         f.write(data[: len(data) // 2] if damage == "truncate" else b"\x00" * 100)
     ds = find_pairs(images, masks)
-    batches = list(iter_batches(ds.samples, (64, 64), 2, has_masks=True))
+    batches = list(iter_batches(ds.samples, Loader((64, 64), 2), has_masks=True))
     scored = [i for b in batches for i in b.ids]
     failed = [f for b in batches for f in b.failed]
     assert scored == ["car0_01", "car2_01"]
@@ -114,14 +116,14 @@ def test_truncated_gif_mask_is_reported(small_set):
     victim = os.path.join(masks, "car0_01_mask.gif")
     data = open(victim, "rb").read()
     open(victim, "wb").write(data[:30])
-    batches = list(iter_batches(find_pairs(images, masks).samples, (64, 64), 4, has_masks=True))
+    batches = list(iter_batches(find_pairs(images, masks).samples, Loader((64, 64), 4), has_masks=True))
     assert batches[0].ids == ["car1_01", "car2_01"]
     assert "cannot decode mask" in batches[0].failed[0][1]
 
 
 def test_batches_pad_the_last_one(small_set):
     ds = find_pairs(*small_set)
-    batches = list(iter_batches(ds.samples, (64, 48), 2, has_masks=True))
+    batches = list(iter_batches(ds.samples, Loader((64, 48), 2), has_masks=True))
     assert [b.n for b in batches] == [2, 1]
     last = batches[-1]
     assert last.images.shape == (2, 3, 48, 64) and last.masks.shape == (2, 48, 64)
@@ -130,14 +132,14 @@ def test_batches_pad_the_last_one(small_set):
 
 
 def test_batch_larger_than_dataset(small_set):
-    batches = list(iter_batches(find_pairs(*small_set).samples, (32, 32), 8, has_masks=True))
+    batches = list(iter_batches(find_pairs(*small_set).samples, Loader((32, 32), 8), has_masks=True))
     assert len(batches) == 1 and batches[0].n == 3 and batches[0].images.shape[0] == 8
 
 
 def test_unpaired_images_come_last_without_masks(small_set):
     images, masks = small_set
     os.remove(os.path.join(masks, "car0_01_mask.gif"))
-    batches = list(iter_dataset(find_pairs(images, masks), (32, 32), 4))
+    batches = list(iter_dataset(find_pairs(images, masks), Loader((32, 32), 4)))
     assert [b.ids for b in batches] == [["car1_01", "car2_01"], ["car0_01"]]
     assert batches[0].masks is not None and batches[1].masks is None
 

@@ -23,13 +23,14 @@ import torch
 from PIL import Image
 
 import sample
+from dataset.batches import Loader, iter_dataset
+from dataset.pairs import Dataset, Sample, find_pairs
+from dataset.shards import sample_order, shard, span
+from engines.cache import ArtifactCache, artifact
 from models.unet import UNet
 from pipeline.distributed import World, rank_device
+from report.metrics import Accuracy, merge_accuracy
 from tests.conftest import ROOT, write_pair
-from utils.cache import ArtifactCache, artifact
-from utils.data import Dataset, Sample, find_pairs, iter_dataset
-from utils.metrics import Accuracy
-from utils.shards import merge_accuracy, sample_order, shard, span
 
 FAST = ["--engine", "torch", "--image_size", "64", "--loop", "1", "--warm_counter", "0", "--device", "cpu", "--quiet"]
 
@@ -57,24 +58,24 @@ elif fault == "stuck" and rank == 1:  # a rank that never comes back (a hung dri
         time.sleep(120)
     engines.load = load
 elif fault == "ctrl-c" and rank == 0:  # Ctrl-C in the terminal: SIGINT to torchrun and every rank, mid-row
-    import utils.data
-    real = utils.data.iter_dataset
+    import dataset.batches
+    real = dataset.batches.iter_dataset
     def iter_dataset(*args, **kwargs):
         for k, batch in enumerate(real(*args, **kwargs)):
             if k == 1:
                 os.killpg(os.getpgrp(), signal.SIGINT)
                 time.sleep(5)
             yield batch
-    utils.data.iter_dataset = iter_dataset
+    dataset.batches.iter_dataset = iter_dataset
 elif fault == "die" and rank == 1:  # a rank killed mid-row (the OOM killer, a segfault)
-    import utils.data
-    real = utils.data.iter_dataset
+    import dataset.batches
+    real = dataset.batches.iter_dataset
     def iter_dataset(*args, **kwargs):
         for k, batch in enumerate(real(*args, **kwargs)):
             if k == 1:
                 os.kill(os.getpid(), signal.SIGKILL)
             yield batch
-    utils.data.iter_dataset = iter_dataset
+    dataset.batches.iter_dataset = iter_dataset
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
@@ -320,17 +321,20 @@ def test_each_rank_takes_its_accelerator_and_its_share_of_the_cpu(monkeypatch):
     assert rank_device("cuda", 3) == ("cuda:3", None) and rank_device("npu:0", 1) == ("npu:1", None)
     device, problem = rank_device("cuda:2", 0)
     assert device == "cuda:2" and "CUDA_VISIBLE_DEVICES" in problem
-    args = sample.get_args_parser().parse_args(["--device", "cpu"])
-    args.command = "python sample.py --device cpu"
-    assert not World.from_env(args).active and args.threads is None  # one process: untouched
+    config = sample.parse_config(sample.get_args_parser(), ["--device", "cpu"])
+    assert config.command == "python sample.py --device cpu"
+    one = World.from_env()
+    assert not one.active and one.rank_config(config) is config  # one process: untouched
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     monkeypatch.setattr("pipeline.distributed.usable_cpus", lambda: 16)
-    world = World.from_env(args)
-    assert world.active and (world.rank, args.threads, args.device, args.quiet) == (1, 8, "cpu", True)
-    assert args.command == "torchrun --nproc_per_node=2 sample.py --device cpu"
+    world = World.from_env()
+    mine = world.rank_config(config)
+    assert world.active and (world.rank, mine.threads, mine.device, mine.quiet) == (1, 8, "cpu", True)
+    assert mine.command == "torchrun --nproc_per_node=2 sample.py --device cpu"
+    assert config.threads is None and config.quiet is False  # the parsed config is frozen: the rank has a copy
 
 
 def test_one_process_builds_an_artifact_while_another_waits_then_loads_it(tmp_path):
@@ -358,8 +362,8 @@ def test_find_pairs_shard_and_iter_dataset_agree(tmp_path):
     for i in range(5):
         write_pair(str(tmp_path), f"car{i}_01", seed=i)
     dataset = find_pairs(str(tmp_path / "images"), str(tmp_path / "masks"))
-    whole = [b.ids for b in iter_dataset(dataset, (32, 32), 2, 1)]
-    split = [b.ids for r in range(2) for b in iter_dataset(shard(dataset, 2, r, 2), (32, 32), 2, 1)]
+    whole = [b.ids for b in iter_dataset(dataset, Loader((32, 32), 2, 1))]
+    split = [b.ids for r in range(2) for b in iter_dataset(shard(dataset, 2, r, 2), Loader((32, 32), 2, 1))]
     assert whole == split == [["car0_01", "car1_01"], ["car2_01", "car3_01"], ["car4_01"]]
     assert sample_order(dataset)["car4_01"] == 4
 

@@ -11,12 +11,12 @@ import torch
 
 import engines
 import models
+from dataset.calibration import random_calibration
 from engines.base import EngineOptions
+from engines.cache import ArtifactCache
 from pipeline.fidelity import BARS
-from utils.cache import ArtifactCache
-from utils.calibration import random_calibration
+from report.metrics import cosine_per_sample
 from utils.errors import SampleError
-from utils.metrics import cosine_per_sample
 
 SHAPE = (1, 3, 64, 64)
 CPU = torch.device("cpu")
@@ -170,7 +170,7 @@ def test_openvino_throughput_hint_times_concurrent_requests():
     engine = engines.load("openvino", torch.nn.Conv2d(3, 2, 1), SHAPE, CPU, options=EngineOptions(openvino_hint="throughput"))
     assert engine.parallel >= 1 and "async infer requests" in engine.timed
     stats = timing_pass(engine, torch.rand(SHAPE), loop=2, warmup=1, show_progress=False)
-    assert stats["fps"] == pytest.approx(2 * engine.parallel / stats["timed_s"])
+    assert stats.fps == pytest.approx(2 * engine.parallel / stats.timed_s)
 
 
 def test_options_are_said_out_loud():

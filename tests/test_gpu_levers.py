@@ -11,11 +11,11 @@ import engines
 import models
 from engines import inductor
 from engines.base import EngineOptions
+from engines.cache import ArtifactCache
 from engines.levers import Levers, apply_levers, auto_levers, choose_levers, cudnn_benchmark, graphed, levers_for
 from pipeline.fidelity import BARS
-from utils.cache import ArtifactCache
+from report.metrics import cosine_per_sample
 from utils.errors import SampleError
-from utils.metrics import cosine_per_sample
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda:0")  # a CPU build of torch makes this device object, though it cannot use it

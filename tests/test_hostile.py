@@ -24,9 +24,9 @@ from PIL import Image
 
 import sample
 import utils.files
+from engines.cache import ArtifactCache, artifact
 from models.unet import UNet
 from tests.conftest import ROOT, write_pair
-from utils.cache import ArtifactCache, artifact
 
 # A UNet call costs ~0.8 s on this CPU even at 32 px (its weights dominate): one batch for all images, no reference.
 FAST = ["--engine", "torch", "--image_size", "32", "--loop", "1", "--warm_counter", "0", "--quiet", "--device", "cpu",
@@ -77,14 +77,14 @@ def patch(module, name, block):
     setattr(mod, name, patched)
 
 if point == "stuck":  # one decode thread never returns (a hung network mount); one Ctrl-C, 2 s after it sticks
-    import utils.data
-    load = utils.data.load_image
+    import dataset.decode
+    load = dataset.decode.load_image
     def stuck(path, size, *rest):
         if "zstuck" in path:
             threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT)).start()
             threading.Event().wait()
         return load(path, size, *rest)
-    utils.data.load_image = stuck
+    dataset.decode.load_image = stuck
 elif point == "accuracy":  # after the second batch is handed to the writer
     from report.outputs import Hook
     add, seen = Hook.add, []
@@ -194,7 +194,7 @@ def test_decompression_bombs_are_skipped_images_and_sizes_past_the_limit_are_usa
     assert "bomb_01.png" in failed["bomb_01"] and "car2_01_mask.png" in failed["car2_01"]
     assert "DecompressionBomb" not in err  # neither Pillow's warning nor its exception's name: one line per file
     for size, limit in [("100000", "at most 16384"), ("16384", "the limit here is about")]:
-        monkeypatch.setattr(sample, "memory_bytes", lambda: 16 << 30)  # a 16 GiB machine, wherever this runs
+        monkeypatch.setattr("pipeline.config.memory_bytes", lambda: 16 << 30)  # a 16 GiB machine, wherever this runs
         with pytest.raises(SystemExit) as exc:  # --engine nosuch: even a run that got past this check stops at once
             sample.main(["--image_size", size, "--engine", "nosuch", "--image_path", images])
         assert exc.value.code == 2
@@ -405,7 +405,7 @@ def test_a_tampered_cache_entry_is_rebuilt_never_used(tmp_path, small_set, capsy
     err = capsys.readouterr().err
     for folder, name in ((ov, "model.bin"), (ort, "model.onnx")):
         assert f"note: cache entry {folder} failed its checksum ({name} changed); rebuilt" in err, err
-    from utils.cache import verify
+    from engines.cache import verify
     assert verify(ov) is None and verify(ort) is None
     clean, again = (json.loads((tmp_path / f"{n}.json").read_text())["rows"] for n in ("clean", "again"))
     assert [r["artifact"] for r in again] == ["compiled", "compiled"]

@@ -1,5 +1,5 @@
-"""The house: imports run one way (sample.py -> pipeline -> engines / report / models -> utils), no circles, and no
-room holds more than about a third of the code."""
+"""The house: imports run one way (sample.py -> pipeline -> engines / report -> models / dataset -> utils), no circles,
+no room holds more than about a third of the code, and no file or function outgrows a reading."""
 from __future__ import annotations
 
 import ast
@@ -8,9 +8,13 @@ import os
 from tests.conftest import ROOT
 
 # A package may import its own modules and those of a lower floor; packages on one floor never import each other.
-FLOORS = {"utils": 0, "models": 1, "engines": 1, "report": 1, "pipeline": 2, "sample": 3, "benchmarks": 3}
+FLOORS = {"utils": 0, "dataset": 1, "models": 1, "engines": 2, "report": 2, "pipeline": 3, "sample": 4, "benchmarks": 4}
 # The product's rooms; tests/ is left out, so that more tests never count against the layout.
-ROOMS = ("models", "engines", "pipeline", "report", "utils", "benchmarks")
+ROOMS = ("models", "dataset", "engines", "pipeline", "report", "utils", "benchmarks")
+# utils/ is the ground floor: what every room stands on, nothing of the domain.
+GROUND = {"__init__.py", "errors.py", "files.py", "device.py", "timing.py", "signals.py"}
+MAX_FILE_LINES = 400
+MAX_FUNCTION_LINES = 60
 
 
 def python_files(folder: str) -> list[str]:
@@ -88,3 +92,28 @@ def test_no_room_holds_more_than_a_third_of_the_code():
     total = sum(lines.values())
     big = {room: f"{n / total:.0%}" for room, n in lines.items() if n > 0.35 * total}
     assert not big, f"rooms over 35 % of {total} lines: {big}"
+
+
+def product_files() -> list[str]:
+    return [os.path.join(ROOT, "sample.py")] + [p for room in ROOMS for p in python_files(os.path.join(ROOT, room))]
+
+
+def test_no_file_or_function_outgrows_a_reading():
+    long_files, long_functions = [], []
+    for path in product_files():
+        text = open(path).read()
+        name = os.path.relpath(path, ROOT)
+        if len(text.splitlines()) > MAX_FILE_LINES:
+            long_files.append(f"{name} ({len(text.splitlines())} lines)")
+        for node in ast.walk(ast.parse(text, path)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    long_functions.append(f"{name}:{node.name} ({length} lines)")
+    assert not long_files, f"files over {MAX_FILE_LINES} lines: {long_files}"
+    assert not long_functions, f"functions over {MAX_FUNCTION_LINES} lines: {long_functions}"
+
+
+def test_utils_holds_only_the_ground_floor():
+    found = {f for f in os.listdir(os.path.join(ROOT, "utils")) if f.endswith(".py")}
+    assert found <= GROUND, f"domain modules in utils/: {sorted(found - GROUND)}; give them their room"

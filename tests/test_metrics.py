@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils.metrics import Accuracy, cosine_per_sample, dice_from_counts, iou_from_counts, overlap_counts, predict
+from report.metrics import Accuracy, Agreement, cosine_per_sample, dice_from_counts, iou_from_counts, overlap_counts, predict
 
 
 def _logits_for(mask: torch.Tensor) -> torch.Tensor:
@@ -78,11 +78,11 @@ def test_summary_reductions():
     acc.add(["a"], _logits_for(perfect), perfect, None)
     acc.add(["b"], _logits_for(half), perfect, None)  # P=4, T=8, I=4: dice 2/3, IoU 1/2
     s = acc.scores()
-    assert s["dice"] == pytest.approx((1 + 2 / 3) / 2)
-    assert s["micro_dice"] == pytest.approx(2 * 12 / (12 + 16))
-    assert s["iou"] == pytest.approx((1 + 0.5) / 2)
-    assert s["dice_min"] == pytest.approx(2 / 3)
-    assert acc.agreement() == {} and acc.cosine == [None, None]
+    assert s.images_scored == 2 and s.dice == pytest.approx((1 + 2 / 3) / 2)
+    assert s.micro_dice == pytest.approx(2 * 12 / (12 + 16))
+    assert s.iou == pytest.approx((1 + 0.5) / 2)
+    assert s.dice_min == pytest.approx(2 / 3)
+    assert acc.agreement() == Agreement() and acc.cosine == [None, None]
     assert acc.fg_pred == [0.5, 0.25] and acc.fg_true == [0.5, 0.5]
 
 
@@ -95,5 +95,5 @@ def test_cosine_is_per_sample_not_over_the_batch():
     acc = Accuracy()
     acc.add(["a", "b"], out, None, ref)
     s = acc.agreement()
-    assert s["cosine_min"] == pytest.approx(-1.0) and s["cosine_mean"] == pytest.approx(0.0)
-    assert s["max_abs_diff"] == pytest.approx(2 * ref[1].abs().max().item())
+    assert s.cosine_min == pytest.approx(-1.0) and s.cosine_mean == pytest.approx(0.0)
+    assert s.max_abs_diff == pytest.approx(2 * ref[1].abs().max().item())

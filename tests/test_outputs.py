@@ -13,13 +13,14 @@ import pytest
 import torch
 
 import sample
+from dataset.decode import load_mask
+from dataset.pairs import find_pairs
+from report.metrics import dice_from_counts, overlap_counts
 from report.overlay import read_mask_png
 from report.rle import decode_rle, encode_rle
 from tests.conftest import ROOT, write_pair
-from utils.data import find_pairs, load_mask
 from utils.errors import SampleError
 from utils.files import write_atomic
-from utils.metrics import dice_from_counts, overlap_counts
 
 FAST = ["--engine", "torch", "--image_size", "32", "--loop", "1", "--warm_counter", "0", "--quiet", "--no_reference",
         "--device", "cpu"]
@@ -247,7 +248,7 @@ def test_a_failed_write_is_not_reported_as_written(small_set, tmp_path, monkeypa
     def disk_full(path, records):
         raise SampleError(f"cannot write {path}: No space left on device")
 
-    monkeypatch.setattr(sample, "write_per_image_csv", disk_full)
+    monkeypatch.setattr("pipeline.finish.write_per_image_csv", disk_full)
     per, sub, rep = tmp_path / "per.csv", tmp_path / "sub.csv", tmp_path / "r.json"
     code = run(["--image_path", small_set[0], "--mask_path", small_set[1], "--csv", str(per), "--submission", str(sub),
                 "--json", str(rep)])

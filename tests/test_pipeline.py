@@ -13,12 +13,16 @@ import torch
 from PIL import Image
 
 import models
-import sample
+from dataset.batches import Loader, iter_batches
+from dataset.decode import TORCH_RESIZE, load_image, resize_bicubic
+from dataset.nvjpeg import DeviceJpeg
+from dataset.pairs import find_pairs
 from engines.base import Engine
-from pipeline.passes import SPLIT, Reference, _logits, accuracy_pass, batch_input, exact_fp32, metrics_device
+from pipeline.passes import Reference, _logits, accuracy_pass, batch_input, exact_fp32, metrics_device
+from pipeline.run import choose_decode
+from report.metrics import dice_from_counts, overlap_counts, predict
 from tests.conftest import CPU, write_pair
-from utils.data import TORCH_RESIZE, DeviceJpeg, find_pairs, iter_batches, load_image, resize_bicubic
-from utils.metrics import dice_from_counts, overlap_counts, predict
+from utils.timing import SPLIT
 
 CUDA = torch.device("cuda")
 
@@ -57,7 +61,7 @@ def test_non_jpeg_images_take_the_fast_resize_too(tmp_path):
 
 def _dice(model, samples, size, decode) -> list[float]:
     dice = []
-    for batch in iter_batches(samples, size, 4, 2, True, decode):
+    for batch in iter_batches(samples, Loader(size, 4, 2, decode), True):
         with torch.inference_mode():
             pred = predict(model(batch.images))[: batch.n]
         dice += dice_from_counts(overlap_counts(pred, batch.masks[: batch.n], 2)).tolist()
@@ -93,9 +97,9 @@ def test_time_split_adds_up_and_names_the_slow_part(small_set):
     torch.manual_seed(0)
     net = _Slow(torch.nn.Conv2d(3, 2, 1), 0.05)
     samples = find_pairs(*small_set).samples
-    result = accuracy_pass(_engine(net), iter_batches(samples, (64, 64), 1, 2, True, "fast"), 3, None, False)
+    result = accuracy_pass(_engine(net), iter_batches(samples, Loader((64, 64), 1, 2, "fast"), True), 3, None, False)
     split = result.split
-    assert set(split) == set(SPLIT) and result.images == 3
+    assert set(split.seconds) == set(SPLIT) and result.images == 3
     assert split["model"] >= 3 * 0.05 and split["reference"] == 0.0
     assert split["decode"] > 0 and split["resize"] > 0
     main = sum(split[k] for k in ("wait", "nvjpeg", "h2d", "model", "d2h", "metrics", "outputs"))
@@ -110,12 +114,12 @@ def test_reference_time_is_split_out_of_e2e(small_set, monkeypatch):
     offer = Reference.offer
     monkeypatch.setattr(Reference, "offer", lambda self, ids, logits: (time.sleep(0.03), offer(self, ids, logits)))
     samples = find_pairs(*small_set).samples
-    result = accuracy_pass(_engine(net), iter_batches(samples, (64, 64), 1, 2, True), 3, reference, False)
+    result = accuracy_pass(_engine(net), iter_batches(samples, Loader((64, 64), 1, 2), True), 3, reference, False)
     split = result.split
     assert split["reference"] >= 3 * (0.05 + 0.03) and result.e2e_s < split["reference"]
     main = sum(split[k] for k in ("wait", "nvjpeg", "h2d", "model", "d2h", "metrics", "outputs"))
     assert main <= result.e2e_s <= main + 0.05, (main, result.e2e_s)
-    assert result.accuracy.agreement()["cosine_min"] == pytest.approx(1.0)
+    assert result.accuracy.agreement().cosine_min == pytest.approx(1.0)
 
 
 def test_reference_keeps_nothing_unless_a_second_pass_will_use_it(small_set):
@@ -123,7 +127,7 @@ def test_reference_keeps_nothing_unless_a_second_pass_will_use_it(small_set):
     samples = find_pairs(*small_set).samples
     single, several = Reference(net), Reference(net, budget_bytes=1 << 20)
     for reference in (single, several):
-        accuracy_pass(_engine(net), iter_batches(samples, (64, 64), 1, 2, True), 3, reference, False)
+        accuracy_pass(_engine(net), iter_batches(samples, Loader((64, 64), 1, 2), True), 3, reference, False)
     assert single.cache == {} and single.used == 0  # one row: memory flat in the data set's size
     assert sorted(several.cache) == ["car0_01", "car1_01", "car2_01"]
 
@@ -153,7 +157,7 @@ def test_exact_fp32_turns_tf32_off_on_cuda_and_restores_it():
 
 
 def test_batches_keep_uint8_pixels_and_make_floats_on_demand(small_set):
-    batch = next(iter(iter_batches(find_pairs(*small_set).samples, (64, 48), 2, 2, True)))
+    batch = next(iter(iter_batches(find_pairs(*small_set).samples, Loader((64, 48), 2, 2), True)))
     assert batch.pixels.dtype == torch.uint8 and batch.pixels.shape == (2, 48, 64, 3)
     assert batch.masks.dtype == torch.uint8
     images = batch_input(batch, CPU)
@@ -169,10 +173,10 @@ def test_gpu_pass_scores_like_the_cpu_pass(small_set):
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 2, 1)).eval()
     samples = find_pairs(*small_set).samples
     gpu_net = copy.deepcopy(net).to(CUDA)
-    cpu = accuracy_pass(_engine(net), iter_batches(samples, (64, 64), 2, 2, True), 3, Reference(net), False)
+    cpu = accuracy_pass(_engine(net), iter_batches(samples, Loader((64, 64), 2, 2), True), 3, Reference(net), False)
     engine = Engine("fake", CUDA, "fp32", lambda x: gpu_net(x), lambda b: b, lambda y: y.float().cpu(),
                     lambda: torch.cuda.synchronize(), device_input=True)
-    gpu = accuracy_pass(engine, iter_batches(samples, (64, 64), 2, 2, True, pin=True), 3, Reference(net, CUDA), False)
+    gpu = accuracy_pass(engine, iter_batches(samples, Loader((64, 64), 2, 2, pin=True), True), 3, Reference(net, CUDA), False)
     assert gpu.accuracy.dice == cpu.accuracy.dice
     assert min(c for c in gpu.accuracy.cosine) > 0.999999
     assert gpu.split["h2d"] > 0 and gpu.timing_batch.device.type == "cuda"
@@ -194,8 +198,8 @@ def test_device_jpeg_path_decodes_batches_like_the_cpu_path(small_set):
     calls: list = []
     decoder = DeviceJpeg(CPU, (64, 48), _pillow_decoder(calls))
     samples = find_pairs(*small_set).samples
-    on_device = list(iter_batches(samples, (64, 48), 2, 2, True, "fast", device_decoder=decoder))
-    on_cpu = list(iter_batches(samples, (64, 48), 2, 2, True, "fast"))
+    on_device = list(iter_batches(samples, Loader((64, 48), 2, 2, "fast", device_decoder=decoder), True))
+    on_cpu = list(iter_batches(samples, Loader((64, 48), 2, 2, "fast"), True))
     assert calls == [2, 1] and decoder.fallbacks == []  # one batched call per batch
     assert [b.ids for b in on_device] == [b.ids for b in on_cpu] and [b.n for b in on_device] == [2, 1]
     for a, b in zip(on_device, on_cpu):
@@ -210,8 +214,8 @@ def test_device_jpeg_path_names_a_corrupt_file_and_keeps_the_others(small_set):
     data = open(victim, "rb").read()
     open(victim, "wb").write(data[: len(data) // 3])  # the header parses in the decode thread; the pixels do not
     decoder = DeviceJpeg(CPU, (64, 64), _pillow_decoder([]))
-    batches = list(iter_batches(find_pairs(images, masks).samples, (64, 64), 2, 2, True, "fast",
-                                device_decoder=decoder))
+    batches = list(iter_batches(find_pairs(images, masks).samples, Loader((64, 64), 2, 2, "fast", device_decoder=decoder),
+                                True))
     assert [i for b in batches for i in b.ids] == ["car0_01", "car2_01"] and batches[0].n == 2  # the batch refilled
     failed = [f for b in batches for f in b.failed]
     assert [f[0] for f in failed] == ["car1_01"] and "cannot decode image" in failed[0][1]
@@ -223,8 +227,8 @@ def test_device_jpeg_path_falls_back_to_the_cpu_when_the_device_fails(small_set)
         raise RuntimeError("nvjpeg: NVJPEG_STATUS_EXECUTION_FAILED")
     decoder = DeviceJpeg(CPU, (64, 64), broken)
     samples = find_pairs(*small_set).samples
-    batches = list(iter_batches(samples, (64, 64), 4, 2, True, "fast", device_decoder=decoder))
-    reference = list(iter_batches(samples, (64, 64), 4, 2, True, "fast"))
+    batches = list(iter_batches(samples, Loader((64, 64), 4, 2, "fast", device_decoder=decoder), True))
+    reference = list(iter_batches(samples, Loader((64, 64), 4, 2, "fast"), True))
     assert torch.equal(batches[0].pixels, reference[0].pixels) and batches[0].failed == []
     assert len(decoder.fallbacks) == 3 and "EXECUTION_FAILED" in decoder.fallbacks[0]
 
@@ -236,10 +240,10 @@ def test_device_jpeg_is_only_offered_where_it_can_run(capsys):
         assert "torchvision" in why or "cannot decode" in why, why
     else:  # a GPU with torchvision: it decodes a real JPEG batch there
         assert decoder.device == CUDA and "nvJPEG" in why
-    decode, chosen, why = sample.choose_decode("nvjpeg", CPU, (64, 64))
+    decode, chosen, why = choose_decode("nvjpeg", CPU, (64, 64))
     assert (decode, chosen) == ("fast", None) and "no device JPEG decoder for cpu" in capsys.readouterr().err
-    assert sample.choose_decode("fast", CUDA, (64, 64)) == ("fast", None, "")
-    assert sample.choose_decode("exact", CUDA, (64, 64)) == ("exact", None, "")
+    assert choose_decode("fast", CUDA, (64, 64)) == ("fast", None, "")
+    assert choose_decode("exact", CUDA, (64, 64)) == ("exact", None, "")
 
 
 @pytest.mark.cuda
@@ -251,7 +255,7 @@ def test_nvjpeg_keeps_dice_within_1e4_of_exact_with_the_real_checkpoint(carvana,
     pairs = find_pairs(*carvana).samples
     samples = [pairs[i] for i in range(0, len(pairs), 17)][:16]
     dice = []
-    for batch in iter_batches(samples, (256, 256), 4, 2, True, "fast", device_decoder=decoder):
+    for batch in iter_batches(samples, Loader((256, 256), 4, 2, "fast", device_decoder=decoder), True):
         assert batch.pixels.device.type == "cuda"
         with torch.inference_mode():
             pred = predict(model(batch.images))[: batch.n]
@@ -265,7 +269,7 @@ def test_decode_threads_resize_with_one_torch_thread_and_leave_the_others_alone(
     engine's, oversubscribed the cores), and neither the caller's thread count nor later threads' change."""
     import threading
 
-    from utils.data import Decoders
+    from dataset.batches import Decoders
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

@@ -12,7 +12,7 @@ import engines
 import sample
 from engines.base import Engine
 from pipeline import fidelity
-from pipeline.rows import parse_precisions, plan_rows
+from pipeline.rows import PlannedRow, parse_precisions, plan_rows
 from utils.errors import SampleError
 
 CPU = torch.device("cpu")
@@ -81,29 +81,30 @@ def test_strict_turns_a_low_cosine_into_exit_1(small_set, tmp_path, monkeypatch,
 
 def test_all_lists_what_cannot_run_here_with_the_reason():
     rows, skipped = plan_rows("all", ["fp32", "int8"], CPU)
-    assert ("torch", "fp32") in rows and ("torch", "int8") not in rows
-    reasons = {s["engine"]: s["reason"] for s in skipped}
+    planned = [(r.engine, r.precision) for r in rows]
+    assert ("torch", "fp32") in planned and ("torch", "int8") not in planned
+    reasons = {s.engine: s.reason for s in skipped}
     assert reasons["tensorrt"] == "engine tensorrt does not run on cpu; it supports cuda"
     assert "torch_aie" in reasons and "torch_npu" in reasons
-    assert any(s["engine"] == "torch" and s["precision"] == "int8" for s in skipped)
+    assert any(s.engine == "torch" and s.precision == "int8" for s in skipped)
 
 
 def test_all_skips_an_engine_whose_package_is_hidden(monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)
     rows, skipped = plan_rows("all", ["fp32"], CPU)
-    assert not any(e == "openvino" for e, _ in rows)
-    assert any(s["engine"] == "openvino" and "pip install openvino" in s["reason"] for s in skipped)
+    assert not any(r.engine == "openvino" for r in rows)
+    assert any(s.engine == "openvino" and "pip install openvino" in s.reason for s in skipped)
 
 
 def test_a_named_engine_without_any_asked_precision_is_a_failure(small_set, tmp_path, capsys):
-    assert plan_rows("torch", ["int8"], CPU) == ([("torch", "int8")], [])
+    assert plan_rows("torch", ["int8"], CPU) == ([PlannedRow("torch", "int8")], [])
     assert sample.main(argv(small_set, tmp_path, "--engine", "torch", "--precision", "int8")) == 1
     assert "error: engine torch does not support int8" in capsys.readouterr().err
 
 
 def test_auto_plans_one_row_per_precision():
     """The engine is chosen later (pipeline.auto.resolve), once the model and the data are ready to measure."""
-    assert plan_rows("auto", ["fp32", "int8"], CPU) == ([("auto", "fp32"), ("auto", "int8")], [])
+    assert plan_rows("auto", ["fp32", "int8"], CPU, 3) == ([PlannedRow("auto", "fp32", 3), PlannedRow("auto", "int8", 3)], [])
 
 
 def test_precision_list_is_checked():

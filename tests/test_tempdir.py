@@ -61,7 +61,7 @@ def test_inductor_leaves_nothing(tmp_path, monkeypatch, cached):
     """Inductor keeps its code in our cache or, with --no_cache, in a temporary folder that goes afterwards."""
     from engines import inductor
     from engines.base import EngineOptions
-    from utils.cache import ArtifactCache
+    from engines.cache import ArtifactCache
 
     monkeypatch.setattr(inductor, "USER_CACHE_DIR", None)  # conftest points it at the run's folder, as a user may
     before = entries()

@@ -37,12 +37,12 @@ def test_measure_excludes_warmup_and_syncs_before_each_read(monkeypatch):
 
 
 def test_summarize_statistics():
-    stats = timing.summarize([0.010, 0.020, 0.030, 0.040, 0.100], batch_size=4)
-    assert stats["latency_median_ms"] == pytest.approx(30.0)
-    assert stats["latency_mean_ms"] == pytest.approx(40.0)
-    assert stats["latency_min_ms"] == pytest.approx(10.0)
-    assert stats["latency_max_ms"] == pytest.approx(100.0)
-    assert stats["latency_p90_ms"] == pytest.approx(76.0)  # linear interpolation between 40 and 100
-    assert stats["latency_p99_ms"] == pytest.approx(97.6)
-    assert stats["fps"] == pytest.approx(4 * 5 / 0.2)  # images / total timed seconds, not 1 / mean latency per call
-    assert stats["calls"] == 5
+    stats = timing.summarize([0.010, 0.020, 0.030, 0.040, 0.100], images_per_call=4)
+    assert stats.latency_median_ms == pytest.approx(30.0)
+    assert stats.latency_mean_ms == pytest.approx(40.0)
+    assert stats.latency_min_ms == pytest.approx(10.0)
+    assert stats.latency_max_ms == pytest.approx(100.0)
+    assert stats.latency_p90_ms == pytest.approx(76.0)  # linear interpolation between 40 and 100
+    assert stats.latency_p99_ms == pytest.approx(97.6)
+    assert stats.fps == pytest.approx(4 * 5 / 0.2)  # images / total timed seconds, not 1 / mean latency per call
+    assert stats.calls == 5 and stats.latencies_ms == pytest.approx([10.0, 20.0, 30.0, 40.0, 100.0])

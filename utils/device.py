@@ -191,3 +191,20 @@ def torch_threads(threads: int | None):
     finally:
         if torch.get_num_threads() != previous:
             torch.set_num_threads(previous)
+
+
+def memory_bytes() -> int | None:
+    """This machine's memory, or its container's limit when lower; None where neither can be read."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(limit_file) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total

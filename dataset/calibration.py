@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from utils.data import Dataset, Sample, find_pairs, iter_batches
+from dataset.batches import Loader, iter_batches
+from dataset.pairs import Dataset, Sample, find_pairs
 from utils.errors import SampleError
 
 SOURCES = {
@@ -78,15 +79,13 @@ def choose_samples(dataset: Dataset, count: int, calib_path: str | None = None,
     return other_cars_first(scored)[:count], "scored"
 
 
-def load_calibration(samples: list[Sample], size: tuple[int, int], batch_size: int, workers: int = 2,
-                     source: str = "scored", scored_ids: set[str] | frozenset = frozenset(),
-                     decode: str = "exact") -> Calibration:
-    """Decode `samples` exactly as the accuracy pass does; an image that does not decode is skipped and named.
-
-    SampleError when none decodes (int8 would have nothing to calibrate on).
+def load_calibration(samples: list[Sample], loader: Loader, source: str = "scored",
+                     scored_ids: set[str] | frozenset = frozenset()) -> Calibration:
+    """Decode `samples` as the accuracy pass does (`loader`: its size, batch and decode path, on the host); an image
+    that does not decode is skipped and named. SampleError when none decodes (int8 would have nothing to calibrate on).
     """
     batches, ids, skipped = [], [], []
-    for batch in iter_batches(samples, size, batch_size, workers, decode=decode):
+    for batch in iter_batches(samples, loader):
         skipped.extend(batch.failed)
         if batch.n:
             batches.append(batch.images)
@@ -95,7 +94,7 @@ def load_calibration(samples: list[Sample], size: tuple[int, int], batch_size: i
         where = f"; first error: {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
         raise SampleError(f"no calibration image could be decoded ({len(samples)} tried{where}); "
                           "pass --calib_path with readable images")
-    digest = hashlib.sha256(f"{','.join(ids)}|{size}|{batch_size}".encode())
+    digest = hashlib.sha256(f"{','.join(ids)}|{loader.size}|{loader.batch_size}".encode())
     for batch in batches:  # the pixels too: other files under the same names are another calibration set
         digest.update(batch.numpy().tobytes())
     key = digest.hexdigest()[:16]

@@ -7,8 +7,7 @@ merged scores are bit-identical to its.
 """
 from __future__ import annotations
 
-from utils.data import Dataset, Sample
-from utils.metrics import Accuracy
+from dataset.pairs import Dataset, Sample
 
 
 def span(count: int, rank: int, size: int) -> tuple[int, int]:
@@ -38,32 +37,6 @@ def shard(dataset: Dataset, batch_size: int, rank: int, size: int) -> Dataset:
 def sample_order(dataset: Dataset) -> dict[str, int]:
     """Sample id -> its index in the single process's order (scored pairs, then unpaired images)."""
     return {s.id: i for i, s in enumerate(dataset.samples + dataset.unpaired)}
-
-
-def merge_accuracy(parts: list[Accuracy], order: dict[str, int]) -> Accuracy:
-    """One Accuracy holding every part's images in `order` (the single process's), so `scores()` and `agreement()`
-    sum in its order. Micro dice pools integer pixel counts, which any order sums exactly; the eager reference's
-    dice (one per scored image, present for all or none of a part's scored images) follows its image."""
-    entries = []
-    for acc in parts:
-        scored = [k for k, d in enumerate(acc.dice) if d is not None]
-        reference = dict(zip(scored, acc.reference_dice)) if len(acc.reference_dice) == len(scored) else {}
-        entries.extend((order[image_id], acc, k, reference.get(k)) for k, image_id in enumerate(acc.ids))
-    entries.sort(key=lambda e: e[0])
-    merged = Accuracy()
-    for _, acc, k, ref in entries:
-        merged.ids.append(acc.ids[k])
-        merged.dice.append(acc.dice[k])
-        merged.iou.append(acc.iou[k])
-        merged.fg_true.append(acc.fg_true[k])
-        merged.fg_pred.append(acc.fg_pred[k])
-        if k < len(acc.cosine):  # scores at the original size carry no cosine (make_row reads the model size's)
-            merged.cosine.append(acc.cosine[k])
-        if ref is not None:
-            merged.reference_dice.append(ref)
-    merged.counts = [c for acc in parts for c in acc.counts]
-    merged.max_abs_diff = max((acc.max_abs_diff for acc in parts), default=0.0)
-    return merged
 
 
 def in_order(items: list, key, order: dict[str, int]) -> list:

@@ -9,6 +9,28 @@ import torch
 EPS = 1e-6
 
 
+@dataclass(frozen=True)
+class Scores:
+    """Accuracy at one resolution; the figures are None when no image was scored (no masks)."""
+
+    images_scored: int
+    dice: Optional[float] = None
+    dice_min: Optional[float] = None
+    micro_dice: Optional[float] = None
+    iou: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Agreement with the eager fp32 reference: its own dice on the scored images, and the worst / mean per-image
+    cosine and the largest absolute logit difference (None without a reference)."""
+
+    reference_dice: Optional[float] = None
+    cosine_min: Optional[float] = None
+    cosine_mean: Optional[float] = None
+    max_abs_diff: Optional[float] = None
+
+
 def predict(logits: torch.Tensor, dtype: torch.dtype = torch.long) -> torch.Tensor:
     """Class map (N, H, W): argmax over classes, or logit > 0 (sigmoid > 0.5) for a one-class model."""
     if logits.shape[1] == 1:
@@ -91,23 +113,46 @@ class Accuracy:
         self.iou.extend(iou_from_counts(counts).tolist())
         self.fg_true.extend((masks != 0).flatten(1).float().mean(1).tolist())
 
-    def scores(self) -> dict:
+    def scores(self) -> Scores:
         """dice = mean over scored images of per-image dice (the table's figure, Pytorch-UNet's); dice_min; micro_dice
         pools all pixels; iou = mean per-image IoU; images_scored."""
         dice = [d for d in self.dice if d is not None]
-        out: dict = {"images_scored": len(dice)}
-        if dice:
-            iou = [v for v in self.iou if v is not None]
-            out.update(dice=sum(dice) / len(dice), dice_min=min(dice),
-                       micro_dice=dice_from_counts(torch.stack(self.counts).sum(0)).item(), iou=sum(iou) / len(iou))
-        return out
+        if not dice:
+            return Scores(0)
+        iou = [v for v in self.iou if v is not None]
+        return Scores(len(dice), dice=sum(dice) / len(dice), dice_min=min(dice),
+                      micro_dice=dice_from_counts(torch.stack(self.counts).sum(0)).item(), iou=sum(iou) / len(iou))
 
-    def agreement(self) -> dict:
+    def agreement(self) -> Agreement:
         """Agreement with the eager fp32 reference: cosine min / mean, max abs diff, and the reference's own dice."""
-        out: dict = {}
-        if self.reference_dice:
-            out["reference_dice"] = sum(self.reference_dice) / len(self.reference_dice)
+        reference = sum(self.reference_dice) / len(self.reference_dice) if self.reference_dice else None
         cosine = [c for c in self.cosine if c is not None]
-        if cosine:
-            out.update(cosine_min=min(cosine), cosine_mean=sum(cosine) / len(cosine), max_abs_diff=self.max_abs_diff)
-        return out
+        if not cosine:
+            return Agreement(reference)
+        return Agreement(reference, min(cosine), sum(cosine) / len(cosine), self.max_abs_diff)
+
+
+def merge_accuracy(parts: list[Accuracy], order: dict[str, int]) -> Accuracy:
+    """One Accuracy holding every part's images in `order` (the single process's), so `scores()` and `agreement()`
+    sum in its order. Micro dice pools integer pixel counts, which any order sums exactly; the eager reference's
+    dice (one per scored image, present for all or none of a part's scored images) follows its image."""
+    entries = []
+    for acc in parts:
+        scored = [k for k, d in enumerate(acc.dice) if d is not None]
+        reference = dict(zip(scored, acc.reference_dice)) if len(acc.reference_dice) == len(scored) else {}
+        entries.extend((order[image_id], acc, k, reference.get(k)) for k, image_id in enumerate(acc.ids))
+    entries.sort(key=lambda e: e[0])
+    merged = Accuracy()
+    for _, acc, k, ref in entries:
+        merged.ids.append(acc.ids[k])
+        merged.dice.append(acc.dice[k])
+        merged.iou.append(acc.iou[k])
+        merged.fg_true.append(acc.fg_true[k])
+        merged.fg_pred.append(acc.fg_pred[k])
+        if k < len(acc.cosine):  # scores at the original size carry no cosine (to_row reads the model size's)
+            merged.cosine.append(acc.cosine[k])
+        if ref is not None:
+            merged.reference_dice.append(ref)
+    merged.counts = [c for acc in parts for c in acc.counts]
+    merged.max_abs_diff = max((acc.max_abs_diff for acc in parts), default=0.0)
+    return merged

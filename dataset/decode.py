@@ -1,0 +1,175 @@
+"""Decoding and resizing one image or mask as Pytorch-UNet does (RGB, bicubic for images, nearest for masks)."""
+from __future__ import annotations
+
+import io
+import time
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from utils.errors import SampleError, first_line
+from utils.files import open_regular
+
+MAX_SIDE = 16384  # --image_size: past this no UNet fits any machine's memory (see sample.py's memory check)
+
+
+def decode_error(what: str, path: str, exc: Exception) -> SampleError:
+    """Any failure to decode one file, as one line naming it: the file is skipped, never the whole row."""
+    if isinstance(exc, SampleError):
+        return exc
+    if isinstance(exc, Image.DecompressionBombError):
+        reason = f"{first_line(exc)} (Pillow's decompression-bomb limit); shrink it or remove it"
+    elif isinstance(exc, MemoryError):
+        reason = "not enough memory to decode it; shrink it or remove it"
+    elif isinstance(exc, (OSError, UnidentifiedImageError, SyntaxError, ValueError)):
+        reason = str(exc) or type(exc).__name__
+    else:  # Pillow's decoders raise many types on hostile files (struct.error, IndexError, ...)
+        reason = f"{type(exc).__name__}: {first_line(exc)}"
+    return SampleError(f"cannot decode {what} {path}: {reason}")
+
+
+def _check_pixels(img: Image.Image, what: str, path: str) -> None:
+    """Refuse what Pillow only warns about (between MAX_IMAGE_PIXELS and twice that) before decoding any pixel."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and img.size[0] * img.size[1] > limit:
+        raise SampleError(f"cannot decode {what} {path}: {img.size[0]}x{img.size[1]} = {img.size[0] * img.size[1]:,} "
+                          f"pixels is past Pillow's decompression-bomb limit of {limit:,}; shrink it or remove it")
+
+
+DECODES = ("fast", "exact")
+
+
+def _torch_resize_works() -> bool:
+    """Whether this torch resizes uint8 images with antialiased bicubic as Pillow does (torch >= 2.1's kernel, within
+    one or two grey levels; torch 2.0's uint8 path runs but differs by up to 24): checked on a random image."""
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (60, 90, 3), dtype=np.uint8))
+    try:
+        x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]
+        y = torch.nn.functional.interpolate(x, size=(23, 37), mode="bicubic", antialias=True, align_corners=False)
+    except (RuntimeError, NotImplementedError, TypeError):
+        return False
+    ours = y[0].permute(1, 2, 0).numpy().astype(int)
+    pillow = np.asarray(image.resize((37, 23), resample=Image.BICUBIC)).astype(int)
+    return np.abs(ours - pillow).max() <= 2
+
+
+TORCH_RESIZE = _torch_resize_works()
+
+
+def resize_bicubic(rgb: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """Antialiased bicubic to size=(W, H), as Pillow's resize: torch's uint8 kernel (written to match Pillow's, within
+    one grey level on about 0.1 % of values, and several times faster), else Pillow itself."""
+    if rgb.size == size:
+        return np.asarray(rgb)
+    if not TORCH_RESIZE:
+        return np.asarray(rgb.resize(size, resample=Image.BICUBIC))
+    x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None]  # a writable copy (np.asarray's is read-only)
+    y = torch.nn.functional.interpolate(x, size=(size[1], size[0]), mode="bicubic", antialias=True, align_corners=False)
+    return y[0].permute(1, 2, 0).numpy()
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """`img` decoded, as RGB: grayscale, palette and RGBA images are converted, as Pytorch-UNet's input expects."""
+    img.load()
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def resized(rgb: Image.Image, size: tuple[int, int], decode: str) -> np.ndarray:
+    """An RGB image at `size`: Pillow's bicubic for `exact`, torch's for every other path (`fast`, and the CPU side
+    of `nvjpeg`: the files it leaves to the CPU)."""
+    if decode != "exact":
+        return resize_bicubic(rgb, size)
+    return np.asarray(rgb if rgb.size == size else rgb.resize(size, resample=Image.BICUBIC))
+
+
+def load_image(path: str, size: tuple[int, int], decode: str = "exact",
+               clock: list[float] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode to RGB and resize to size=(W, H) with bicubic; return the HWC uint8 array and the (W, H) before resizing.
+
+    `exact` is Pytorch-UNet's path: the full-size decode, then Pillow's bicubic. `fast` (and `nvjpeg`'s CPU side)
+    decodes the same way and resizes with torch's antialiased bicubic (`resize_bicubic`: Pillow's filter, several
+    times faster). Decoding at a reduced DCT scale (Pillow's `draft`) was measured and left out: it moved dice by
+    5e-4 to 8e-4 (docs/data.md). `clock`, when given, gets [decode seconds, resize seconds] added.
+    """
+    try:
+        start = time.perf_counter()
+        with open_regular(path, "image") as f, Image.open(f) as img:
+            _check_pixels(img, "image", path)
+            original = img.size
+            rgb = to_rgb(img)
+        decoded = time.perf_counter()
+        array = resized(rgb, size, decode)
+        if clock is not None:
+            clock[0] += decoded - start
+            clock[1] += time.perf_counter() - decoded
+        return array, original
+    except Exception as exc:  # noqa: BLE001  one file's failure, named; decode_error keeps its message
+        raise decode_error("image", path, exc) from None
+
+
+def load_mask(path: str, size: tuple[int, int], image_size: tuple[int, int],
+              clock: list[float] | None = None) -> np.ndarray:
+    """Decode a mask, check it matches its image's size, resize with nearest; any non-zero pixel is foreground.
+    `clock`, when given, gets [decode seconds, resize seconds] added."""
+    try:
+        start = time.perf_counter()
+        with open_regular(path, "mask") as f, Image.open(f) as img:
+            _check_pixels(img, "mask", path)
+            if img.size != image_size:
+                raise SampleError(
+                    f"mask {path} is {img.size[0]}x{img.size[1]} but its image is {image_size[0]}x{image_size[1]}; "
+                    "a mask must have its image's size"
+                )
+            # Palette GIFs hold indices {0, 1}; read indices (mode P / L), never the palette colours.
+            band = img if img.mode in ("1", "L", "P", "I", "I;16") else img.convert("L")
+            band.load()
+            decoded = time.perf_counter()
+            if band.size != size:
+                band = band.resize(size, resample=Image.NEAREST)
+            mask = (np.asarray(band) != 0).astype(np.uint8)
+        if clock is not None:
+            clock[0] += decoded - start
+            clock[1] += time.perf_counter() - decoded
+        return mask
+    except Exception as exc:  # noqa: BLE001  one file's failure, named; decode_error keeps its message
+        raise decode_error("mask", path, exc) from None
+
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def read_jpeg(path: str, clock: list[float] | None = None) -> tuple[bytes, tuple[int, int]] | None:
+    """A JPEG's bytes and (W, H) from its header (no pixel decoded), for a device decoder; None for other formats."""
+    try:
+        start = time.perf_counter()
+        with open_regular(path, "image") as f:
+            data = f.read()
+        if not data.startswith(JPEG_MAGIC):
+            return None
+        with Image.open(io.BytesIO(data)) as img:
+            _check_pixels(img, "image", path)
+            if img.format != "JPEG" or img.mode not in ("RGB", "L"):
+                return None  # CMYK and other rare modes: the CPU decoder handles them
+            size = img.size
+        if clock is not None:
+            clock[0] += time.perf_counter() - start
+        return data, size
+    except Exception as exc:  # noqa: BLE001  one file's failure, named; decode_error keeps its message
+        raise decode_error("image", path, exc) from None
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'512' -> (512, 512); '959x640' -> (959, 640) as (W, H)."""
+    parts = text.lower().split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or min(values) < 16:
+        raise ValueError(f"expected N or WxH with sides >= 16, got {text!r}")
+    if max(values) > MAX_SIDE:
+        raise ValueError(f"sides are at most {MAX_SIDE} (no UNet of that size fits in memory), got {text!r}")
+    return (values[0], values[-1])
+

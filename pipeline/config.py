@@ -1,0 +1,119 @@
+"""The run's configuration: the command line parsed once into a frozen value (a torchrun rank derives its own copy),
+and the checks of it against this machine that come before anything runs."""
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from report.outputs import FOLDER_FILES
+from report.plots import PLOT_FILES
+from utils.device import memory_bytes
+from utils.errors import SampleError
+from utils.files import check_outputs, default_cache_dir
+
+# Peak memory of eager fp32 inference per input pixel and image, lower bounds of what was measured at 512 px (UNet
+# 2.4 KiB, UNet++ n1=64 5.4 KiB; UNet++ n1=32 included), so a size they refuse cannot fit.
+BYTES_PER_PIXEL = {"unet": 1536, "unet++": 2048}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every flag of sample.py (its parser holds the defaults and the help), plus the command as typed. `model_name`
+    is the canonical name (`unet` or `unet++`)."""
+
+    image_path: Optional[str]
+    mask_path: Optional[str]
+    image_size: tuple[int, int]
+    limit: Optional[int]
+    workers: int
+    decode: str
+    synthetic_count: int
+    cache_dir: Optional[str]
+    model_name: str
+    pth: Optional[str]
+    n_classes: Optional[int]
+    bilinear: Optional[bool]
+    base_width: Optional[int]
+    seed: int
+    engine: str
+    auto: Optional[str]
+    device: Optional[str]
+    precision: str
+    batch_size: int
+    loop: int
+    warm_counter: int
+    threads: Optional[int]
+    no_reference: bool
+    reference: str
+    dist_timeout: int
+    calib: int
+    calib_path: Optional[str]
+    no_cache: bool
+    strict: bool
+    openvino_hint: str
+    openvino_device: str
+    soc_version: str
+    channels_last: str
+    cudnn_benchmark: str
+    cuda_graphs: str
+    json: Optional[str]
+    quiet: bool
+    output: Optional[str]
+    overlay: bool
+    submission: Optional[str]
+    csv: Optional[str]
+    eval_resolution: str
+    plots: Optional[str]
+    overwrite: bool
+    command: str
+
+    @classmethod
+    def from_namespace(cls, values: dict, command: str) -> RunConfig:
+        """The config of parsed flags (`vars(args)`); a flag the parser has and this class lacks is a TypeError."""
+        return cls(**values, command=command)
+
+    @property
+    def auto_mode(self) -> str:
+        """How `--engine auto` decides: as asked, else measure, or static with --no_cache (no choice could be kept)."""
+        return self.auto or ("static" if self.no_cache else "measure")
+
+    def outputs_asked(self) -> bool:
+        """Per-image results that need the accuracy pass's logits: files, or dice at the original size."""
+        return bool(self.output or self.submission or self.eval_resolution == "original")
+
+
+def memory_problem(config: RunConfig) -> str | None:
+    """Why the input size cannot fit this machine's memory (the model's activations, plus the int8 calibration images
+    held as float32), or None."""
+    name, (w, h), batch = config.model_name, config.image_size, config.batch_size
+    calib = config.calib if "int8" in config.precision.lower() else 0
+    total = memory_bytes()
+    per_pixel = BYTES_PER_PIXEL[name] * batch + calib * 3 * 4
+    need = per_pixel * w * h
+    if not total or need <= total:
+        return None
+    side = int((total / per_pixel) ** 0.5) // 16 * 16
+    held = f" and {calib} calibration images (--calib)" if calib else ""
+    return (f"--image_size {w}x{h} at --batch_size {batch} needs at least {need / 2**30:.0f} GiB for "
+            f"{name}'s activations ({BYTES_PER_PIXEL[name]} bytes per pixel){held}, more than this machine's "
+            f"{total / 2**30:.0f} GiB: the limit here is about {side}x{side} at these settings")
+
+
+def output_problem(config: RunConfig) -> str | None:
+    """Why the outputs cannot be written safely, checked before anything runs: a link or a special file (/dev/null,
+    /dev/stdout, a FIFO) as a target, two outputs writing one file, an output among the inputs."""
+    outputs = [(flag, path, folder, names) for flag, path, folder, names in [
+        ("--output", config.output, True, FOLDER_FILES), ("--plots", config.plots, True, PLOT_FILES),
+        ("--submission", config.submission, False, ()), ("--csv", config.csv, False, ()),
+        ("--json", config.json, False, ())] if path]
+    cache = config.cache_dir or default_cache_dir()
+    inputs = [("image", config.image_path), ("mask", config.mask_path), ("calibration", config.calib_path),
+              ("checkpoint", config.pth), ("engine cache", os.path.join(cache, "engines"))]
+    inputs += [("generated data", path) for path in sorted(glob.glob(os.path.join(glob.escape(cache), "synthetic-*")))]
+    try:
+        check_outputs(outputs, inputs)
+    except SampleError as exc:
+        return str(exc)
+    return None

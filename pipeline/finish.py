@@ -1,0 +1,109 @@
+"""The end of a run: every result file written, the report printed, what went wrong said on stderr, the exit status."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+from pipeline.config import RunConfig
+from pipeline.fidelity import failures
+from report.csv_files import per_image_records, write_per_image_csv
+from report.json_report import report_dict, write_json
+from report.outputs import Outputs
+from report.results import Report, WrittenFiles
+from report.summary import format_report, format_worst
+from utils.errors import SampleError
+from utils.signals import Interrupts
+
+
+def finish(config: RunConfig, report: Report, outputs: Outputs | None, status: int, interrupts: Interrupts) -> int:
+    """Write every result file, then print the report; one failing write is an error line, never the loss of the
+    rest, and the files are written before anything can go wrong on stdout. From here on Ctrl-C is only counted."""
+    interrupts.hold()
+    errors: list[str] = []
+
+    def attempt(step: Callable[[], object]) -> bool:
+        try:
+            step()
+            return True
+        except (SampleError, OSError) as exc:
+            errors.append(str(exc))
+            return False
+
+    records = per_image_records(report.rows, config.eval_resolution, config.image_size)
+    if outputs is not None or config.csv:
+        report.outputs = write_files(config, outputs, records, errors, attempt)
+    if config.plots:
+        from report.plots import write_plots
+
+        def plots():
+            report.plots = write_plots(report_dict(report), config.plots)
+        attempt(plots)
+    json_written = bool(config.json) and attempt(lambda: write_json(config.json, report))
+    # The worst images are named when per-image results were asked for (a plain run keeps its report short).
+    worst = format_worst(records) if outputs is not None or config.csv else ""
+    printed = print_report(format_report(report, json_path=config.json if json_written else None, worst=worst))
+    if printed not in (None, "closed"):
+        errors.append(printed)
+    code = exit_status(config, report, errors, status)
+    return 141 if printed == "closed" and code == 0 else code  # 141 = 128 + SIGPIPE, as `cat` ends under `| head`
+
+
+def write_files(config: RunConfig, outputs: Outputs | None, records: list, errors: list[str],
+                attempt: Callable[[Callable[[], object]], bool]) -> WrittenFiles:
+    """The per-image files: masks and overlays (written during the run), the submission, the CSV. A path is named
+    only once its file is written: the report never claims a write that failed."""
+    written = {"eval_resolution": config.eval_resolution}
+    if outputs is not None:
+        written.update(outputs.close())
+        errors.extend(outputs.errors)
+        if config.submission and attempt(outputs.write_submission):
+            written.update(submission=config.submission, submission_rows=len(outputs.rle_rows))
+    if config.csv and attempt(lambda: write_per_image_csv(config.csv, records)):
+        written.update(csv=config.csv, csv_rows=len(records))
+    return WrittenFiles(**written)
+
+
+def print_report(text: str) -> str | None:
+    """Print the report (the last thing a run does): None, "closed" when stdout is a pipe whose reader has gone
+    (`| head -1`), or why stdout failed (`> /dev/full`)."""
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+        return None
+    except BrokenPipeError:
+        result = "closed"
+    except OSError as exc:
+        result = f"cannot write the report to stdout: {exc.strerror or exc}; the result files are written all the same"
+    try:  # stdout -> /dev/null: the interpreter's last flush of what is still buffered must not fail again at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
+    return result
+
+
+def exit_status(config: RunConfig, report: Report, errors: list[str], status: int) -> int:
+    """Say on stderr what went wrong (failed rows, low fidelity, unreadable images, failed writes); the exit status."""
+    low = failures(report.rows)
+    if low and config.strict and status == 0:
+        status = 1
+    for skip in report.skipped:
+        if skip.failed:
+            print(f"error: {skip.reason}", file=sys.stderr)
+    if not report.rows and not report.partial and not any(s.failed for s in report.skipped):
+        print("error: none of the requested engine x precision rows can run here (see the skipped lines); "
+              "choose another --engine or --precision", file=sys.stderr)
+    for line in low:
+        print(f"{'error' if config.strict else 'warning'}: below the fidelity bar: {line}", file=sys.stderr)
+    for row in report.rows:
+        if row.failed_images:
+            failed = row.failed_images
+            print(f"error: {len(failed)} image(s) could not be read and were left out of the scores "
+                  f"(fix or remove them): {failed[0].error}" + (" ..." if len(failed) > 1 else ""), file=sys.stderr)
+    for message in errors:
+        print(f"error: {message}", file=sys.stderr)
+    if report.partial:
+        return 130
+    return 1 if errors else status

@@ -1,0 +1,205 @@
+"""A run from its config to its report: set up (device, plan, model, data, outputs, engine options, reference), run
+every row, then write and print whatever finished."""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+import engines
+import models
+from dataset.batches import Loader, iter_dataset
+from dataset.calibration import choose_samples, load_calibration
+from dataset.decode import DECODES
+from dataset.nvjpeg import DeviceJpeg
+from dataset.pairs import Dataset, find_pairs
+from dataset.synthetic import ensure_synthetic
+from engines.base import EngineOptions
+from engines.cache import ArtifactCache
+from pipeline.auto import resolve
+from pipeline.config import RunConfig
+from pipeline.distributed import World
+from pipeline.finish import finish
+from pipeline.passes import Reference
+from pipeline.rows import Job, PlannedRow, parse_precisions, plan_rows, run_rows, to_row
+from report.outputs import Outputs
+from report.results import Report, RunInfo, Skip
+from utils.device import describe_host, parse_device, precision_hints
+from utils.errors import SampleError
+from utils.files import check_destination
+from utils.signals import Interrupts
+
+
+@dataclass
+class Prepared:
+    """What the rows need, made before any row runs (an error until here loses nothing)."""
+
+    job: Job
+    plan: list[PlannedRow]
+    skipped: list[Skip]
+    info: RunInfo
+    precisions: list[str]
+    device_decoder: Optional[DeviceJpeg]
+
+
+def run(config: RunConfig, world: World, interrupts: Interrupts, locks: contextlib.ExitStack | None) -> int:
+    """Set up, run every row, then report whatever finished; the exit status. `locks` (rank 0's, or the one
+    process's) keeps the output folders locked until the end; other ranks write no file and lock none."""
+    prepared = prepare(config, world, locks)
+    job, info, plan = prepared.job, prepared.info, prepared.plan
+    if any(row.engine == "auto" for row in plan) and not world.rank:  # under torchrun rank 0 chooses for all
+        log = (lambda line: None) if config.quiet else (lambda line: print(line, file=sys.stderr))
+        plan, choices = resolve(plan, job, config.auto_mode, log)
+        info.auto = [c.describe() for c in choices]
+    plan, job.options = world.share_setup(plan, job.options)
+    info.hints = precision_hints(job.device, prepared.precisions, info.host)
+    result = run_rows(plan, job, world if world.active else None)
+    decoder = prepared.device_decoder
+    if decoder is not None and decoder.fallbacks:  # batches nvJPEG could not decode: said, not hidden
+        info.decode_fallbacks = decoder.fallbacks[:20]
+        print(f"warning: nvJPEG could not decode {len(decoder.fallbacks)} file(s) or batch(es); the CPU "
+              f"decoded them: {decoder.fallbacks[0]}", file=sys.stderr)
+    report = Report(info, [to_row(r) for r in result.results], prepared.skipped + result.skipped,
+                    result.interrupted)
+    if not world.gather_outputs(report, job.outputs):
+        return result.status  # a rank other than 0: rank 0 writes the files and prints the report
+    return finish(config, report, job.outputs, result.status, interrupts)
+
+
+def prepare(config: RunConfig, world: World, locks: contextlib.ExitStack | None) -> Prepared:
+    """The device, the planned rows, the model, this rank's data, the outputs, the engine options, the reference and
+    the decode path, and what the report will say about them."""
+    device = parse_device(config.device)
+    precisions = parse_precisions(config.precision)
+    plan, skipped = plan_rows(config.engine, precisions, device, config.threads)
+    torch.manual_seed(config.seed)
+    model, facts = models.create_model(config.model_name, config.pth, n_classes=config.n_classes,
+                                        bilinear=config.bilinear, base_width=config.base_width)
+    dataset, data_label = load_data(config)
+    outputs = make_outputs(config, dataset, facts["n_classes"], locks)
+    for sample in [] if world.rank else dataset.unpaired:  # under torchrun, said once
+        print(f"warning: no mask for {sample.image}; it is timed but not scored", file=sys.stderr)
+    shape = (config.batch_size, facts["n_channels"], config.image_size[1], config.image_size[0])
+    options = engine_options(config, dataset, shape, plan if not world.rank else [])  # rank 0 calibrates for all
+    info = run_info(config, facts, dataset, data_label, device, options)
+    dataset = world.shard(dataset, config.batch_size)  # from here on, this rank's share (one process: all of it)
+    logits_bytes = shape[0] * facts["n_classes"] * shape[2] * shape[3] * 4
+    reference = None if config.no_reference else make_reference(config, model, device, plan, logits_bytes)
+    decode, device_decoder, why = choose_decode(config.decode, device, config.image_size)
+    info.decode, info.decode_note, info.workers = decode, why, config.workers
+    info.reference = None if reference is None else str(reference.device)
+    # On CUDA batches are assembled in page-locked memory: their upload is a non-blocking DMA.
+    loader = Loader(config.image_size, config.batch_size, config.workers, decode, device.type == "cuda",
+                    device_decoder)
+    job = Job(model, shape, device, lambda: iter_dataset(dataset, loader), len(dataset), options, outputs,
+              reference, config.loop, config.warm_counter, show_progress=not config.quiet)
+    return Prepared(job, plan, skipped, info, precisions, device_decoder)
+
+
+def run_info(config: RunConfig, facts: dict, dataset: Dataset, data_label: str, device: torch.device,
+             options: EngineOptions) -> RunInfo:
+    """What the report says was run on what (the rest is filled in as the run learns it)."""
+    info = RunInfo(
+        model=config.model_name, variant=facts["variant"], parameters=facts["parameters"],
+        n_classes=facts["n_classes"], weights=facts["weights"], data=data_label, images=len(dataset),
+        unpaired=len(dataset.unpaired), image_size=list(config.image_size), eval_resolution=config.eval_resolution,
+        command=config.command, started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        batch_size=config.batch_size, loop=config.loop, warm_counter=config.warm_counter, torch=torch.__version__,
+        threads=torch.get_num_threads(), host=describe_host(device),
+        artifact_cache=options.cache.root if options.cache else None)
+    if options.calibration:
+        info.calibration_images = options.calibration.images
+        info.calibration = options.calibration.describe()
+    return info
+
+
+def load_data(config: RunConfig) -> tuple[Dataset, str]:
+    """The data set to evaluate and its label: the user's folders, or the synthetic set written in Carvana's layout."""
+    if config.image_path is None:
+        try:
+            images, masks = ensure_synthetic(config.synthetic_count, config.seed, config.cache_dir,
+                                             log=lambda line: print(line, file=sys.stderr))
+        except OSError as exc:
+            raise SampleError(f"cannot write the synthetic set under {exc.filename or config.cache_dir}: "
+                              f"{exc.strerror or exc}; pass a writable --cache_dir") from None
+        return find_pairs(images, masks, config.limit), f"synthetic Carvana-like set ({images})"
+    return find_pairs(config.image_path, config.mask_path, config.limit), config.image_path
+
+
+def engine_options(config: RunConfig, dataset: Dataset, shape: tuple, plan: list[PlannedRow]) -> EngineOptions:
+    """What engines.load gets; int8 calibration images are decoded only when a row that can run int8 is planned."""
+    calibration = None
+    if any(r.precision == "int8" and (r.engine == "auto" or "int8" in engines.module_of(r.engine).PRECISIONS)
+           for r in plan):
+        folder = None
+        data_folder = config.image_path or os.path.dirname((dataset.samples + dataset.unpaired)[0].image)
+        if config.calib_path is None and config.limit and os.path.isdir(data_folder):  # the images --limit left out
+            folder = find_pairs(data_folder).samples
+        try:
+            samples, source = choose_samples(dataset, config.calib, config.calib_path, folder)
+        except SampleError as exc:
+            raise SampleError(f"--calib_path: {exc}") from None
+        scored = {s.id for s in dataset.samples + dataset.unpaired}
+        calibration = load_calibration(samples, Loader(config.image_size, shape[0], config.workers, config.decode),
+                                       source, scored)
+        for image_id, error in calibration.skipped:
+            print(f"warning: calibration image {image_id} skipped: {error}", file=sys.stderr)
+    return EngineOptions(threads=config.threads, cache=None if config.no_cache else ArtifactCache(config.cache_dir),
+                         calibration=calibration, openvino_hint=config.openvino_hint,
+                         openvino_device=config.openvino_device, soc_version=config.soc_version,
+                         channels_last=config.channels_last, cudnn_benchmark=config.cudnn_benchmark,
+                         cuda_graphs=config.cuda_graphs)
+
+
+def make_outputs(config: RunConfig, dataset: Dataset, n_classes: int,
+                 locks: contextlib.ExitStack | None) -> Outputs | None:
+    """Check every result destination before the run (locking output folders in `locks`); None when no file is
+    written during the run and dice is scored at the model's size (the CSV is written from the report at the end)."""
+    for path, folder, flag in [(config.output, True, "--output"), (config.plots, True, "--plots"),
+                               (config.submission, False, "--submission"), (config.csv, False, "--csv")]:
+        if path:  # a folder is also locked for the run (a second run writing there is refused)
+            check_destination(path, folder=folder, overwrite=config.overwrite, flag=flag, locks=locks)
+    if config.json:
+        check_destination(config.json, folder=False, overwrite=True, flag="--json")
+    if config.plots:
+        from report.plots import require_matplotlib
+        require_matplotlib()
+    if not config.outputs_asked():
+        return None
+    return Outputs(dataset, n_classes=n_classes, folder=config.output, overlay=config.overlay,
+                   submission=config.submission, eval_resolution=config.eval_resolution)
+
+
+def make_reference(config: RunConfig, model: torch.nn.Module, device: torch.device, plan: list[PlannedRow],
+                   batch_bytes: int) -> Reference:
+    """The eager fp32 reference on the run's device (or the CPU with --reference cpu). It keeps its logits for the
+    next pass only where one will compare with the same images: every image for several rows (at most 2 GiB), the
+    first batch (`batch_bytes` of logits) for auto's probe and its row; else nothing, so memory stays flat in the
+    data set's size."""
+    # On an NPU the reference is eager torch there, which needs torch_npu (torch_aie alone compiles, it runs no eager
+    # model): without it the CPU is the reference.
+    on_device = config.reference == "device" and (device.type != "npu" or importlib.util.find_spec("torch_npu"))
+    budget = 0
+    if len(plan) > 1:
+        budget = 2 << 30
+    elif any(row.engine == "auto" for row in plan):
+        budget = batch_bytes
+    return Reference(model, device if on_device else parse_device("cpu"), budget)
+
+
+def choose_decode(asked: str, device: torch.device, size: tuple[int, int]) -> tuple[str, DeviceJpeg | None, str]:
+    """(decode path, its DeviceJpeg or None, why): nvjpeg where asked and torchvision can decode on this CUDA device,
+    else the CPU's fast path, saying why. nvjpeg is not the default until its dice is measured on a GPU."""
+    if asked in DECODES:
+        return asked, None, ""
+    decoder, why = DeviceJpeg.make(device, size)
+    if decoder is not None:
+        return "nvjpeg", decoder, why
+    print(f"warning: --decode nvjpeg: {why}; decoding on the CPU (fast path)", file=sys.stderr)
+    return "fast", None, why
