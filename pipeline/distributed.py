@@ -189,9 +189,7 @@ class World(Syncs, Gather):
         failed stops every rank here."""
         if not self.active:
             return plan, options
-        mine = {"rank": self.rank, "local_rank": self.local_rank, "host": self.host, "device": self.device,
-                "threads": self.threads, "images": len(self.images),
-                "first": self.images[0] if self.images else None, "last": self.images[-1] if self.images else None}
+        mine = self.rank_facts()
         lead = None
         if self.rank == 0:
             lead = {"plan": [(row.engine, row.precision) for row in plan], "calibration": options.calibration is not None}
@@ -238,10 +236,19 @@ class World(Syncs, Gather):
                 outputs.errors.extend(part["errors"])
                 outputs.rle_rows.extend(part["rle_rows"])
             outputs.rle_rows = in_order(outputs.rle_rows, lambda r: by_name[r[0]], self.order)
-        report.info.distributed = {"launcher": "torchrun", "world_size": self.size, "nodes": self.nodes,
-                                   "backend": self.backend, "syncs": "gloo", "timeout_s": self.timeout_s,
-                                   "ranks": self.ranks}
+        report.info.distributed = self.facts()
         return True
+
+    def rank_facts(self) -> dict:
+        """This rank, as the report lists it (config.distributed.ranks[])."""
+        return {"rank": self.rank, "local_rank": self.local_rank, "host": self.host, "device": self.device,
+                "threads": self.threads, "images": len(self.images),
+                "first": self.images[0] if self.images else None, "last": self.images[-1] if self.images else None}
+
+    def facts(self) -> dict:
+        """The job, as the report describes it (config.distributed)."""
+        return {"launcher": "torchrun", "world_size": self.size, "nodes": self.nodes, "backend": self.backend,
+                "syncs": "gloo", "timeout_s": self.timeout_s, "ranks": self.ranks}
 
     def fail(self, exc: BaseException | None) -> int:
         """The exit status after `exc` ended the run (None: Ctrl-C before any row finished). One process prints its

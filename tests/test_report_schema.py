@@ -1,0 +1,86 @@
+"""The JSON report's schema: every key the writer can emit is in a golden list, every key of the list is emitted, and
+the list is docs/outputs.md's table; no key is added or lost without the list and the docs changing together."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from dataset.calibration import random_calibration
+from engines.base import EngineOptions
+from pipeline.distributed import World
+from pipeline.passes import PassResult
+from pipeline.probe import ProbeInput, Target, measure
+from pipeline.rows import EngineFacts, RowResult, to_row
+from report.json_report import report_dict
+from report.metrics import Accuracy
+from report.outputs import RowOutputs
+from report.results import RankPart, Report, RunInfo, Skip, WrittenFiles
+from tests.conftest import CPU
+from tests.test_outputs import documented_fields, field_paths
+from utils.device import describe_host
+from utils.timing import summarize
+
+GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "report_keys.txt")
+SHAPE = (2, 3, 16, 16)
+
+
+def golden() -> set[str]:
+    with open(GOLDEN) as f:
+        return {line.strip() for line in f if line.strip() and not line.startswith("#")}
+
+
+def _auto() -> list[dict]:
+    """What `--engine auto` reports, from a real (tiny) probe of two engines."""
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, 2, 3, padding=1).eval()
+    batch = torch.rand(SHAPE)
+    with torch.inference_mode():
+        given = ProbeInput(batch, 2, model(batch))
+    choice = measure(Target(model, "m", SHAPE, CPU, "fp32", EngineOptions()), ["torch", "torchscript"], given)
+    return [choice.describe()]
+
+
+def _row() -> RowResult:
+    """A row with every optional part: failed images, a reference, scores at the original size, timing, ranks."""
+    torch.manual_seed(0)
+    logits, masks = torch.randn(2, 2, 8, 8), torch.randint(0, 2, (2, 8, 8))
+    accuracy, original = Accuracy(), Accuracy()
+    accuracy.add(["a", "b"], logits, masks, logits * 1.01)
+    original.score(["a", "b"], logits.argmax(1), masks, 2)
+    passed = PassResult(accuracy, e2e_s=1.0, first_call_s=0.1, failed=[("c", "cannot decode image c.jpg")],
+                        batch_ms=[5.0, 5.0], sizes=[(8, 8), (8, 8)])
+    facts = EngineFacts("torch", "cpu x2", "fp32", "compiled", "", "model call", ("channels_last",))
+    part = RankPart(0, "host", "cpu", 2, 1.0, "compiled", 100.0, 2.0, 5.0, 1.0, 2.0, 0.0)
+    return RowResult(facts, 1.0, passed, summarize([0.005, 0.006], 2), RowOutputs(0.5, original), [part])
+
+
+def full_report() -> Report:
+    """A report with every optional part present, each made by the code that makes it in a run."""
+    calibration = random_calibration((1, 3, 16, 16))
+    calibration.skipped.append(("x", "cannot decode image x.jpg"))
+    world = World(rank=0, size=2, host="host", device="cpu", threads=1, backend="gloo")
+    world.ranks = [world.rank_facts()]
+    info = RunInfo(model="unet", variant="UNet", parameters=1, n_classes=2, weights="random", data="d", images=2,
+                   unpaired=0, image_size=[16, 16], eval_resolution="original", command="python sample.py",
+                   started="now", batch_size=2, loop=1, warm_counter=0, torch=torch.__version__, threads=2,
+                   host={**describe_host(CPU), "accelerator": "a GPU"}, artifact_cache="/cache",
+                   calibration_images=calibration.images, calibration=calibration.describe(), decode="nvjpeg",
+                   decode_note="nvJPEG", workers=2, reference="cpu", auto=_auto(), hints=["try bf16"],
+                   decode_fallbacks=["x.jpg: RuntimeError"], distributed=world.facts())
+    outputs = WrittenFiles("original", "out", True, 2, "sub.csv", 2, "per.csv", 2)
+    return Report(info, [to_row(_row())], [Skip("tensorrt", "fp32", "absent", failed=True)], False, outputs,
+                  ["latency.png"])
+
+
+def test_every_key_the_writer_can_emit_is_in_the_golden_list_and_back():
+    emitted, listed = field_paths(report_dict(full_report())), golden()
+    assert not emitted - listed, f"new report keys: add them to {GOLDEN} and docs/outputs.md: {sorted(emitted - listed)}"
+    assert not listed - emitted, f"keys no longer emitted: {sorted(listed - emitted)} (remove them from both, or " \
+                                 "restore them)"
+
+
+def test_the_golden_list_is_the_documented_list():
+    documented = {f for f in documented_fields() if not f.startswith(("--", "python "))}
+    assert documented == golden(), (f"only in docs/outputs.md: {sorted(documented - golden())}; "
+                                    f"only in {GOLDEN}: {sorted(golden() - documented)}")
