@@ -57,7 +57,8 @@ def image_size(text: str) -> tuple[int, int]:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__)
     data = p.add_argument_group("data")
-    data.add_argument("--image_path", help="folder of <id>.jpg images, or one image; default: a synthetic Carvana-like set")
+    data.add_argument("--image_path",
+                      help="folder of <id>.jpg images, or one image; default: a synthetic Carvana-like set")
     data.add_argument("--mask_path", help="folder of <id>_mask.gif|png masks, or one mask; without it dice is skipped")
     data.add_argument("--image_size", type=image_size, default=(512, 512), metavar="N|WxH",
                       help="model input size (default 512); images resized with Pillow bicubic, masks nearest")
@@ -84,7 +85,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument("--base_width", type=at_most(256, "n1 = 256 is already 586 M parameters"), metavar="N1",
                        help="unet++ base width n1 (filters n1..16*n1); default: from the checkpoint, else 64, the "
                             "reference NestedUNet's")
-    model.add_argument("--seed", type=int, default=0, help="seed of the random weights and the synthetic set (default 0)")
+    model.add_argument("--seed", type=int, default=0,
+                       help="seed of the random weights and the synthetic set (default 0)")
     run = p.add_argument_group("engine and timing")
     run.add_argument("--engine", default="auto",
                      help="auto (default: the fastest engine here that passes the fidelity bar, measured once per "
@@ -92,13 +94,17 @@ def get_args_parser() -> argparse.ArgumentParser:
                           f"{', '.join(engines.ENGINES)}")
     run.add_argument("--auto", choices=["measure", "static"],
                      help="how --engine auto decides: measure (default; the first run probes each installed engine, "
-                          "later runs reuse the choice) or static (a fixed order, no probe; the default with --no_cache)")
-    run.add_argument("--device", help="cpu, an accelerator index (0), cuda:N or npu:N; default: accelerator 0, else cpu")
-    run.add_argument("--precision", default="fp32", help="comma list of fp32, fp16, bf16, int8; one row each (default fp32)")
+                          "later runs reuse the choice) or static (a fixed order, no probe; the default with "
+                          "--no_cache)")
+    run.add_argument("--device",
+                     help="cpu, an accelerator index (0), cuda:N or npu:N; default: accelerator 0, else cpu")
+    run.add_argument("--precision", default="fp32",
+                     help="comma list of fp32, fp16, bf16, int8; one row each (default fp32)")
     run.add_argument("--batch_size", type=positive_int, default=1,
                      help="compiled batch size (default 1); the last batch is padded")
     run.add_argument("--loop", type=positive_int, default=10, help="timed calls per engine (default 10)")
-    run.add_argument("--warm_counter", type=non_negative_int, default=2, help="untimed warm-up calls before timing (default 2)")
+    run.add_argument("--warm_counter", type=non_negative_int, default=2,
+                     help="untimed warm-up calls before timing (default 2)")
     run.add_argument("--threads", type=positive_int,
                      help="CPU threads for torch, onnxruntime and openvino (default: each one's choice)")
     run.add_argument("--no_reference", action="store_true", help="skip the eager fp32 reference (no cosine)")
@@ -131,7 +137,7 @@ def add_engine_options(group) -> None:
                        help="throughput: time concurrent async requests (one per stream)")
     group.add_argument("--openvino_device", default="CPU", help="openvino: CPU, or GPU for an Intel GPU")
     group.add_argument("--soc_version", default="Ascend310P3", help="torch_aie: the Ascend SoC to compile for")
-    # GPU speed levers of the torch, torchscript and inductor rows; auto follows the H200 measurements (docs/engines.md).
+    # GPU speed levers of the torch, torchscript and inductor rows; auto follows what was measured (docs/engines.md).
     group.add_argument("--channels_last", choices=SETTINGS, default="auto",
                        help="torch / torchscript: weights and input in channels_last (auto: on for eager torch at "
                             "CUDA fp16 / bf16, where it was measured)")
@@ -146,11 +152,14 @@ def add_result_arguments(p: argparse.ArgumentParser) -> None:
     """Flags for per-image results (docs/outputs.md): masks, overlays, submission, per-image CSV, plots."""
     res = p.add_argument_group("per-image results (files are written for the first engine row)")
     res.add_argument("--output", metavar="DIR", help="write <id>_mask.png (0 / 255) at each image's original size")
-    res.add_argument("--overlay", action="store_true", help="with --output: also <id>_overlay.jpg, mask tinted on the image")
-    res.add_argument("--submission", metavar="FILE.csv", help="Kaggle Carvana submission (img,rle_mask) at original size")
+    res.add_argument("--overlay", action="store_true",
+                     help="with --output: also <id>_overlay.jpg, mask tinted on the image")
+    res.add_argument("--submission", metavar="FILE.csv",
+                     help="Kaggle Carvana submission (img,rle_mask) at original size")
     res.add_argument("--csv", metavar="FILE", help="one row per image: dice, IoU, foreground fractions, batch latency")
     res.add_argument("--eval_resolution", choices=["model", "original"], default="model",
-                     help="score dice at the model's input size (Pytorch-UNet's table) or the original size (Kaggle's)")
+                     help="score dice at the model's input size (Pytorch-UNet's table) or the original size "
+                          "(Kaggle's)")
     res.add_argument("--plots", metavar="DIR", help="latency, dice and fps-vs-dice plots as PNG (needs matplotlib)")
     res.add_argument("--overwrite", action="store_true", help="allow writing into existing --output / --plots / files")
 

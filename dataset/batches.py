@@ -126,8 +126,8 @@ class Decoders:
         return future
 
     def _work(self, started: threading.Barrier) -> None:
-        # One torch thread per decode thread (the resize): the threads are the parallelism. An OpenMP team per decode
-        # thread beside the engine's own oversubscribes the cores; measured on 2 busy cores, the resize took 6x longer.
+        # One torch thread per decode thread (the resize): the threads are the parallelism, and an OpenMP team per
+        # decode thread beside the engine's own would oversubscribe the cores (docs/data.md).
         torch.get_num_threads()  # torch's per-thread lazy init first, or it would undo the next line on first use
         torch.set_num_threads(1)
         _meet(started)

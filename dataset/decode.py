@@ -11,7 +11,7 @@ from PIL import Image, UnidentifiedImageError
 from utils.errors import SampleError, first_line
 from utils.files import open_regular
 
-MAX_SIDE = 16384  # --image_size: past this no UNet fits any machine's memory (see sample.py's memory check)
+MAX_SIDE = 16384  # --image_size: past this no UNet fits any machine's memory (pipeline/config.py's memory check)
 
 
 def decode_error(what: str, path: str, exc: Exception) -> SampleError:
@@ -89,9 +89,9 @@ def load_image(path: str, size: tuple[int, int], decode: str = "exact",
     """Decode to RGB and resize to size=(W, H) with bicubic; return the HWC uint8 array and the (W, H) before resizing.
 
     `exact` is Pytorch-UNet's path: the full-size decode, then Pillow's bicubic. `fast` (and `nvjpeg`'s CPU side)
-    decodes the same way and resizes with torch's antialiased bicubic (`resize_bicubic`: Pillow's filter, several
-    times faster). Decoding at a reduced DCT scale (Pillow's `draft`) was measured and left out: it moved dice by
-    5e-4 to 8e-4 (docs/data.md). `clock`, when given, gets [decode seconds, resize seconds] added.
+    decodes the same way and resizes with torch's antialiased bicubic (`resize_bicubic`, Pillow's filter). A reduced
+    DCT scale (Pillow's `draft`) is not used: it moves dice past the bar (docs/data.md). `clock`, when given, gets
+    [decode seconds, resize seconds] added.
     """
     try:
         start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""A deterministic Carvana-like data set (studio background, car silhouettes with wheels and windows) for runs without data."""
+"""A deterministic Carvana-like data set (studio background, cars with wheels and windows) for runs without data."""
 from __future__ import annotations
 
 import os

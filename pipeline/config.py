@@ -13,8 +13,8 @@ from utils.device import memory_bytes
 from utils.errors import SampleError
 from utils.files import check_outputs, default_cache_dir
 
-# Peak memory of eager fp32 inference per input pixel and image, lower bounds of what was measured at 512 px (UNet
-# 2.4 KiB, UNet++ n1=64 5.4 KiB; UNet++ n1=32 included), so a size they refuse cannot fit.
+# Peak memory of eager fp32 inference per input pixel and image: lower bounds of the measured figures (UNet++ n1=32
+# included; docs/failures.md), so a size they refuse cannot fit.
 BYTES_PER_PIXEL = {"unet": 1536, "unet++": 2048}
 
 

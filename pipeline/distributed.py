@@ -1,16 +1,9 @@
-"""Scaling out: the same command on N devices and N hosts, launched by torchrun, with the report of one process.
+"""Scaling out: the same command on N devices and hosts under torchrun, with the report of one process
+(docs/scaling.md).
 
-torchrun starts one process (rank) per device and sets RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE. Each rank
-takes its own device (accelerator LOCAL_RANK, or the CPU with its share of the cores) and a contiguous shard of the
-batches one process would make (utils/shards.py). The ranks meet only at a few syncs (pipeline/syncs.py), each one
-all_gather of every rank's state on a gloo group with a timeout (`--dist_timeout`), sometimes followed by a gather to
-rank 0: after the setup (rank 0's plan, thread counts and int8 calibration reach every rank), after each engine row
-(rank 0 merges the ranks' passes into the one-process row: pipeline/gather.py), before the files are written (the
-Kaggle submission's rows, file counts) and at the exit (rank 0's status becomes everyone's). A rank that fails says so
-at the next sync and every rank stops there; rank 0 prints the one line that names it. A sync that times out or loses
-a rank ends the run too.
-
-Outside torchrun (no WORLD_SIZE, or 1) `World()` is inactive and every method leaves the one-process run untouched.
+Each rank takes its own device and a contiguous shard of the batches one process would make (dataset/shards.py); the
+ranks meet at a few syncs (pipeline/syncs.py): after the setup, after each row (rank 0 merges it: pipeline/gather.py),
+before the files are written and at the exit. Outside torchrun `World()` is inactive and leaves the run untouched.
 """
 from __future__ import annotations
 
@@ -192,15 +185,16 @@ class World(Syncs, Gather):
         mine = self.rank_facts()
         lead = None
         if self.rank == 0:
-            lead = {"plan": [(row.engine, row.precision) for row in plan], "calibration": options.calibration is not None}
+            lead = {"plan": [(row.engine, row.precision) for row in plan],
+                    "calibration": options.calibration is not None}
         states = self.sync("setup", (mine, lead, self.data))
         self.ranks = [s[0] for s in states]
         lead = states[0][1]
         others = [r for r, s in enumerate(states) if s[2] != states[0][2]]
         if others:  # each rank listed the pairs itself: shards of different lists would miss or repeat images
-            raise SampleError(f"{self.describe(others[0])} sees another data set than rank 0 ({states[others[0]][2][0]} "
-                              f"vs {states[0][2][0]} images, or other names): give every rank the same --image_path / "
-                              "--mask_path contents (on several hosts, a shared folder)")
+            raise SampleError(f"{self.describe(others[0])} sees another data set than rank 0 "
+                              f"({states[others[0]][2][0]} vs {states[0][2][0]} images, or other names): give every "
+                              "rank the same --image_path / --mask_path contents (on several hosts, a shared folder)")
         # The calibration batches go from rank 0 alone, by broadcast: an all_gather would pad every rank's message
         # to the largest and hand each rank world-size copies.
         if lead["calibration"]:
@@ -276,7 +270,8 @@ class World(Syncs, Gather):
             # rank alike, and the syncs then succeed). Another rank stopped by torchrun stays quiet: one line.
             signalled = self.interrupted or (self.interrupts is not None and self.interrupts.count)
             if self.rank == 0 or not (isinstance(exc, Lost) and signalled):
-                print(f"error: {message if isinstance(exc, Lost) else f'{self.describe()}: {message}'}", file=sys.stderr)
+                said = message if isinstance(exc, Lost) else f"{self.describe()}: {message}"
+                print(f"error: {said}", file=sys.stderr)
             return 1 if isinstance(exc, Lost) else status
         try:
             self.sync("stop", stop=message, status=status)

@@ -146,7 +146,7 @@ class RowResult:
 
 @dataclass
 class RowsResult:
-    """What `run_rows` made: the finished rows, the rows skipped or failed and why, and whether Ctrl-C stopped the run."""
+    """What `run_rows` made: the finished rows, those skipped or failed and why, and whether Ctrl-C stopped the run."""
 
     results: list[RowResult] = field(default_factory=list)
     skipped: list[Skip] = field(default_factory=list)

@@ -12,7 +12,7 @@ ALPHA = 0.45
 
 
 def encode_mask_png(pred: np.ndarray, n_classes: int) -> bytes:
-    """A (H, W) class map as an 8-bit PNG a person can view: class c -> c * 255 // (n_classes - 1), so 0 / 255 for two."""
+    """A (H, W) class map as an 8-bit PNG a person can view: class c -> c * 255 // (n_classes - 1) (0 / 255 for two)."""
     scale = 255 // max(n_classes - 1, 1)
     buffer = io.BytesIO()
     # compress_level 1: binary masks shrink nearly as well as at the default level, several times faster.

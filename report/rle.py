@@ -5,11 +5,12 @@ import numpy as np
 
 
 def encode_rle(mask: np.ndarray) -> str:
-    """A (H, W) mask (non-zero = car) as 'start length ...': pixels numbered from 1, left to right, then top to bottom."""
+    """A (H, W) mask (non-zero = car) as 'start length ...': pixels numbered from 1, left to right, then top down."""
     flat = np.asarray(mask).reshape(-1) != 0
     edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1  # first pixel of every new run (0-indexed)
     # A run touching either end of the image has only one edge inside it: add the missing one.
-    edges = np.concatenate(([0] if flat[:1].any() else [], edges, [flat.size] if flat[-1:].any() else [])).astype(np.int64)
+    head, tail = [0] if flat[:1].any() else [], [flat.size] if flat[-1:].any() else []
+    edges = np.concatenate((head, edges, tail)).astype(np.int64)
     starts, ends = edges[0::2], edges[1::2]
     pairs = np.stack([starts + 1, ends - starts], axis=1).reshape(-1)
     return " ".join(map(str, pairs.tolist()))

@@ -66,7 +66,8 @@ def header_lines(c: RunInfo) -> list[str]:
         f"weights    {c.weights}",
         f"data       {c.data}",
         f"images     {c.images} at {c.image_size[0]}x{c.image_size[1]}, batch {c.batch_size}{unpaired}",
-        f"timing     {c.warm_counter} warm-up + {c.loop} timed calls per engine; torch {c.torch}, {c.threads} CPU threads",
+        f"timing     {c.warm_counter} warm-up + {c.loop} timed calls per engine; torch {c.torch}, "
+        f"{c.threads} CPU threads",
         f"host       {describe(c.host)}",
     ]
 
@@ -82,8 +83,8 @@ def legend_lines(report: Report) -> list[str]:
     lines.append(f"dice = mean over images of per-image dice (Pytorch-UNet's), scored {where}; micro dice pools all "
                  "pixels; IoU = mean per-image IoU; cos = per-sample cosine vs eager fp32 on "
                  f"{_reference_where(c)}")
-    lines.append("fidelity: worst cosine vs the precision's bar (fp32 0.99999, fp16/bf16 0.999, int8 0.99; LOW = below); "
-                 "dice delta = dice - eager fp32 dice on the same images (at model size); "
+    lines.append("fidelity: worst cosine vs the precision's bar (fp32 0.99999, fp16/bf16 0.999, int8 0.99; "
+                 "LOW = below); dice delta = dice - eager fp32 dice on the same images (at model size); "
                  "artifact: compiled now or loaded from the cache")
     return lines
 

@@ -94,7 +94,7 @@ def synchronizer(device: torch.device):
     return lambda: None
 
 
-# ISA features that decide which engine and precision is fast on a CPU (AMX / AVX512-BF16 / VNNI run bf16 / int8 natively).
+# ISA features that decide which engine and precision is fast on a CPU (AMX, AVX512-BF16, VNNI: bf16 / int8 natively).
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_fp16")
 NATIVE_BF16 = ("avx512_bf16", "amx_bf16")  # bf16 arithmetic in hardware
 NATIVE_INT8 = ("avx512_vnni", "avx_vnni", "amx_int8")  # int8 dot products in hardware

@@ -20,7 +20,8 @@ def default_cache_dir() -> str:
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link"),
+                       (stat.S_ISFIFO, "a named pipe (FIFO)"),
                        (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a block device")):
         if test(mode):
             return name
@@ -107,7 +108,8 @@ def check_outputs(outputs: list[tuple[str, str, bool, tuple[str, ...]]], inputs:
         for flag_b, path_b, b, folder_b, names_b in real[i + 1:]:
             if a == b and folder_a != folder_b:
                 raise SampleError(f"{flag_a} {path_a} and {flag_b} {path_b} are the same path; give each its own")
-            if (not folder_a and _writes(b, folder_b, names_b, a)) or (not folder_b and _writes(a, folder_a, names_a, b)):
+            if (not folder_a and _writes(b, folder_b, names_b, a)) or \
+                    (not folder_b and _writes(a, folder_a, names_a, b)):
                 raise SampleError(f"{flag_a} {path_a} and {flag_b} {path_b} would write the same file "
                                   f"({a if not folder_a else b}); give each output its own path")
     for what, given in inputs:
@@ -143,8 +145,8 @@ class FolderLock:
             return self
         while self.fd is None:
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0),
-                             0o644)
+                flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+                fd = os.open(self.path, flags, 0o644)
             except OSError as exc:
                 raise SampleError(f"cannot lock {self.flag} folder {self.folder} ({self.path}): "
                                   f"{exc.strerror or exc}") from None
