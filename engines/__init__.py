@@ -1,4 +1,4 @@
-"""Engine registry: name -> module, imported only when chosen, so a missing package only matters to its own engine."""
+"""Engine registry: name -> module, imported only when chosen, so a missing package matters only to its engine."""
 from __future__ import annotations
 
 import importlib
@@ -27,12 +27,12 @@ ALIASES = {"eager": "torch", "pytorch": "torch", "jit": "torchscript", "ts": "to
            "torch_tensorrt": "tensorrt", "aie": "torch_aie", "npu": "torch_npu"}
 # `--engine auto` measures the installed engines on the spot (pipeline/auto.py). These fixed orders are its fallback
 # (`--auto static`, `--no_cache`) and the order it probes in: the first installed one that supports the precision.
-# CPU fp32: openvino and onnxruntime are within ~15 % of each other and swap places between CPUs (docs/engines.md).
+# CPU fp32: openvino and onnxruntime are close and swap places between CPUs (docs/engines.md).
 AUTO = {"cpu": ("openvino", "onnxruntime", "torchscript", "torch"), "cuda": ("tensorrt", "torch"),
         "npu": ("torch_aie", "torch_npu")}
 AUTO_INT8 = {"cpu": ("openvino", "onnxruntime")}
 # onnxruntime has no CPU fp16 / bf16 kernels and openvino refuses them on a CPU without native support, so half
-# precision on such a CPU goes to torch; with AVX512-BF16 or AMX, openvino bf16 is the fastest row measured.
+# precision on such a CPU goes to torch; with AVX512-BF16 or AMX, openvino bf16 is the fastest (docs/engines.md).
 AUTO_HALF = {"cpu": ("torchscript", "torch")}
 AUTO_HALF_NATIVE = {"cpu": ("openvino", "torchscript", "torch")}
 
@@ -92,6 +92,7 @@ def load(name: str, model: torch.nn.Module, example_shape: tuple, device: torch.
     try:
         return module.load(model, example_shape, device, precision, options or EngineOptions())
     except ImportError as exc:
-        raise SampleError(f"engine {key}: {first_line(exc)}; {getattr(module, 'INSTALL', 'install its package')}") from None
+        install = getattr(module, "INSTALL", "install its package")
+        raise SampleError(f"engine {key}: {first_line(exc)}; {install}") from None
     except (RuntimeError, ValueError, TypeError, OSError) as exc:
         raise SampleError(f"engine {key} failed to compile for {device} {precision}: {first_line(exc)}") from None

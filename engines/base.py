@@ -24,8 +24,7 @@ def _noop() -> None:
 
 @dataclass(frozen=True)
 class EngineOptions:
-    """Everything an engine may be built with beyond the model, shape, device and precision; each engine reads the
-    fields it needs by name (a misspelt one is a TypeError here, not an option that silently vanishes)."""
+    """What an engine may be built with beyond model, shape, device and precision (a misspelt field is a TypeError)."""
 
     threads: Optional[int] = None  # CPU threads: onnxruntime intra-op, OpenVINO INFERENCE_NUM_THREADS
     cache: Optional[ArtifactCache] = None  # None: build in a temporary folder, removed once the engine is loaded
@@ -45,14 +44,14 @@ class Engine:
     """A compiled model ready to run; every field is set by the engine module that builds it.
 
     `prepare` turns a CPU float32 NCHW batch into the engine's native input (device copy, dtype, layout); `run` is the
-    only call the timing loop times; `synchronize` waits for the device; `to_torch` brings an output back as a
-    CPU float32 tensor. `timed` says in words what a timed call holds. `is_reference` is true for the engine that
-    computes exactly what the eager fp32 reference computes (its own output is its reference, for free).
+    only call the timing loop times; `synchronize` waits for the device; `to_torch` brings an output back as a CPU
+    float32 tensor. `timed` says in words what a timed call holds, the GPU speed levers in effect included (`levers`,
+    engines/levers.py). `is_reference` is true for the engine that computes exactly what the eager fp32 reference
+    computes (its own output is its reference, for free).
 
     What `run` returns belongs to the caller: a later call never changes it, so it may be read after the next call
     (a writer thread, a deferred device-side metric). An engine that replays into a reused output buffer (a CUDA
-    graph) returns a copy of that buffer. `levers` names the GPU speed levers in effect (engines/levers.py); `timed`
-    names them too.
+    graph) returns a copy of that buffer.
     """
 
     name: str
@@ -77,8 +76,7 @@ class Engine:
 
 
 def torch_io(device: torch.device, precision: str, memory_format: torch.memory_format = torch.contiguous_format):
-    """prepare / to_torch for engines whose native tensors are torch tensors on `device` in `precision` (and
-    `memory_format`: channels_last for that lever; outputs come back in the usual NCHW layout)."""
+    """prepare / to_torch for torch tensors on `device` in `precision`, the input in `memory_format` (channels_last)."""
     dtype = DTYPES[precision]
 
     def prepare(batch: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,7 @@
-"""On-disk cache of exported / compiled engines, keyed by weights, input shape, precision and engine version; every
-entry carries the sha256 of its files, checked before it is used."""
+"""On-disk cache of exported / compiled engines, keyed by weights, input shape, precision and engine version.
+
+Every entry carries the sha256 of its files, checked before it is used.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -72,8 +74,7 @@ class ArtifactCache:
 
 @dataclass
 class Artifact:
-    """An engine artifact ready to load: its `folder`, whether it was `compiled` now or `loaded`, and whether it is
-    `kept` in the cache (a temporary one is removed when the `artifact` block ends)."""
+    """An engine artifact ready to load; one not `kept` in the cache is removed when the `artifact` block ends."""
 
     folder: str
     state: str
@@ -99,8 +100,10 @@ def _sha256(path: str) -> str:
 
 
 def checksums(folder: str) -> dict[str, str]:
-    """sha256 of every file under `folder` (but the READY file), by path relative to it; SampleError on anything
-    that is not a regular file (a link could point anywhere)."""
+    """sha256 of every file under `folder` (but the READY file), by path relative to it.
+
+    SampleError on anything that is not a regular file: a link could point anywhere.
+    """
     sums = {}
     for root, dirs, files in os.walk(folder):
         for name in sorted(files) + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
@@ -173,9 +176,11 @@ def building(folder: str, key: dict):
 
 @contextmanager
 def build_lock(cache: ArtifactCache, folder: str):
-    """Hold an exclusive `flock` on `<root>/.locks/<engine>-<entry>.lock` for the block: a second process that
-    wants the same entry waits (up to `cache.wait_s`, then builds its own copy: `building` publishes one of them
-    atomically). The kernel drops the lock when its holder ends, a crash included. No lock without fcntl (not POSIX)."""
+    """Hold an exclusive `flock` on `<root>/.locks/<engine>-<entry>.lock` for the block (no lock without fcntl).
+
+    A second process that wants the same entry waits up to `cache.wait_s`, then builds its own copy (`building`
+    publishes one of them atomically). The kernel drops the lock when its holder ends, a crash included.
+    """
     try:
         import fcntl
     except ImportError:
@@ -188,7 +193,7 @@ def build_lock(cache: ArtifactCache, folder: str):
         name = f"{os.path.basename(os.path.dirname(folder))}-{os.path.basename(folder)}.lock"
         fd = os.open(os.path.join(locks, name), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
     except OSError:
-        pass  # a read-only lock folder: build unlocked, as before locks existed (publishing stays atomic)
+        pass  # a read-only lock folder: build unlocked (publishing stays atomic)
     deadline = time.monotonic() + cache.wait_s
     try:
         while fd is not None:

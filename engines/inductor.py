@@ -1,9 +1,8 @@
-"""TorchInductor at the real batch shape, as an AOTInductor package kept in the artifact cache (torch >= 2.6): the
-first run exports and compiles it, later runs load it in seconds. On the CPU with freezing (weights folded as
-constants), max-autotune on CUDA.
+"""TorchInductor at the real batch shape, as an AOTInductor package kept in the artifact cache (torch >= 2.6).
 
-Where this torch has no AOTInductor (torch 2.0.1 on the Ascend stack), it falls back to torch.compile, which
-compiles on the first call: `load` makes that call, so its wall time is the reported compile time.
+The first run exports and compiles the package, later runs load it; freezing (weights folded as constants) on the
+CPU, max-autotune on CUDA. Where this torch has no AOTInductor (torch 2.0.1 on the Ascend stack), it falls back to
+torch.compile, which compiles on the first call: `load` makes that call, so its wall time is the reported compile time.
 """
 from __future__ import annotations
 
@@ -52,11 +51,11 @@ def inductor_options(**values):
 
 @contextmanager
 def inductor_cache(cache: ArtifactCache | None):
-    """Point inductor's own cache (keyed by graph, weights and versions) at `<cache>/engines/inductor` while it
-    compiles; without our cache, at a temporary folder removed afterwards (the compiled code is loaded by then).
+    """Point inductor's own cache at `<cache>/engines/inductor` while it compiles (without our cache, a temporary one).
 
-    A TORCHINDUCTOR_CACHE_DIR the user set is theirs and is kept. Inductor also makes its global folder
-    `<temp dir>/torchinductor_<user>`; when this compile created it and left it empty, it goes too.
+    Inductor keys its cache by graph, weights and versions; the temporary folder goes afterwards (the compiled code is
+    loaded by then). A TORCHINDUCTOR_CACHE_DIR the user set is theirs and is kept. Inductor also makes its global
+    folder `<temp dir>/torchinductor_<user>`; when this compile created it and left it empty, it goes too.
     """
     if USER_CACHE_DIR:
         yield USER_CACHE_DIR
@@ -79,8 +78,7 @@ def inductor_cache(cache: ArtifactCache | None):
 
 
 def aoti_available() -> bool:
-    """True when this torch exports and compiles AOTInductor packages with the API used here (torch >= 2.6: 2.5 had
-    another signature); else torch.compile is used."""
+    """True when this torch has the AOTInductor API used here: torch >= 2.6 (2.5 had another signature)."""
     import torch._inductor
 
     release = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2] if p.isdigit())
@@ -89,9 +87,11 @@ def aoti_available() -> bool:
 
 
 def aoti_configs(device: torch.device, mode: str, cache: ArtifactCache | None) -> dict:
-    """inductor settings of the package: torch.compile's `mode` has no AOTInductor twin, so its autotuning is asked
-    for by name (its CUDA graphs are the cuda_graphs lever's, around the package's call). Precompiled headers as in
-    compile_module: with our cache only."""
+    """inductor settings of the package.
+
+    torch.compile's `mode` has no AOTInductor twin, so its autotuning is asked for by name (its CUDA graphs are the
+    cuda_graphs lever's, around the package's call). Precompiled headers as in compile_module: with our cache only.
+    """
     import torch._inductor.config as config
 
     configs = {"max_autotune": mode.startswith("max-autotune"), "freezing": device.type == "cpu"}
@@ -103,9 +103,11 @@ def aoti_configs(device: torch.device, mode: str, cache: ArtifactCache | None) -
 
 
 def aoti_key(device: torch.device, mode: str) -> dict:
-    """What the package depends on beyond weights, shape and precision: the code is built for this machine (the CPU
-    compiler runs with -march=native; CUDA kernels are autotuned for this GPU), so a cache folder shared with another
-    CPU or GPU must not load it."""
+    """What the package depends on beyond weights, shape and precision: the machine it is built for.
+
+    The CPU compiler runs with -march=native and CUDA kernels are autotuned for this GPU, so a cache folder shared with
+    another CPU or GPU must not load it.
+    """
     host = describe_host(device)
     return {"mode": mode, "cpu": host["cpu"], "isa": host["isa"], "accelerator": host.get("accelerator", "")}
 
@@ -119,9 +121,11 @@ def single_threaded_loader() -> bool:
 
 def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, precision: str,
          options: EngineOptions) -> Engine:
-    """The compiled model: an AOTInductor package, or torch.compile where this torch has none. The mode defaults to
-    max-autotune on CUDA (it pays there) and default on the CPU (max-autotune benchmarks GEMM / conv templates at
-    compile time: opt-in there)."""
+    """The compiled model: an AOTInductor package, or torch.compile where this torch has none.
+
+    The mode defaults to max-autotune on CUDA (it pays there) and default on the CPU (max-autotune benchmarks GEMM /
+    conv templates at compile time: opt-in there).
+    """
     mode = options.inductor_mode or ("max-autotune" if device.type == "cuda" else "default")
     levers = levers_for("inductor", device, precision, example_shape, options)
     with inductor_cache(options.cache):  # the first `import torch._inductor` makes inductor's cache folder
@@ -166,7 +170,7 @@ def load_package(model: torch.nn.Module, example_shape: tuple, device: torch.dev
         if device.type == "cuda" and takes_index:
             kwargs["device_index"] = device.index or 0
         on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-        # Loading compiles inductor's small CPU-feature probes once (~6 s cold, 180 kB): kept in its own cache.
+        # Loading compiles inductor's small CPU-feature probes once (~6 s cold): kept in its cache (docs/engines.md).
         with inductor_cache(options.cache), on_device:
             compiled = torch._inductor.aoti_load_package(os.path.join(built.folder, PACKAGE_FILE), **kwargs)
 
@@ -198,10 +202,9 @@ def compile_module(model: torch.nn.Module, example_shape: tuple, device: torch.d
         return out.clone() if own_graphs else out
 
     run = apply_levers(call, levers, device, lambda: example)
-    # Freezing folds weights and BatchNorm into constants; it needs the graph to run without grad.
-    # Inductor keeps precompiled headers (about 150 MB, made once per machine) in its global temp folder whatever
-    # its cache dir says. They save 12-19 % of a cold CPU compile (UNet / UNet++ at 64 px), so they stay on with
-    # our cache; with --no_cache, which promises to leave nothing behind, they are off.
+    # Freezing folds weights and BatchNorm into constants; it needs the graph to run without grad. Inductor keeps
+    # precompiled headers in its global temp folder whatever its cache dir says: they shorten a cold CPU compile, so
+    # they stay on with our cache and are off with --no_cache, which promises to leave nothing behind (docs/engines.md).
     with inductor_cache(options.cache) as cache_dir, \
             inductor_options(freezing=device.type == "cpu", cpp_cache_precompile_headers=options.cache is not None):
         run(example)

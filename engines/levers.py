@@ -1,8 +1,6 @@
 """GPU speed levers of the torch engines: channels_last, cudnn.benchmark and a CUDA graph, each `auto`, `on` or `off`.
 
-`auto` follows what was measured on a GPU (docs/engines.md#gpu-speed-levers): channels_last and the CUDA graph pay
-at fp16 / bf16 (the graph at batch 1 only); cudnn.benchmark was on in every measured figure. Everything here but
-`capture_cuda_graph` is plain logic, tested on the CPU.
+Everything here but `capture_cuda_graph` is plain logic, tested on the CPU.
 """
 from __future__ import annotations
 
@@ -22,8 +20,8 @@ SUPPORTED = {
     "torchscript": ("channels_last", "cudnn_benchmark", "cuda_graphs"),
     "inductor": ("cudnn_benchmark", "cuda_graphs"),  # the graph wraps the AOTInductor package's call
 }
-# What `auto` turns on, per engine: only where it was measured. Eager torch is what the H200 script timed. Inductor's
-# graph stands in for the CUDA graphs max-autotune captured itself in the measured 710 fps (an AOTInductor package
+# What `auto` turns on, per engine: only where it was measured (eager torch; docs/engines.md#gpu-speed-levers).
+# Inductor's graph stands in for the CUDA graphs torch.compile's max-autotune captured itself (an AOTInductor package
 # has none). TorchScript with channels_last or a graph was not measured: `on` reaches it, `auto` does not.
 AUTO = {
     "torch": ("channels_last", "cudnn_benchmark", "cuda_graphs"),
@@ -63,11 +61,13 @@ class Levers:
 
 
 def auto_levers(engine: str, device_type: str, precision: str, batch: int) -> Levers:
-    """The `auto` rule, from the H200 measurements (UNet 512, torch 2.11; docs/engines.md#gpu-speed-levers):
-    channels_last at fp16 / bf16 on CUDA (1.35-1.9x at batch 1, 8 and 32); a CUDA graph at fp16 / bf16 and batch 1
-    only (+7 % / +13 % there on top of channels_last, -0.5 to -3 % at batch 8 and 32); cudnn.benchmark on CUDA at
-    every precision (every figure was measured with it on; the shape is fixed, so its one-off search falls in the
-    warm-up). fp32 was not measured with channels_last or a graph: auto leaves both off there."""
+    """The `auto` rule, from the measurements on one H200 (docs/engines.md#gpu-speed-levers).
+
+    channels_last at fp16 / bf16 on CUDA (it paid at every batch); a CUDA graph at fp16 / bf16 and batch 1 only (it
+    paid there and cost a little at larger batches); cudnn.benchmark on CUDA at every precision (every figure was
+    measured with it on; the shape is fixed, so its one-off search falls in the warm-up). fp32 was not measured with
+    channels_last or a graph: auto leaves both off there.
+    """
     cuda, half = device_type == "cuda", precision in HALF
     wanted = {"channels_last": cuda and half, "cudnn_benchmark": cuda, "cuda_graphs": cuda and half and batch == 1}
     supported = AUTO.get(engine, ())
@@ -76,9 +76,12 @@ def auto_levers(engine: str, device_type: str, precision: str, batch: int) -> Le
 
 def choose_levers(engine: str, device_type: str, precision: str, batch: int, channels_last: str = "auto",
                   cudnn_benchmark: str = "auto", cuda_graphs: str = "auto") -> Levers:
-    """Resolve the three settings (`auto`, `on`, `off`) for one row. `on` forces a lever wherever it can exist;
-    where it cannot (a CUDA-only lever on another device) it is a SampleError, never silently dropped. An engine
-    that does not read a lever (SUPPORTED) runs without it whatever the setting: its row's report says so."""
+    """Resolve the three settings (`auto`, `on`, `off`) for one row.
+
+    `on` forces a lever wherever it can exist; where it cannot (a CUDA-only lever on another device) it is a
+    SampleError, never silently dropped. An engine that does not read a lever (SUPPORTED) runs without it whatever
+    the setting: its row's report says so.
+    """
     auto = auto_levers(engine, device_type, precision, batch)
     supported = SUPPORTED.get(engine, ())
     chosen = {}
@@ -101,8 +104,11 @@ def levers_for(engine: str, device: torch.device, precision: str, example_shape:
 
 
 class cudnn_benchmark:  # noqa: N801  used like torch's own lower-case context managers
-    """Set torch.backends.cudnn.benchmark for the block, then restore it (a plain class: it wraps every timed call,
-    and torch's `cudnn.flags` would reset the other cudnn flags to its own defaults)."""
+    """Set torch.backends.cudnn.benchmark for the block, then restore it.
+
+    A plain class: it wraps every timed call, and torch's `cudnn.flags` would reset the other cudnn flags to its own
+    defaults.
+    """
 
     def __init__(self, on: bool):
         self.on = on
@@ -117,8 +123,10 @@ class cudnn_benchmark:  # noqa: N801  used like torch's own lower-case context m
 
 def capture_cuda_graph(fn: Callable[[torch.Tensor], torch.Tensor], static_in: torch.Tensor,
                        warmup: int = GRAPH_WARMUP) -> tuple[Callable[[], None], torch.Tensor]:
-    """Capture `fn(static_in)` in a CUDA graph: `warmup` calls on a side stream first (PyTorch's recipe), then the
-    capture; (replay, the output tensor every replay overwrites)."""
+    """Capture `fn(static_in)` in a CUDA graph; return (replay, the output tensor every replay overwrites).
+
+    `warmup` calls run on a side stream first (PyTorch's recipe), then the capture.
+    """
     device = static_in.device
     with torch.cuda.device(device):
         stream = torch.cuda.Stream(device)
@@ -137,10 +145,10 @@ def graphed(fn: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor,
             capture: Callable = capture_cuda_graph) -> Callable[[torch.Tensor], torch.Tensor]:
     """`fn` replayed from a graph captured on a copy of `example` (fixed shape, dtype, layout and device).
 
-    Each call copies its input into the graph's static input buffer, replays, and returns
-    a copy of the static output: the next replay overwrites that buffer, so a caller that kept the output of one
-    call past the next (a writer thread, a deferred metric) would otherwise read the wrong batch. The copy costs one
-    device-to-device copy of the logits (1 MB at batch 1, 512 px, fp16).
+    Each call copies its input into the graph's static input buffer, replays, and returns a copy of the static output:
+    the next replay overwrites that buffer, so a caller that kept the output of one call past the next (a writer
+    thread, a deferred metric) would otherwise read the wrong batch. The copy costs one device-to-device copy of the
+    logits (1 MB at batch 1, 512 px, fp16).
     """
     static_in = torch.empty_like(example).copy_(example)  # empty_like keeps example's layout (channels_last)
     replay, static_out = capture(fn, static_in)
@@ -158,10 +166,14 @@ def graphed(fn: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor,
 
 
 def apply_levers(run: Callable[[torch.Tensor], Any], levers: Levers, device: torch.device,
-                 example: Callable[[], torch.Tensor], capture: Callable = capture_cuda_graph) -> Callable[[torch.Tensor], Any]:
-    """`run` with `levers` in effect: on CUDA, cudnn.benchmark set (on or off) around every call, so one row's
-    setting never leaks into another's; then, with the graph lever, a graph captured from `example()` (an input in
-    the engine's native form: device, dtype, layout; made only when a graph is captured) and replayed."""
+                 example: Callable[[], torch.Tensor],
+                 capture: Callable = capture_cuda_graph) -> Callable[[torch.Tensor], Any]:
+    """`run` with `levers` in effect.
+
+    On CUDA, cudnn.benchmark is set (on or off) around every call, so one row's setting never leaks into another's;
+    then, with the graph lever, a graph is captured from `example()` (an input in the engine's native form: device,
+    dtype, layout; made only when a graph is captured) and replayed.
+    """
     call = run
     if device.type == "cuda":
         flag = levers.cudnn_benchmark

@@ -28,12 +28,13 @@ INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f16", "bf16": "bf16", "int8": "f3
 
 
 def quantize_int8(ov_model, calibration: Calibration):
-    """NNCF post-training quantisation; overflow_fix keeps int8 accurate on CPUs without VNNI (and is harmless with it)."""
+    """NNCF post-training static quantisation of the IR."""
     try:
         import nncf
     except ImportError:
         raise SampleError("openvino int8 needs NNCF: pip install nncf") from None
     data = nncf.Dataset(calibration.batches, lambda batch: batch.numpy())
+    # overflow_fix keeps int8 accurate on CPUs without VNNI (and is harmless with it).
     params = nncf.AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix.ENABLE)
     with contextlib.redirect_stdout(sys.stderr):  # NNCF draws its progress bar on stdout, where the report goes
         return nncf.quantize(ov_model, data, subset_size=len(calibration.batches), advanced_parameters=params)
@@ -87,7 +88,8 @@ def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, pre
     stored = "int8" if precision == "int8" else "fp32"
     with artifact(options.cache, "openvino", version, model, example_shape, stored,
                   lambda tmp: build(tmp, model, example_shape, stored, calibration), **extra) as built:
-        compiled = compile_ir(core, os.path.join(built.folder, "model.xml"), ov_device, precision, hint, options.threads)
+        compiled = compile_ir(core, os.path.join(built.folder, "model.xml"), ov_device, precision, hint,
+                              options.threads)
     request = compiled.create_infer_request()
 
     def run(x: np.ndarray):

@@ -1,4 +1,4 @@
-"""Ascend 310P through torch_aie (the original sample's route): trace, compile for the SoC, save, reload, run on a stream.
+"""Ascend 310P through torch_aie (the original sample's route): trace, compile for the SoC, save, reload, run.
 
 UNVERIFIED ON HARDWARE: written against the published call sequence and tested only with a recording stand-in.
 """

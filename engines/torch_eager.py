@@ -15,8 +15,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 
 def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, precision: str,
          options: EngineOptions) -> Engine:
-    """Move (a copy of, unless fp32 on the CPU) the model to `device` in `precision` and call it under inference_mode,
-    with the GPU levers (engines/levers.py) in effect."""
+    """Move the model to `device` in `precision` and call it under inference_mode, with the GPU levers in effect."""
     if device.type == "npu":
         import torch_npu  # noqa: F401  registers the npu device with torch
     levers = levers_for("torch", device, precision, example_shape, options)

@@ -31,8 +31,7 @@ def trace(model: torch.nn.Module, example: torch.Tensor, freeze: bool = True) ->
 
 def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, precision: str,
          options: EngineOptions) -> Engine:
-    """Trace + freeze a copy of the model on `device` in `precision`, saved to (or reloaded from) the cache, with the
-    GPU levers (engines/levers.py) in effect: a channels_last trace is its own cache entry."""
+    """Trace + freeze a copy of the model on `device` in `precision`, cached, with the GPU levers in effect."""
     if device.type == "npu":
         import torch_npu  # noqa: F401
     levers = levers_for("torchscript", device, precision, example_shape, options)
@@ -44,7 +43,8 @@ def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, pre
         torch.jit.save(trace(net, prepare(torch.rand(example_shape))), os.path.join(folder, "model.pt"))
 
     version = f"{ARTIFACT_VERSION}-torch{torch.__version__}-{device.type}"
-    extra = {"memory_format": "channels_last"} if levers.channels_last else {}  # the NCHW key is unchanged
+    # A channels_last trace is its own cache entry; the NCHW key is unchanged.
+    extra = {"memory_format": "channels_last"} if levers.channels_last else {}
     with artifact(options.cache, "torchscript", version, model, example_shape, precision, build, **extra) as built:
         scripted = torch.jit.load(os.path.join(built.folder, "model.pt"), map_location=device)
 

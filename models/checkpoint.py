@@ -66,7 +66,8 @@ def _sniff(path: str, f) -> str | None:
         finally:
             f.seek(0)
         if any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names):
-            return "a TorchScript archive (torch.jit.save); pass the weights: torch.save(model.state_dict(), 'weights.pth')"
+            return ("a TorchScript archive (torch.jit.save); pass the weights: "
+                    "torch.save(model.state_dict(), 'weights.pth')")
         if not any(n.count("/") == 1 and n.endswith("/data.pkl") for n in names):
             return f"a zip archive without torch's data.pkl (it holds {', '.join(names[:3]) or 'nothing'})"
         return None
@@ -76,8 +77,7 @@ def _sniff(path: str, f) -> str | None:
 
 
 def _torch_reason(exc: BaseException) -> str:
-    """torch's own reason, without its advice: that advice is to retry with weights_only=False, which would run
-    whatever code the file holds. Never pass it on."""
+    """torch's own reason, without its advice: retrying with weights_only=False would run the file's code."""
     text = str(exc)
     if "WeightsUnpickler error:" in text:
         text = text.split("WeightsUnpickler error:", 1)[1]
@@ -117,7 +117,8 @@ def load_state_dict(path: str) -> tuple[dict, dict]:
     extra `mask_values` entry, popped and kept in the info) and `{"state_dict" | "model": ...}` wrappers.
     """
     if not os.path.exists(path):
-        raise SampleError(f"checkpoint not found: {path} (pass the .pth file with --pth, or omit --pth for random weights)")
+        raise SampleError(f"checkpoint not found: {path} (pass the .pth file with --pth, "
+                          "or omit --pth for random weights)")
     kind = file_kind(path)
     if kind:
         raise SampleError(f"{path}: not a PyTorch checkpoint ({kind}, not a regular file)")

@@ -69,7 +69,7 @@ class OutConv(nn.Module):
 
 
 class UNet(nn.Module):
-    """Ronneberger et al.'s UNet as Pytorch-UNet builds it: input (N, n_channels, H, W) -> logits (N, n_classes, H, W)."""
+    """Ronneberger et al.'s UNet as Pytorch-UNet builds it: (N, n_channels, H, W) -> logits (N, n_classes, H, W)."""
 
     def __init__(self, n_channels: int = 3, n_classes: int = 2, bilinear: bool = False):
         super().__init__()

@@ -1,8 +1,9 @@
-"""UNet++ (Zhou et al.): the seed's reference network, bigmb/Unet-Segmentation-Pytorch-Nest-of-Unets `NestedUNet`
-(base width n1 = 64), with the module names every NestedUNet shares, so its checkpoints load strictly.
+"""UNet++ (Zhou et al.) with the module names every NestedUNet shares, so their checkpoints load strictly.
 
-Other NestedUNets differ only in the base width (4uiiurz1's is 32) and optional deep-supervision heads; the width
-is read off a checkpoint's `conv0_0.conv1.weight` (models/checkpoint.py)."""
+The seed's reference is bigmb/Unet-Segmentation-Pytorch-Nest-of-Unets `NestedUNet` (base width n1 = 64). Others
+differ only in the base width (4uiiurz1's is 32) and optional deep-supervision heads; the width is read off a
+checkpoint's `conv0_0.conv1.weight` (models/checkpoint.py).
+"""
 from __future__ import annotations
 
 import torch
