@@ -49,7 +49,8 @@ def load_report(root: str, name: str) -> dict:
     """The JSON report `name` (a path relative to the repository root)."""
     path = os.path.join(root, name)
     if not os.path.isfile(path):
-        raise DocTablesError(f"report {name} does not exist: run the command that writes it (--json {name}) or fix the marker")
+        raise DocTablesError(f"report {name} does not exist: run the command that writes it (--json {name}) "
+                             "or fix the marker")
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
@@ -63,7 +64,7 @@ def fmt(value, spec: str) -> str:
 
 
 def fmt_ms(value) -> str:
-    """Milliseconds: whole numbers with thousands separators from 100 ms up (CPU rows), two decimals below (GPU rows)."""
+    """Milliseconds: whole, with thousands separators, from 100 ms up (CPU rows); two decimals below (GPU rows)."""
     return fmt(value, "{:,.0f}" if value is not None and value >= 100 else "{:.2f}")
 
 
@@ -121,9 +122,10 @@ def caption(report: dict) -> list[str]:
     elif c.get("calibration_images"):
         calib = f"; int8 calibrated on {c['calibration_images']} of these images"
     partial = " **Partial report: the run was interrupted.**" if report.get("partial") else ""
-    text = (f"Measured on {describe_host(c.get('host'))}, torch {c.get('torch', '?')}, {describe_date(c.get('started'))}: "
-            f"{c.get('model', '?')}, {weights}, {c.get('images', '?')} images at {w}x{h}, batch {c.get('batch_size', '?')}, "
-            f"{c.get('warm_counter', '?')} warm-up + {c.get('loop', '?')} timed calls per row{calib}.{partial}")
+    text = (f"Measured on {describe_host(c.get('host'))}, torch {c.get('torch', '?')}, "
+            f"{describe_date(c.get('started'))}: {c.get('model', '?')}, {weights}, {c.get('images', '?')} images at "
+            f"{w}x{h}, batch {c.get('batch_size', '?')}, {c.get('warm_counter', '?')} warm-up + {c.get('loop', '?')} "
+            f"timed calls per row{calib}.{partial}")
     return [fill(text), "", "```bash", wrap_command(c.get("command")), "```", ""]
 
 
@@ -132,8 +134,8 @@ def table_row(row: dict, random_weights: bool) -> str:
     dice, delta = (None, None) if random_weights else (row.get("dice"), row.get("dice_delta"))
     cells = [row.get("engine"), row.get("precision"), fmt_ms(row.get("latency_median_ms")),
              fmt(row.get("fps"), "{:.3f}"), fmt(row.get("e2e_fps"), "{:.3f}"), fmt(row.get("cosine_min"), "{:.6f}"),
-             row.get("fidelity") or "-", fmt(dice, "{:.4f}"), fmt(delta, "{:+.4f}"), fmt(row.get("compile_s"), "{:.1f}"),
-             row.get("artifact") or "-"]
+             row.get("fidelity") or "-", fmt(dice, "{:.4f}"), fmt(delta, "{:+.4f}"),
+             fmt(row.get("compile_s"), "{:.1f}"), row.get("artifact") or "-"]
     return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
 

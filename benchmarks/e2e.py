@@ -28,7 +28,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch_sizes", default="1", help="comma list (default 1)")
     p.add_argument("--json", metavar="PATH", help="also write every run's rows here")
-    p.add_argument("sample_args", nargs=argparse.REMAINDER, help="after --: sample.py's flags (not --batch_size/--json)")
+    p.add_argument("sample_args", nargs=argparse.REMAINDER,
+                   help="after --: sample.py's flags (not --batch_size/--json)")
     return p
 
 

@@ -73,7 +73,8 @@ def main(argv=None) -> int:
             times.extend(measure(engine.run, native, engine.synchronize, loop=1))
         print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
     base = float(np.median(loaded[0][3]))
-    print(f"| engine | precision | median ms | min ms | 1 / median (calls/s) | x vs {rows[0][0]} {rows[0][1]} | worst cosine |")
+    print(f"| engine | precision | median ms | min ms | 1 / median (calls/s) | x vs {rows[0][0]} {rows[0][1]} "
+          "| worst cosine |")
     print("|---|---|---|---|---|---|---|")
     for engine, _, cosine, times in loaded:
         med = float(np.median(times)) * 1000
