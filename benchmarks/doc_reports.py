@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -19,6 +18,10 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from benchmarks.quiet import cpu_mark, other_cores, wait_quiet  # noqa: E402
+
 REPORTS = "docs/reports"
 DATA = "../shared/data/carvana"
 CHECKPOINT = "../shared/models/unet_carvana_256.pth"
@@ -42,34 +45,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def busy_cores_s() -> float:
-    """CPU seconds the whole machine has spent busy since boot (user, nice, system, irq, softirq)."""
-    v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
-    return (v[0] + v[1] + v[2] + v[5] + v[6]) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_quiet(limit: float, window: float = 20.0) -> float:
-    """Seconds waited until the machine used < `limit` cores over a `window` (or 15 minutes passed)."""
-    start = time.time()
-    while time.time() - start < 900:
-        before = busy_cores_s()
-        time.sleep(window)
-        if (busy_cores_s() - before) / window < limit:
-            break
-    return time.time() - start
-
-
-def children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def attempt(name: str, args: list[str], limit: float) -> tuple[int, float, str]:
     """One run in a fresh engine cache; returns its exit status, the cores other processes used, and a log line."""
-    waited = wait_quiet(limit)
+    waited = wait_quiet(limit, window=20.0, most=900.0)
     cache = tempfile.mkdtemp(prefix="unet-sample-doc-cache-")
     argv = [sys.executable, "sample.py", *args, "--json", f"{REPORTS}/{name}.json"]
-    load, busy0, own0, t0 = open("/proc/loadavg").read().split()[:3], busy_cores_s(), children_cpu_s(), time.time()
+    load, mark, t0 = open("/proc/loadavg").read().split()[:3], cpu_mark(), time.time()
     try:
         with open(os.path.join(ROOT, REPORTS, f"{name}.txt"), "w") as out:
             rc = subprocess.call(argv, cwd=ROOT, stdout=out, stderr=subprocess.DEVNULL,
@@ -77,7 +58,7 @@ def attempt(name: str, args: list[str], limit: float) -> tuple[int, float, str]:
     finally:
         shutil.rmtree(cache, ignore_errors=True)
     wall = time.time() - t0
-    other = max(0.0, busy_cores_s() - busy0 - (children_cpu_s() - own0)) / wall
+    other = other_cores(mark, wall)
     started = datetime.datetime.fromtimestamp(t0, datetime.timezone.utc).isoformat(timespec="seconds")
     line = (f"{name}: {'LOADED' if other > limit else 'quiet'}; rc={rc}; started {started} after {waited:.0f} s wait; "
             f"load before {', '.join(load)}; wall {wall:.0f} s; other processes {other:.2f} cores on average")

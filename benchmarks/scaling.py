@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+sys.path.insert(0, ROOT)
+
+from benchmarks.quiet import cpu_mark, other_cores, wait_quiet  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -30,7 +32,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--image_size", default="256")
     p.add_argument("--engine", default="torch")
     p.add_argument("--nproc", type=int, default=2, help="torchrun ranks (default 2)")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads in all: the one process's, split among the ranks")
+    p.add_argument("--threads", type=int, default=2,
+                   help="CPU threads in all: the one process's, split among the ranks")
     p.add_argument("--repeat", type=int, default=2, help="runs of each, alternating (default 2)")
     p.add_argument("--loop", type=int, default=10)
     p.add_argument("--out", help="folder for the runs' JSON reports (default: a temporary one)")
@@ -41,9 +44,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def sample_args(args, json_path: str) -> list[str]:
-    return ["--image_path", args.image_path, "--mask_path", args.mask_path, "--pth", args.pth, "--limit", str(args.limit),
-            "--image_size", args.image_size, "--engine", args.engine, "--device", "cpu", "--loop", str(args.loop),
-            "--quiet", "--json", json_path]
+    return ["--image_path", args.image_path, "--mask_path", args.mask_path, "--pth", args.pth,
+            "--limit", str(args.limit), "--image_size", args.image_size, "--engine", args.engine, "--device", "cpu",
+            "--loop", str(args.loop), "--quiet", "--json", json_path]
 
 
 def commands(args, folder: str, k: int) -> dict[str, list[str]]:
@@ -56,34 +59,12 @@ def commands(args, folder: str, k: int) -> dict[str, list[str]]:
                 ranks + sample_args(args, os.path.join(folder, f"ranks-{k}.json"))}
 
 
-def busy_cores_s() -> float:
-    """CPU seconds the whole machine has spent busy since boot (as benchmarks/doc_reports.py counts them)."""
-    v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
-    return (v[0] + v[1] + v[2] + v[5] + v[6]) / os.sysconf("SC_CLK_TCK")
-
-
-def children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def wait_quiet(limit: float, window: float = 10.0, most: float = 300.0) -> float:
-    """Seconds waited until the machine used fewer than `limit` cores over `window` (or `most` seconds passed)."""
-    start = time.time()
-    while time.time() - start < most:
-        before = busy_cores_s()
-        time.sleep(window)
-        if (busy_cores_s() - before) / window < limit:
-            break
-    return time.time() - start
-
-
 def run(cmd: list[str]) -> tuple[float, float, dict]:
     """Wall seconds of the command, the cores other processes used meanwhile (on average), its JSON's first row."""
-    busy, own, start = busy_cores_s(), children_cpu_s(), time.perf_counter()
+    mark, start = cpu_mark(), time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
-    other = max(0.0, busy_cores_s() - busy - (children_cpu_s() - own)) / wall
+    other = other_cores(mark, wall)
     if done.returncode != 0:
         raise SystemExit(f"error: {' '.join(cmd)} exited {done.returncode}:\n{done.stderr[-2000:]}")
     json_path = cmd[cmd.index("--json") + 1]
@@ -98,7 +79,7 @@ def main(argv=None) -> int:
     results: dict[str, list] = {}
     for k in range(args.repeat):
         for name, cmd in commands(args, folder, k).items():
-            waited = wait_quiet(args.busy)
+            waited = wait_quiet(args.busy, window=10.0, most=300.0)  # as --busy's help says
             print(f"round {k + 1}/{args.repeat}: {name} (after {waited:.0f} s waiting for a quiet machine) ...",
                   file=sys.stderr)
             results.setdefault(name, []).append(run(cmd))
@@ -107,10 +88,10 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name, runs in results.items():
         for k, (wall, other, row) in enumerate(runs):
+            loaded = " LOADED" if other > args.busy else ""
             print(f"| {name} | {k + 1} | {row['images']} | {row['e2e_fps']:.3f} | {row['fps']:.3f} | "
-                  f"{row['latency_median_ms']:,.0f} | {wall:.1f} | {other:.2f}{' LOADED' if other > args.busy else ''} | "
-                  f"{row['dice']:.6f} | "
-                  f"{row['micro_dice']:.6f} |")
+                  f"{row['latency_median_ms']:,.0f} | {wall:.1f} | {other:.2f}{loaded} | "
+                  f"{row['dice']:.6f} | {row['micro_dice']:.6f} |")
     scores = {(r["dice"], r["micro_dice"], r["iou"]) for runs in results.values() for _, _, r in runs}
     print(f"\ndice, micro dice and IoU {'equal to the bit in every run' if len(scores) == 1 else 'DIFFER'}; "
           f"reports in {folder}")
