@@ -56,25 +56,7 @@ def image_size(text: str) -> tuple[int, int]:
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__)
-    data = p.add_argument_group("data")
-    data.add_argument("--image_path",
-                      help="folder of <id>.jpg images, or one image; default: a synthetic Carvana-like set")
-    data.add_argument("--mask_path", help="folder of <id>_mask.gif|png masks, or one mask; without it dice is skipped")
-    data.add_argument("--image_size", type=image_size, default=(512, 512), metavar="N|WxH",
-                      help="model input size (default 512); images resized with Pillow bicubic, masks nearest")
-    data.add_argument("--limit", type=positive_int, help="use only the first N pairs (sorted by name)")
-    data.add_argument("--workers", type=at_most(256, "decode threads past the CPU count only wait"),
-                      default=default_workers(),
-                      help=f"decoding threads (default: one per usable CPU, 2 to 16: {default_workers()} here)")
-    data.add_argument("--decode", choices=(*DECODES, "nvjpeg"), default="fast",
-                      help="fast (default): the resize in torch's antialiased bicubic, Pillow's filter, 4x faster "
-                           "(dice within 1e-5 of exact; decode + resize + mask about 2x: docs/data.md). exact: "
-                           "Pytorch-UNet's Pillow bicubic. nvjpeg: JPEGs decoded and resized on a CUDA GPU "
-                           "(torchvision.io.decode_jpeg; its dice not yet measured), else fast")
-    data.add_argument("--synthetic_count", type=positive_int, default=4, help="size of the synthetic set (default 4)")
-    data.add_argument("--cache_dir", help="where the generated data set and the compiled engines (<cache_dir>/engines) "
-                                           "are kept (default: $UNET_SAMPLE_CACHE, else $XDG_CACHE_HOME/unet-sample, "
-                                           "else ~/.cache/unet-sample)")
+    add_data_arguments(p.add_argument_group("data"))
     model = p.add_argument_group("model")
     model.add_argument("--model_name", default="unet", help="unet (default) or unet++ (also unetpp, nested_unet)")
     model.add_argument("--pth", help="checkpoint (state dict); without it the weights are random")
@@ -120,6 +102,28 @@ def get_args_parser() -> argparse.ArgumentParser:
     out.add_argument("--quiet", action="store_true", help="no progress bars")
     add_result_arguments(p)
     return p
+
+
+def add_data_arguments(data) -> None:
+    """Flags that say which pairs run and how they are decoded."""
+    data.add_argument("--image_path",
+                      help="folder of <id>.jpg images, or one image; default: a synthetic Carvana-like set")
+    data.add_argument("--mask_path", help="folder of <id>_mask.gif|png masks, or one mask; without it dice is skipped")
+    data.add_argument("--image_size", type=image_size, default=(512, 512), metavar="N|WxH",
+                      help="model input size (default 512); images resized with Pillow bicubic, masks nearest")
+    data.add_argument("--limit", type=positive_int, help="use only the first N pairs (sorted by name)")
+    data.add_argument("--workers", type=at_most(256, "decode threads past the CPU count only wait"),
+                      default=default_workers(),
+                      help=f"decoding threads (default: one per usable CPU, 2 to 16: {default_workers()} here)")
+    data.add_argument("--decode", choices=(*DECODES, "nvjpeg"), default="fast",
+                      help="fast (default): the resize in torch's antialiased bicubic, Pillow's filter, 4x faster "
+                           "(dice within 1e-5 of exact; decode + resize + mask about 2x: docs/data.md). exact: "
+                           "Pytorch-UNet's Pillow bicubic. nvjpeg: JPEGs decoded and resized on a CUDA GPU "
+                           "(torchvision.io.decode_jpeg; its dice not yet measured), else fast")
+    data.add_argument("--synthetic_count", type=positive_int, default=4, help="size of the synthetic set (default 4)")
+    data.add_argument("--cache_dir", help="where the generated data set and the compiled engines (<cache_dir>/engines) "
+                                           "are kept (default: $UNET_SAMPLE_CACHE, else $XDG_CACHE_HOME/unet-sample, "
+                                           "else ~/.cache/unet-sample)")
 
 
 def add_engine_options(group) -> None:
