@@ -66,11 +66,15 @@ def inductor_cache(cache: ArtifactCache | None):
         default = ""
     existed = not default or os.path.exists(default)
     folder = os.path.join(cache.root, "inductor") if cache else tempfile.mkdtemp(prefix="unet-sample-inductor-")
+    previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")  # inductor may have written its default there
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
     try:
         yield folder if cache else ""
     finally:
-        os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        if previous is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
         if not cache:
             shutil.rmtree(folder, ignore_errors=True)
         if not existed and os.path.isdir(default) and not any(files for _, _, files in os.walk(default)):
