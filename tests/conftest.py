@@ -1,10 +1,12 @@
-"""Shared fixtures: paths to ../shared test material (skipped when absent), small generated data, checkpoints."""
+"""Shared fixtures: paths to ../shared test material (skipped when absent), small generated data, the session's shared
+models and engine builds, and an environment that keeps every write inside one temporary folder."""
 from __future__ import annotations
 
 import os
 import shutil
 import sys
 import tempfile
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -18,6 +20,11 @@ SHARED = os.environ.get("UNET_SAMPLE_SHARED", os.path.join(os.path.dirname(ROOT)
 CARVANA = os.path.join(SHARED, "data", "carvana")
 CARVANA_512 = os.path.join(SHARED, "data", "carvana-other", "abdullah-al-masud-512")
 CHECKPOINT = os.path.join(SHARED, "models", "unet_carvana_256.pth")
+# A small real architecture for the tests whose point is not the network: UNet++ at base width 8 (0.57 M parameters
+# against UNet's 31 M) takes the same code paths in a fraction of the time. The engine matrix, the real checkpoint and
+# the torchrun runs keep the full-size models.
+SMALL = ["--model_name", "unet++", "--base_width", "8"]
+SHAPE64 = (1, 3, 64, 64)
 
 
 def _need(path: str) -> str:
@@ -67,11 +74,56 @@ def small_set(tmp_path) -> tuple[str, str]:
     return str(tmp_path / "images"), str(tmp_path / "masks")
 
 
+def small_model(seed: int = 0) -> torch.nn.Module:
+    """The SMALL network, as `sample.py --seed <seed>` builds it."""
+    import models
+
+    torch.manual_seed(seed)
+    return models.create_model("unet++", base_width=8)[0]
+
+
+class Twin(NamedTuple):
+    """A model, an input, and the eager fp32 logits of an independent twin (another instance with the same weights):
+    the eager fp32 CPU engine calls the model itself, so comparing with the model would prove nothing for it."""
+
+    model: torch.nn.Module
+    x: torch.Tensor
+    expected: torch.Tensor
+    twin: torch.nn.Module
+
+
+def make_twin(name: str, shape: tuple = SHAPE64, **kwargs) -> Twin:
+    import models
+
+    torch.manual_seed(0)  # the weights sample.py builds with --seed 0
+    model, _ = models.create_model(name, **kwargs)
+    twin = models.build(name, **kwargs)
+    twin.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return Twin(model, x, twin.eval()(x), twin)
+
+
+@pytest.fixture(scope="session")
+def unet64() -> Twin:
+    """The seed-0 UNet (what `sample.py` builds by default) at 64 px, shared by the session."""
+    return make_twin("unet")
+
+
+@pytest.fixture(scope="session")
+def unet64_cache(tmp_path_factory):
+    """One artifact cache for the seed-0 UNet at SHAPE64: each engine's build is made once per session, by the first
+    test that asks for it, and the tests after it load it (the engine matrix, the levers, auto's full probe)."""
+    from engines.cache import ArtifactCache
+
+    return ArtifactCache(str(tmp_path_factory.mktemp("unet64-cache")))
+
+
 @pytest.fixture(autouse=True)
 def _cheap_auto_probe(request, monkeypatch):
     """`--engine auto` (the CLI's default) probes every installed engine the first time a cache folder sees a model
-    and shape; each CLI test has its own folder, and inductor alone compiles for ~20 s. Tests not marked `full_auto`
-    probe only torch and torchscript, which build in a second; the probe's logic is the same."""
+    and shape, and each CLI test has its own folder. Tests not marked `full_auto` probe eager torch alone (no
+    build); the probe's logic is tested in tests/test_auto.py, and its full run once, on the session's builds."""
     if request.node.get_closest_marker("full_auto") is None:
         import pipeline.auto
 
@@ -80,7 +132,7 @@ def _cheap_auto_probe(request, monkeypatch):
                             lambda device, precision: [n for n in real(device, precision) if n in CHEAP_AUTO])
 
 
-CHEAP_AUTO = ("torch", "torchscript")
+CHEAP_AUTO = ("torch",)
 
 
 @pytest.fixture(autouse=True)
@@ -95,17 +147,36 @@ def pytest_runtest_setup(item):
         pytest.skip("needs a CUDA GPU (torch.cuda.is_available() is False here)")
 
 
+def isolated_environment(root: str) -> dict[str, str]:
+    """The variables that keep a run's every write inside `root`: tempfile and subprocesses, the sample's cache,
+    inductor's cache, and the libraries that would write into the home folder (tests/test_tempdir.py checks a full run
+    with HOME pointed at an empty folder leaves it empty)."""
+    return {
+        "TMPDIR": root,
+        "UNET_SAMPLE_CACHE": os.path.join(root, "cache"),
+        "TORCHINDUCTOR_CACHE_DIR": os.path.join(root, "inductor"),
+        "MPLCONFIGDIR": os.path.join(root, "matplotlib"),  # its font cache, else ~/.cache or ~/.config/matplotlib
+        "XDG_CACHE_HOME": os.path.join(root, "xdg-cache"),  # onnxruntime's device id (~/.cache/Microsoft/...)
+        "XDG_CONFIG_HOME": os.path.join(root, "xdg-config"),
+        # openvino_telemetry (imported by openvino and nncf) writes ~/intel unless it runs in CI; it has no folder
+        # setting, and NNCF_CI is read only after nncf has made its telemetry object.
+        "CI": "true",
+        # Inductor trusts /proc/cpuinfo instead of compiling a probe per ISA (6 s at the start of every session).
+        "TORCHINDUCTOR_VEC_ISA_OK": "1",
+    }
+
+
 def pytest_configure(config):
     """One private temp dir and cache for the whole run, removed at its end: the suite leaves nothing behind.
 
-    tempfile, pytest's tmp_path, subprocesses (TMPDIR), inductor's own cache and the sample's default cache folder
-    all land in it, so a test never reads a cache that an earlier run (or a user) left in the home folder.
+    tempfile, pytest's tmp_path, subprocesses (TMPDIR), inductor's own cache, the sample's default cache folder and
+    the libraries' own home folders all land in it, so a test never reads a cache that an earlier run (or a user)
+    left in the home folder, and never writes one there.
     """
     root = tempfile.mkdtemp(prefix="unet-sample-tests-")
     config._unet_sample_root = root
-    os.environ["TMPDIR"] = tempfile.tempdir = root
-    os.environ["UNET_SAMPLE_CACHE"] = os.path.join(root, "cache")
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(root, "inductor")
+    os.environ.update(isolated_environment(root))
+    tempfile.tempdir = root
 
 
 def pytest_unconfigure(config):
