@@ -168,7 +168,3 @@ class Report:
     partial: bool
     outputs: Optional[WrittenFiles] = None
     plots: Optional[list[str]] = None
-
-    def failed(self) -> bool:
-        """A row failed, or lost images."""
-        return any(s.failed for s in self.skipped) or any(r.failed_images for r in self.rows)
