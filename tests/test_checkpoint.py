@@ -27,19 +27,51 @@ def _formats(state):
     }
 
 
-@pytest.mark.parametrize("fmt", list(_formats({})))
-@pytest.mark.parametrize("name,net", [("unet", lambda: UNet(3, 2)), ("unet++", lambda: NestedUNet(2))])
-def test_formats_load_strictly(tmp_path, fmt, name, net):
-    source = net()
-    for p in source.parameters():
+def _randomised(net: torch.nn.Module) -> torch.nn.Module:
+    """Weights no fresh build has, so equal weights after loading prove they came from the file."""
+    for p in net.parameters():
         torch.nn.init.normal_(p)
+    return net
+
+
+def _narrow() -> torch.nn.Module:
+    """NestedUNet at base width 8 (0.57 M parameters): the unwrapping does not depend on the network's size."""
+    return _randomised(NestedUNet(2, base_width=8))
+
+
+@pytest.fixture(scope="module")
+def full_size(tmp_path_factory) -> dict:
+    """The full-size UNet (31 M) and NestedUNet (36 M), each built and saved once for the module: the UNet in
+    train.py's format, the NestedUNet as a plain state dict (the two formats the shared checkpoints use)."""
+    folder = tmp_path_factory.mktemp("full-size")
+    sources = {}
+    for name, net, fmt in (("unet", UNet(3, 2), "train.py"), ("unet++", NestedUNet(2), "plain")):
+        _randomised(net)
+        path = str(folder / f"{name}.pth")
+        torch.save(_formats(net.state_dict())[fmt], path)
+        sources[name] = net, path
+    return sources
+
+
+@pytest.mark.parametrize("fmt", list(_formats({})))
+def test_formats_load_strictly(tmp_path, fmt):
+    source = _narrow()
     path = tmp_path / "ckpt.pth"
     torch.save(_formats(source.state_dict())[fmt], path)
-    model, info = models.create_model(name, str(path))
-    assert _same_weights(model, source)
+    model, info = models.create_model("unet++", str(path))
+    assert _same_weights(model, source) and info["base_width"] == 8
     assert not model.training
     if fmt == "train.py":
         assert info["mask_values"] == [0, 1]
+
+
+@pytest.mark.parametrize("name", ["unet", "unet++"])
+def test_full_size_models_load_strictly(full_size, name):
+    source, path = full_size[name]
+    model, info = models.create_model(name, path)
+    assert _same_weights(model, source) and not model.training
+    assert info["parameters"] == sum(p.numel() for p in source.parameters())
+    assert info.get("mask_values") == ([0, 1] if name == "unet" else None)
 
 
 def test_shapes_inferred(tmp_path):
@@ -47,33 +79,31 @@ def test_shapes_inferred(tmp_path):
     torch.save(UNet(1, 1, bilinear=True).state_dict(), path)
     _, info = models.create_model("unet", str(path))
     assert (info["n_channels"], info["n_classes"], info["bilinear"]) == (1, 1, True)
-    torch.save(NestedUNet(3, deep_supervision=True).state_dict(), path)
+    torch.save(NestedUNet(3, deep_supervision=True, base_width=8).state_dict(), path)
     model, info = models.create_model("unet++", str(path))
-    assert info["n_classes"] == 3 and model.deep_supervision
+    assert info["n_classes"] == 3 and model.deep_supervision and info["base_width"] == 8
     assert model(torch.rand(1, 3, 32, 32)).shape == (1, 3, 32, 32)
 
 
-@pytest.mark.parametrize("given,saved,suggest", [("unet", NestedUNet, "unet\\+\\+"), ("unet++", UNet, "unet")])
-def test_other_architecture_suggests_model_name(tmp_path, given, saved, suggest):
-    path = tmp_path / "c.pth"
-    torch.save(saved().state_dict(), path)
+@pytest.mark.parametrize("given,saved,suggest", [("unet", "unet++", "unet\\+\\+"), ("unet++", "unet", "unet")])
+def test_other_architecture_suggests_model_name(full_size, given, saved, suggest):
     with pytest.raises(SampleError, match=f"--model_name {suggest}$"):
-        models.create_model(given, str(path))
+        models.create_model(given, full_size[saved][1])
 
 
 def test_mismatch_names_keys(tmp_path):
-    state = UNet(3, 2).state_dict()
-    del state["outc.conv.bias"]
+    state = _narrow().state_dict()
+    del state["final.bias"]
     state["extra.weight"] = torch.zeros(1)
     path = tmp_path / "c.pth"
     torch.save(state, path)
-    with pytest.raises(SampleError, match="1 missing: outc.conv.bias; 1 unexpected: extra.weight"):
-        models.create_model("unet", str(path))
+    with pytest.raises(SampleError, match="1 missing: final.bias; 1 unexpected: extra.weight"):
+        models.create_model("unet++", str(path))
 
 
 def test_pickled_model_is_refused(tmp_path):
     path = tmp_path / "whole.pth"
-    torch.save(UNet(3, 2), path)
+    torch.save(NestedUNet(2, base_width=8), path)  # refused before anything is built: the size does not matter
     with pytest.raises(SampleError, match="refused to unpickle.*model.state_dict"):
         models.create_model("unet", str(path))
 
