@@ -41,7 +41,8 @@ def test_fast_decode_is_close_to_exact_on_a_real_jpeg(carvana):
         assert diff.max() == 0
 
 
-@pytest.mark.skipif(not TORCH_RESIZE, reason="this torch has no uint8 antialiased bicubic (torch < 2.1): Pillow resizes")
+@pytest.mark.skipif(not TORCH_RESIZE,
+                    reason="this torch has no uint8 antialiased bicubic (torch < 2.1): Pillow resizes")
 def test_torch_resize_matches_pillow_bicubic():
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (640, 959, 3), dtype=np.uint8))
@@ -68,14 +69,16 @@ def _dice(model, samples, size, decode) -> list[float]:
     return dice
 
 
+@pytest.mark.slow
 def test_fast_decode_keeps_dice_within_1e4_of_exact_with_the_real_checkpoint(carvana, checkpoint):
-    """The acceptance bar on real data: the shared checkpoint at its 256 px, 16 pairs (one per car, different angles).
-    Decoding at a reduced DCT scale failed this (5e-4 here); docs/data.md has the figures on all 272 pairs."""
+    """The acceptance bar on real data: the shared checkpoint at its 256 px, 8 pairs (one per car, different angles).
+    The fast path stays well under the bar on them, and decoding at a reduced DCT scale (the rejected draft decode)
+    fails it about 3x over; docs/data.md has the figures on all 272 pairs."""
     model, _ = models.create_model("unet", checkpoint)
     pairs = find_pairs(*carvana).samples
-    samples = [pairs[i] for i in range(0, len(pairs), 17)][:16]
+    samples = [pairs[i] for i in range(0, len(pairs), 17)][:8]
     fast, exact = _dice(model, samples, (256, 256), "fast"), _dice(model, samples, (256, 256), "exact")
-    assert len(fast) == len(exact) == 16 and min(exact) > 0.95  # a real model on real data
+    assert len(fast) == len(exact) == 8 and min(exact) > 0.95  # a real model on real data
     assert abs(np.mean(fast) - np.mean(exact)) < 1e-4, (np.mean(fast), np.mean(exact))
 
 
@@ -110,7 +113,9 @@ def test_reference_time_is_split_out_of_e2e(small_set, monkeypatch):
     """The whole reference step (its compute, keeping its logits for a second pass) is the reference's, and the main
     thread's parts still add up to e2e."""
     net = torch.nn.Conv2d(3, 2, 1)
-    reference = Reference(_Slow(net, 0.05), budget_bytes=1 << 20)
+    # An independent copy computes the reference, as sample.py's eager twin does: only the same images (not the same
+    # module called twice) give the same logits.
+    reference = Reference(_Slow(copy.deepcopy(net), 0.05), budget_bytes=1 << 20)
     offer = Reference.offer
     monkeypatch.setattr(Reference, "offer", lambda self, ids, logits: (time.sleep(0.03), offer(self, ids, logits)))
     samples = find_pairs(*small_set).samples
@@ -176,7 +181,8 @@ def test_gpu_pass_scores_like_the_cpu_pass(small_set):
     cpu = accuracy_pass(_engine(net), iter_batches(samples, Loader((64, 64), 2, 2), True), 3, Reference(net), False)
     engine = Engine("fake", CUDA, "fp32", lambda x: gpu_net(x), lambda b: b, lambda y: y.float().cpu(),
                     lambda: torch.cuda.synchronize(), device_input=True)
-    gpu = accuracy_pass(engine, iter_batches(samples, Loader((64, 64), 2, 2, pin=True), True), 3, Reference(net, CUDA), False)
+    gpu = accuracy_pass(engine, iter_batches(samples, Loader((64, 64), 2, 2, pin=True), True), 3,
+                        Reference(net, CUDA), False)
     assert gpu.accuracy.dice == cpu.accuracy.dice
     assert min(c for c in gpu.accuracy.cosine) > 0.999999
     assert gpu.split["h2d"] > 0 and gpu.timing_batch.device.type == "cuda"
@@ -214,8 +220,8 @@ def test_device_jpeg_path_names_a_corrupt_file_and_keeps_the_others(small_set):
     data = open(victim, "rb").read()
     open(victim, "wb").write(data[: len(data) // 3])  # the header parses in the decode thread; the pixels do not
     decoder = DeviceJpeg(CPU, (64, 64), _pillow_decoder([]))
-    batches = list(iter_batches(find_pairs(images, masks).samples, Loader((64, 64), 2, 2, "fast", device_decoder=decoder),
-                                True))
+    loader = Loader((64, 64), 2, 2, "fast", device_decoder=decoder)
+    batches = list(iter_batches(find_pairs(images, masks).samples, loader, True))
     assert [i for b in batches for i in b.ids] == ["car0_01", "car2_01"] and batches[0].n == 2  # the batch refilled
     failed = [f for b in batches for f in b.failed]
     assert [f[0] for f in failed] == ["car1_01"] and "cannot decode image" in failed[0][1]
