@@ -18,16 +18,17 @@ from dataset.pairs import find_pairs
 from report.metrics import dice_from_counts, overlap_counts
 from report.overlay import read_mask_png
 from report.rle import decode_rle, encode_rle
-from tests.conftest import ROOT, write_pair
+from tests.conftest import ROOT, SMALL, write_pair
 from utils.errors import SampleError
 from utils.files import write_atomic
 
-FAST = ["--engine", "torch", "--image_size", "32", "--loop", "1", "--warm_counter", "0", "--quiet", "--no_reference",
+BASE = ["--engine", "torch", "--image_size", "32", "--loop", "1", "--warm_counter", "0", "--quiet", "--no_reference",
         "--device", "cpu"]
+FAST = BASE + SMALL  # what is written does not depend on the network: the small one, but for the real checkpoint
 
 
-def run(args: list[str]) -> int:
-    return sample.main(FAST + args)
+def run(args: list[str], base: list[str] = FAST) -> int:
+    return sample.main(base + args)
 
 
 def read_csv(path: str) -> list[dict]:
@@ -195,6 +196,7 @@ sys.exit(sample.main(sys.argv[2:]))
 """
 
 
+@pytest.mark.slow
 def test_sigint_keeps_finished_files_and_a_partial_report(tmp_path):
     for i in range(6):
         write_pair(str(tmp_path), f"car{i}_01", seed=i)
@@ -229,6 +231,7 @@ sys.exit(sample.main(sys.argv[2:]))
 """
 
 
+@pytest.mark.slow
 def test_sigint_in_the_timing_pass_keeps_the_finished_row(small_set, tmp_path):
     out, sub, per, rep = tmp_path / "out", tmp_path / "sub.csv", tmp_path / "per.csv", tmp_path / "r.json"
     proc = subprocess.run([sys.executable, "-c", SIGINT_IN_TIMING, ROOT] + FAST + [
@@ -296,12 +299,13 @@ def test_report_fields_are_documented(small_set, tmp_path):
 
 
 @pytest.mark.shared
+@pytest.mark.slow
 def test_carvana_original_and_model_dice(carvana, checkpoint, tmp_path):
     out, sub, per, rep = tmp_path / "out", tmp_path / "sub.csv", tmp_path / "per.csv", tmp_path / "r.json"
     args = ["--image_path", carvana[0], "--mask_path", carvana[1], "--pth", checkpoint, "--limit", "2",
             "--eval_resolution", "original", "--output", str(out), "--submission", str(sub), "--csv", str(per),
             "--json", str(rep)]
-    assert run(["--image_size", "128"] + args) == 0  # the last --image_size wins
+    assert run(["--image_size", "128"] + args, base=BASE) == 0  # the last --image_size wins
     row = json.loads(rep.read_text())["rows"][0]
     assert row["dice"] > 0.9 and row["model_res_dice"] > 0.9 and row["dice"] != row["model_res_dice"]
     submission = {r["img"]: r["rle_mask"] for r in read_csv(str(sub))}
@@ -318,7 +322,8 @@ def test_image_without_mask_is_written_not_scored(small_set, tmp_path):
     os.remove(os.path.join(masks, "car1_01_mask.gif"))
     sub, per, rep = tmp_path / "sub.csv", tmp_path / "per.csv", tmp_path / "r.json"
     assert run(["--image_path", images, "--mask_path", masks, "--submission", str(sub), "--csv", str(per),
-                "--json", str(rep), "--eval_resolution", "original", "--output", str(tmp_path / "out"), "--overlay"]) == 0
+                "--json", str(rep), "--eval_resolution", "original", "--output", str(tmp_path / "out"),
+                "--overlay"]) == 0
     rows = {r["id"]: r for r in read_csv(str(per))}
     assert rows["car1_01"]["dice"] == "" and rows["car1_01"]["fg_pred"] != "" and len(rows) == 3
     assert [r["img"] for r in read_csv(str(sub))] == ["car0_01.jpg", "car2_01.jpg", "car1_01.jpg"]  # scored first
