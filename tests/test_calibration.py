@@ -11,7 +11,7 @@ import sample
 from dataset.batches import Loader
 from dataset.calibration import choose_samples, load_calibration
 from dataset.pairs import find_pairs
-from tests.conftest import CPU, write_pair
+from tests.conftest import CPU, SMALL, write_pair
 from tests.test_outputs import documented_fields, field_paths
 from utils.errors import SampleError
 
@@ -76,6 +76,7 @@ def test_unreadable_images_are_named_and_not_counted(cars, tmp_path):
         load_calibration(samples, Loader((64, 64), 1))
 
 
+@pytest.mark.slow
 def test_cli_reports_which_images_calibrated(cars, tmp_path, capsys):
     if engines.missing("openvino", CPU):
         pytest.skip("openvino is not installed")
@@ -83,7 +84,8 @@ def test_cli_reports_which_images_calibrated(cars, tmp_path, capsys):
     report_path = tmp_path / "r.json"
     code = sample.main(["--image_path", images, "--mask_path", masks, "--limit", "1", "--image_size", "64",
                         "--engine", "openvino", "--precision", "int8", "--calib", "2", "--loop", "1",
-                        "--warm_counter", "0", "--quiet", "--device", "cpu", "--no_cache", "--json", str(report_path)])
+                        "--warm_counter", "0", "--quiet", "--device", "cpu", "--no_cache", "--json", str(report_path),
+                        *SMALL])
     out, err = capsys.readouterr()
     assert code == 0, err
     report = json.loads(report_path.read_text())
@@ -97,7 +99,8 @@ def test_cli_reports_which_images_calibrated(cars, tmp_path, capsys):
 def test_calib_path_that_does_not_exist_is_one_clear_error(cars, tmp_path, capsys):
     images, masks = cars
     code = sample.main(["--image_path", images, "--mask_path", masks, "--image_size", "64", "--engine", "openvino",
-                        "--precision", "int8", "--quiet", "--device", "cpu", "--calib_path", str(tmp_path / "nope")])
+                        "--precision", "int8", "--quiet", "--device", "cpu", "--calib_path", str(tmp_path / "nope"),
+                        *SMALL])
     assert code == 1
     assert "error: --calib_path: image path not found" in capsys.readouterr().err
 
