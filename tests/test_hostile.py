@@ -25,12 +25,11 @@ from PIL import Image
 import sample
 import utils.files
 from engines.cache import ArtifactCache, artifact
-from models.unet import UNet
-from tests.conftest import ROOT, write_pair
+from tests.conftest import ROOT, SMALL, small_model, write_pair
 
-# A UNet call costs ~0.8 s on this CPU even at 32 px (its weights dominate): one batch for all images, no reference.
+# The faults do not depend on the network: the small one, one batch for all images, no reference.
 FAST = ["--engine", "torch", "--image_size", "32", "--loop", "1", "--warm_counter", "0", "--quiet", "--device", "cpu",
-        "--no_reference", "--batch_size", "4"]
+        "--no_reference", "--batch_size", "4", *SMALL]
 SAMPLE = os.path.join(ROOT, "sample.py")
 LOCK_NAME = ".unet-sample.lock"
 
@@ -122,6 +121,7 @@ def finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str, str]
 
 # 1. Files that are not regular files -------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_non_regular_files_are_skipped_and_one_ctrl_c_stops_a_stuck_decode(tmp_path, monkeypatch):
     """A FIFO, a folder, a device and a socket named like images (and a FIFO mask) are skipped and named, never
     opened and waited on; a decode thread stuck for good does not keep one Ctrl-C from stopping the run, and the
@@ -234,7 +234,7 @@ def _not_checkpoints(tmp_path) -> dict:
     files["folder.pth"] = tmp_path / "folder.pth"
     torch.save({1: torch.zeros(1)}, tmp_path / "intkeys.pth")
     files["intkeys.pth"] = tmp_path / "intkeys.pth"
-    torch.save(UNet(3, 2), tmp_path / "whole.pth")
+    torch.save(small_model(), tmp_path / "whole.pth")
     files["whole.pth"] = tmp_path / "whole.pth"
     return files
 
@@ -252,7 +252,7 @@ def test_pth_that_is_not_a_checkpoint_is_one_line_that_never_suggests_weights_on
         assert lines[0].startswith(f"error: {path}: {expect}"), (name, lines[0])
         assert "weights_only" not in out + err and "trust" not in err and "safe_globals" not in err, (name, err)
     legacy = tmp_path / "legacy.pth"  # the pre-1.6 (non-zip) format with tensors only is a checkpoint
-    torch.save(UNet(3, 2).state_dict(), legacy, _use_new_zipfile_serialization=False)
+    torch.save(small_model().state_dict(), legacy, _use_new_zipfile_serialization=False)
     assert sample.main(FAST + ["--image_path", small_set[0], "--pth", str(legacy), "--limit", "1"]) == 0
 
 
@@ -261,7 +261,7 @@ def test_pth_that_is_not_a_checkpoint_is_one_line_that_never_suggests_weights_on
 def test_outputs_that_alias_a_link_a_device_another_output_or_an_input_are_refused(tmp_path, capsys):
     images, masks = make_set(tmp_path / "data", 2)
     ckpt = tmp_path / "c.pth"
-    torch.save(UNet(3, 2).state_dict(), ckpt)
+    torch.save(small_model().state_dict(), ckpt)
     target = tmp_path / "precious.json"
     target.write_text("keep me")
     (tmp_path / "link.json").symlink_to(target)
@@ -303,12 +303,13 @@ def test_outputs_that_alias_a_link_a_device_another_output_or_an_input_are_refus
 
 # 5. A broken stdout -----------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_broken_stdout_still_writes_the_files_and_a_closed_pipe_ends_quietly(tmp_path):
     images, masks = make_set(tmp_path, 2)
     args = [sys.executable, SAMPLE] + FAST + ["--image_path", images, "--mask_path", masks]
     with open("/dev/full", "w") as full:
-        disk_full = subprocess.Popen(args + ["--json", str(tmp_path / "full.json"), "--csv", str(tmp_path / "full.csv")],
-                                     stdout=full, stderr=subprocess.PIPE, text=True)
+        outputs = ["--json", str(tmp_path / "full.json"), "--csv", str(tmp_path / "full.csv")]
+        disk_full = subprocess.Popen(args + outputs, stdout=full, stderr=subprocess.PIPE, text=True)
     closed = subprocess.Popen(args + ["--json", str(tmp_path / "pipe.json")], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
     closed.stdout.close()  # the reader is gone before the report is printed (`| head -1` that already exited)
@@ -325,6 +326,7 @@ def test_broken_stdout_still_writes_the_files_and_a_closed_pipe_ends_quietly(tmp
 
 # 6. Repeated Ctrl-C -----------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_any_number_of_ctrl_c_gives_the_same_partial_report_and_exit_130(tmp_path):
     """SIGINT every 20 ms from the first one on, at four points: in the accuracy pass, in the timing pass, while
     the report's files are written, and before any row ran. Run concurrently (each in its own process)."""
@@ -392,7 +394,7 @@ def test_a_tampered_cache_entry_is_rebuilt_never_used(tmp_path, small_set, capsy
     cache = str(tmp_path / "cache")
     argv = ["--engine", "openvino,onnxruntime", "--image_size", "64", "--loop", "1", "--warm_counter", "0", "--quiet",
             "--device", "cpu", "--batch_size", "3", "--image_path", small_set[0], "--mask_path", small_set[1],
-            "--cache_dir", cache]
+            "--cache_dir", cache, *SMALL]
     assert sample.main(argv + ["--json", str(tmp_path / "clean.json")]) == 0
     capsys.readouterr()
     (ov,), (ort,) = _entries(cache, "openvino"), _entries(cache, "onnxruntime")
@@ -454,6 +456,7 @@ sys.exit(sample.main(sys.argv[3:]))
 """
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_output_folder_is_refused_while_the_first_holds_it(tmp_path, capsys):
     images, masks = make_set(tmp_path, 3)
     out, flag = tmp_path / "out", str(tmp_path / "first")
