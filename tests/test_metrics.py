@@ -5,7 +5,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from report.metrics import Accuracy, Agreement, cosine_per_sample, dice_from_counts, iou_from_counts, overlap_counts, predict
+from report.metrics import (
+    Accuracy,
+    Agreement,
+    cosine_per_sample,
+    dice_from_counts,
+    iou_from_counts,
+    overlap_counts,
+    predict,
+)
 
 
 def _logits_for(mask: torch.Tensor) -> torch.Tensor:

@@ -10,9 +10,10 @@ from models.unetpp import NestedUNet
 
 
 def test_unet_matches_pytorch_unet_layout():
-    sd = UNet(3, 2).state_dict()
+    net = UNet(3, 2)
+    sd = net.state_dict()
     assert len(sd) == 118
-    assert sum(p.numel() for p in UNet(3, 2).parameters()) == 31_037_698
+    assert sum(p.numel() for p in net.parameters()) == 31_037_698
     assert "inc.double_conv.0.weight" in sd and "up1.up.weight" in sd and "outc.conv.weight" in sd
     assert "inc.double_conv.0.bias" not in sd  # conv before BN has no bias, as in Pytorch-UNet
 

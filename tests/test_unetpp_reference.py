@@ -112,10 +112,11 @@ def test_base_width_that_contradicts_the_checkpoint_is_refused(tmp_path):
 
 
 def test_one_class_reference_loads(tmp_path):
-    """The reference's default is NestedUNet(in_ch=3, out_ch=1): one logit, foreground where it is > 0."""
+    """The reference's default is NestedUNet(in_ch=3, out_ch=1): one logit, foreground where it is > 0. (At n1 = 8:
+    the head's width does not depend on n1, and n1 = 64 loading is the first test's.)"""
     path = tmp_path / "one.pth"
-    torch.save(RefNestedUNet(3, 1, n1=64).state_dict(), path)
+    torch.save(RefNestedUNet(3, 1, n1=8).state_dict(), path)
     model, info = models.create_model("unet++", str(path))
-    assert info["n_classes"] == 1
+    assert info["n_classes"] == 1 and info["base_width"] == 8
     with torch.no_grad():
         assert model(torch.rand(1, 3, 32, 32)).shape == (1, 1, 32, 32)
