@@ -12,11 +12,11 @@ import pytest
 import torch
 
 import sample
-from models.unet import UNet
 from models.unetpp import NestedUNet
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SMALL, small_model
 
-FAST = ["--image_size", "64", "--loop", "2", "--warm_counter", "1", "--quiet", "--device", "cpu"]
+BASE = ["--image_size", "64", "--loop", "2", "--warm_counter", "1", "--quiet", "--device", "cpu"]
+FAST = BASE + SMALL  # the full-size UNet where the test is about it: BASE alone
 
 
 def run(argv, capsys):
@@ -36,9 +36,11 @@ def test_synthetic_default_end_to_end(tmp_path, capsys):
     auto = report["config"]["auto"][0]
     assert auto["source"] == "measured" and auto["engine"] == row["engine"] and auto["record"]
     assert row["images"] == 2 and row["images_scored"] == 2
-    assert 0.0 <= row["dice"] <= 1.0 and row["cosine_min"] >= 0.99999
+    assert 0.0 <= row["dice"] <= 1.0 and len(row["per_image"]["cosine"]) == 2
     assert row["calls"] == 2 and len(row["latencies_ms"]) == 2 and row["fps"] > 0 and row["e2e_fps"] > 0
-    assert row["compile_s"] >= 0 and row["first_call_ms"] > 0  # eager torch, when auto picks it, builds in ~0 s
+    (probed,) = [c for c in auto["candidates"] if c["engine"] == row["engine"]]  # the row runs the probe's build
+    assert row["compile_s"] == probed["compile_s"] and row["first_call_ms"] == pytest.approx(probed["first_call_ms"],
+                                                                                              abs=0.01)
     assert report["config"]["image_size"] == [64, 64] and report["partial"] is False
     for key in ("dice", "micro dice", "IoU", "cos min", "median ms", "p90 ms", "p99 ms", "fps", "e2e fps", "compile s"):
         assert key in out
@@ -50,42 +52,50 @@ def test_synthetic_default_end_to_end(tmp_path, capsys):
     assert f"auto fp32: {row['engine']} (kept from an earlier run" in out  # measured once, then kept
 
 
-@pytest.mark.parametrize("model_name", ["unet", "unet++"])
+@pytest.mark.parametrize("model_name", ["unet", pytest.param("unet++", marks=pytest.mark.slow)])
 def test_real_carvana_batches_with_padding(carvana, tmp_path, capsys, model_name):
+    """The full-size networks on real pairs (UNet++ in the slow tier: its 36 M parameters at full width cost the inner
+    loop more than the default UNet). channels_last runs eager torch on a copy of the model, so the reference (the
+    model itself, on its own calls) is independent of the row: a padded batch's rows must still match it."""
     images, masks = carvana
     report_path = tmp_path / "r.json"
-    code, out, err = run(FAST + ["--image_path", images, "--mask_path", masks, "--model_name", model_name,
-                                 "--limit", "5", "--batch_size", "2", "--engine", "torch",
+    code, out, err = run(BASE + ["--image_path", images, "--mask_path", masks, "--model_name", model_name,
+                                 "--limit", "5", "--batch_size", "2", "--engine", "torch", "--channels_last", "on",
                                  "--json", str(report_path)], capsys)
     assert code == 0, err
     row = json.loads(report_path.read_text())["rows"][0]
     assert row["images_scored"] == 5 and len(row["per_image"]["dice"]) == 5  # the padded sixth row is not scored
-    assert row["cosine_min"] > 1 - 1e-12 and row["max_abs_diff"] == 0.0  # eager fp32 CPU is the reference itself
+    assert row["levers"] == ["channels_last"] and row["cosine_min"] >= 0.99999 and row["max_abs_diff"] < 1e-3
 
 
+@pytest.mark.slow
 def test_real_checkpoint_gives_real_dice(carvana, checkpoint, tmp_path, capsys):
-    """The shared checkpoint's README gives dice 0.98 at 256 px; at 128 px on 8 images it stays well above 0.9."""
+    """The shared checkpoint's README gives dice 0.98 at 256 px; at 128 px on 8 images it stays well above 0.9.
+    TorchScript, not eager torch: the eager fp32 row would be the reference itself, and its cosine 1 by construction."""
     images, masks = carvana
     report_path = tmp_path / "r.json"
     code, out, err = run(["--image_path", images, "--mask_path", masks, "--pth", checkpoint, "--image_size", "128",
                           "--limit", "8", "--batch_size", "4", "--loop", "1", "--warm_counter", "0", "--quiet",
-                          "--device", "cpu", "--json", str(report_path)], capsys)
+                          "--device", "cpu", "--engine", "torchscript", "--json", str(report_path)], capsys)
     assert code == 0, err
     row = json.loads(report_path.read_text())["rows"][0]
     assert row["dice"] > 0.93 and row["micro_dice"] > 0.93 and row["iou"] > 0.87
-    assert row["cosine_min"] >= 0.99999  # the auto engine on the CPU vs eager
+    assert row["engine"] == "torchscript" and row["cosine_min"] >= 0.99999  # vs the eager fp32 reference
     assert "unet_carvana_256.pth" in out
 
 
-def test_images_without_masks_are_timed_not_scored(small_set, tmp_path, capsys):
+def test_images_without_masks_are_timed_not_scored_and_listed_last(small_set, tmp_path, capsys):
     images, masks = small_set
-    os.remove(os.path.join(masks, "car2_01_mask.png"))
+    os.remove(os.path.join(masks, "car1_01_mask.gif"))
     report_path = tmp_path / "r.json"
     code, out, err = run(FAST + ["--image_path", images, "--mask_path", masks, "--json", str(report_path)], capsys)
     assert code == 0
     assert "no mask for" in err and "1 without a mask" in out
     row = json.loads(report_path.read_text())["rows"][0]
-    assert row["images"] == 3 and row["images_scored"] == 2 and len(row["per_image"]["cosine"]) == 3
+    assert row["images"] == 3 and row["images_scored"] == 2
+    per = row["per_image"]  # the per-image lists stay aligned: the unscored image comes last in every one
+    assert per["id"] == ["car0_01", "car2_01", "car1_01"]
+    assert per["dice"][2] is None and None not in per["dice"][:2] and len(per["cosine"]) == 3
 
 
 def test_no_masks_means_no_dice(small_set, capsys):
@@ -111,7 +121,6 @@ def _ckpt(tmp_path, obj):
     ("unknown device", "unknown device"),
     ("accelerator absent", "use --device cpu"),
     ("mask of another size", "mask .* but its image is"),
-    ("corrupt jpeg", "could not be read"),
 ])
 def test_bad_input_is_one_clear_error(case, expect, small_set, tmp_path, capsys):
     images, masks = small_set
@@ -127,10 +136,10 @@ def test_bad_input_is_one_clear_error(case, expect, small_set, tmp_path, capsys)
         torch.save({}, other / "x.pth")  # a folder with no mask files at all would say so instead
         (other / "zzz_mask.gif").write_bytes(open(os.path.join(masks, "car0_01_mask.gif"), "rb").read())
         args[args.index(masks)] = str(other)
-    elif case == "other architecture":
-        args += ["--pth", _ckpt(tmp_path, NestedUNet(2).state_dict())]
+    elif case == "other architecture":  # the UNet (BASE) given a NestedUNet's weights
+        args = BASE + args[len(FAST):] + ["--pth", _ckpt(tmp_path, NestedUNet(2, base_width=8).state_dict())]
     elif case == "pickled model":
-        args += ["--pth", _ckpt(tmp_path, UNet(3, 2))]
+        args += ["--pth", _ckpt(tmp_path, small_model())]
     elif case == "unknown engine":
         args += ["--engine", "tensorflow"]
     elif case == "unknown device":
@@ -142,9 +151,6 @@ def test_bad_input_is_one_clear_error(case, expect, small_set, tmp_path, capsys)
     elif case == "mask of another size":
         from PIL import Image
         Image.new("P", (10, 10)).save(os.path.join(masks, "car1_01_mask.gif"))
-    elif case == "corrupt jpeg":
-        with open(os.path.join(images, "car1_01.jpg"), "r+b") as f:
-            f.truncate(200)
     code, out, err = run(args, capsys)
     assert code == 1
     assert "Traceback" not in err
@@ -169,12 +175,14 @@ def test_partial_results_survive_a_bad_image(small_set, tmp_path, capsys):
         f.truncate(100)
     report_path = tmp_path / "r.json"
     code, out, err = run(FAST + ["--image_path", images, "--mask_path", masks, "--json", str(report_path)], capsys)
-    assert code == 1
+    assert code == 1 and "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("error: ") and "could not be read" in line], err
     row = json.loads(report_path.read_text())["rows"][0]
     assert row["images_scored"] == 2 and row["failed_images"][0]["id"] == "car0_01"
     assert "1 image(s) skipped" in out
 
 
+@pytest.mark.slow
 def test_subprocess_exit_status_and_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "sample.py"), "--image_path", str(tmp_path / "none")],
                           capture_output=True, text=True, timeout=120)
@@ -209,17 +217,6 @@ def test_two_images_with_one_id_are_refused(small_set, capsys):
     Image.new("RGB", (96, 64)).save(os.path.join(images, "car0_01.png"))
     code, out, err = run(FAST + ["--image_path", images, "--mask_path", masks], capsys)
     assert code == 1 and "two images share the id 'car0_01'" in err
-
-
-def test_per_image_lists_stay_aligned_when_a_mask_is_missing(small_set, tmp_path, capsys):
-    images, masks = small_set
-    os.remove(os.path.join(masks, "car1_01_mask.gif"))
-    report_path = tmp_path / "r.json"
-    assert run(FAST + ["--image_path", images, "--mask_path", masks, "--engine", "torch",
-                       "--json", str(report_path)], capsys)[0] == 0
-    per = json.loads(report_path.read_text())["rows"][0]["per_image"]
-    assert per["id"] == ["car0_01", "car2_01", "car1_01"]
-    assert per["dice"][2] is None and None not in per["dice"][:2] and len(per["cosine"]) == 3
 
 
 @pytest.mark.parametrize("flag", ["--json", "--cache_dir"])
