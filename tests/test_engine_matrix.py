@@ -1,5 +1,5 @@
-"""Every installed engine against an independent eager fp32 copy on both models at 64 px; registry, options,
-missing packages and devices."""
+"""Every installed engine against an independent eager fp32 copy at 64 px: the seed-0 UNet, and UNet++ at base width
+8 (its graph and ops at a fifth of the cost); registry, options, missing packages and devices."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,15 +10,15 @@ import pytest
 import torch
 
 import engines
-import models
 from dataset.calibration import random_calibration
 from engines.base import EngineOptions
 from engines.cache import ArtifactCache
 from pipeline.fidelity import BARS
 from report.metrics import cosine_per_sample
+from tests.conftest import SHAPE64 as SHAPE
+from tests.conftest import Twin, make_twin
 from utils.errors import SampleError
 
-SHAPE = (1, 3, 64, 64)
 CPU = torch.device("cpu")
 CPU_ENGINES = ["torch", "torchscript", "inductor", "onnxruntime", "openvino"]
 
@@ -31,22 +31,23 @@ def need(key: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def cache(tmp_path_factory) -> ArtifactCache:
-    """One artifact cache for the matrix: an engine exported once is loaded by the tests after it."""
-    return ArtifactCache(str(tmp_path_factory.mktemp("matrix-cache")))
+def narrow_unetpp() -> Twin:
+    """UNet++ at base width 8: NestedUNet's graph (every node, skip and op of the full model) at 0.57 M parameters."""
+    return make_twin("unet++", base_width=8)
 
 
-@pytest.fixture(scope="session", params=["unet", "unet++"])
-def model_and_input(request):
-    """The model, an input, and the expected logits from an independent copy (another instance with the same
-    weights): the eager fp32 engine calls `model` itself, so comparing with `model` would prove nothing for it."""
-    torch.manual_seed(0)
-    model, _ = models.create_model(request.param)
-    twin = models.build(request.param)
-    twin.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})
-    x = torch.rand(SHAPE, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        return model, x, twin.eval()(x)
+@pytest.fixture(scope="session")
+def unetpp_cache(tmp_path_factory) -> ArtifactCache:
+    return ArtifactCache(str(tmp_path_factory.mktemp("unetpp-cache")))
+
+
+@pytest.fixture(params=["unet", "unet++"])
+def twin_and_cache(request) -> tuple[Twin, ArtifactCache]:
+    """The model (with its input and an independent twin's logits) and its session cache: the UNet's is conftest's,
+    shared with the levers and auto's full probe, so each engine is built once per session."""
+    if request.param == "unet":
+        return request.getfixturevalue("unet64"), request.getfixturevalue("unet64_cache")
+    return request.getfixturevalue("narrow_unetpp"), request.getfixturevalue("unetpp_cache")
 
 
 def run_once(engine, x):
@@ -55,10 +56,21 @@ def run_once(engine, x):
     return output
 
 
-@pytest.mark.parametrize("key", [pytest.param(k, marks=pytest.mark.slow) if k == "inductor" else k for k in CPU_ENGINES])
-def test_engine_matches_eager_fp32(key, model_and_input, cache):
+def matrix():
+    """(model, engine) cases. Inductor compiles the UNet only, which keeps it covered end to end: its compile time
+    goes with the graph's size, not its width, so UNet++'s larger graph would be the slowest build of the suite for
+    no engine path the UNet's does not already take. UNet++ runs on every other engine."""
+    for name in ("unet", "unet++"):
+        for key in CPU_ENGINES:
+            if key == "inductor" and name == "unet++":
+                continue
+            yield pytest.param(name, key, id=f"{name}-{key}", marks=[pytest.mark.slow] if key == "inductor" else [])
+
+
+@pytest.mark.parametrize("twin_and_cache, key", matrix(), indirect=["twin_and_cache"])
+def test_engine_matches_eager_fp32(key, twin_and_cache):
     need(key)
-    model, x, expected = model_and_input
+    (model, x, expected, _), cache = twin_and_cache
     engine = engines.load(key, model, SHAPE, CPU, "fp32", EngineOptions(cache=cache))
     out = run_once(engine, x)
     assert out.shape == expected.shape and out.dtype == torch.float32
@@ -67,26 +79,25 @@ def test_engine_matches_eager_fp32(key, model_and_input, cache):
     assert engine.is_reference == (key == "torch")  # only eager fp32 on the CPU is the reference by construction
 
 
-def test_bf16_runs_close_to_fp32(model_and_input):
-    model, x, expected = model_and_input
+def test_bf16_runs_close_to_fp32(twin_and_cache):
+    (model, x, expected, _), _ = twin_and_cache
     engine = engines.load("torch", model, SHAPE, CPU, "bf16")
     assert cosine_per_sample(run_once(engine, x), expected).min().item() > 0.99 and not engine.is_reference
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("key", ["onnxruntime", "openvino"])
-def test_int8_is_close_and_cached(key, tmp_path):
+def test_int8_is_close_and_cached(key, unet64, unet64_cache):
+    """int8 fidelity on the real UNet (a narrow net's scales would say little about it). Its entries key on the
+    calibration set, so they sit beside the fp32 builds in the session cache without replacing them."""
     need(key)
     if key == "openvino" and importlib.util.find_spec("nncf") is None:
         pytest.skip("openvino int8 needs nncf: pip install nncf")
-    torch.manual_seed(0)
-    model, _ = models.create_model("unet")
-    x = torch.rand(SHAPE)
-    with torch.no_grad():
-        expected = model(x)
-    options = EngineOptions(cache=ArtifactCache(str(tmp_path)), calibration=random_calibration(SHAPE, count=2))
+    model, x, expected, _ = unet64
+    options = EngineOptions(cache=unet64_cache, calibration=random_calibration(SHAPE, count=2))
     first = engines.load(key, model, SHAPE, CPU, "int8", options)
     second = engines.load(key, model, SHAPE, CPU, "int8", options)
+    # Only this test builds these entries; "loaded" the first time would mean another key matched.
     assert (first.artifact, second.artifact) == ("compiled", "loaded")
     assert first.artifact_path == second.artifact_path
     assert cosine_per_sample(run_once(second, x), expected).min().item() >= BARS["int8"]
@@ -167,7 +178,8 @@ def test_openvino_throughput_hint_times_concurrent_requests():
     need("openvino")
     from pipeline.passes import timing_pass
 
-    engine = engines.load("openvino", torch.nn.Conv2d(3, 2, 1), SHAPE, CPU, options=EngineOptions(openvino_hint="throughput"))
+    options = EngineOptions(openvino_hint="throughput")
+    engine = engines.load("openvino", torch.nn.Conv2d(3, 2, 1), SHAPE, CPU, options=options)
     assert engine.parallel >= 1 and "async infer requests" in engine.timed
     stats = timing_pass(engine, torch.rand(SHAPE), loop=2, warmup=1, show_progress=False)
     assert stats.fps == pytest.approx(2 * engine.parallel / stats.timed_s)
