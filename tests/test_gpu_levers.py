@@ -3,23 +3,23 @@ logic on the CPU; on a GPU (`cuda` mark), every CUDA-capable engine against eage
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 import torch
 
 import engines
-import models
 from engines import inductor
 from engines.base import EngineOptions
-from engines.cache import ArtifactCache
+from engines.cache import ArtifactCache, verify
 from engines.levers import Levers, apply_levers, auto_levers, choose_levers, cudnn_benchmark, graphed, levers_for
 from pipeline.fidelity import BARS
 from report.metrics import cosine_per_sample
+from tests.conftest import SHAPE64 as SHAPE
 from utils.errors import SampleError
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda:0")  # a CPU build of torch makes this device object, though it cannot use it
-SHAPE = (1, 3, 64, 64)
 ALL, BENCH = Levers(True, True, True), Levers(cudnn_benchmark=True)
 
 
@@ -76,7 +76,8 @@ def test_report_names_the_levers():
     assert ALL.names() == ("channels_last", "cudnn.benchmark", "CUDA graph")
     assert Levers().describe("model call") == "model call"
     text = ALL.describe("model call")
-    assert text.startswith("model call; speed levers: channels_last, cudnn.benchmark, CUDA graph") and "copied out" in text
+    assert text.startswith("model call; speed levers: channels_last, cudnn.benchmark, CUDA graph")
+    assert "copied out" in text
     assert Levers(channels_last=True).memory_format == torch.channels_last
     assert Levers().memory_format == torch.contiguous_format
 
@@ -154,19 +155,6 @@ def test_graph_lever_captures_once_from_the_example():
     assert torch.equal(run(torch.full((1, 2), 3.0)), torch.full((1, 2), 6.0)) and log == ["capture", "replay"]
 
 
-@pytest.fixture(scope="module")
-def unet():
-    """A 64 px UNet, an input, eager fp32 logits from an independent twin (same weights, another instance) and the
-    twin itself."""
-    torch.manual_seed(0)
-    model, _ = models.create_model("unet")
-    twin = models.build("unet")
-    twin.load_state_dict({k: v.clone() for k, v in model.state_dict().items()})
-    x = torch.rand(SHAPE, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        return model, x, twin.eval()(x), twin
-
-
 def run_once(engine, x):
     output = engine.to_torch(engine.run(engine.prepare(x)))
     engine.synchronize()
@@ -174,11 +162,11 @@ def run_once(engine, x):
 
 
 @pytest.mark.parametrize("key", ["torch", "torchscript"])
-def test_channels_last_on_the_cpu_matches_eager(key, unet, tmp_path):
+def test_channels_last_on_the_cpu_matches_eager(key, unet64, unet64_cache):
     """The channels_last branch (on by default only on CUDA) runs on the CPU too: same numbers, NCHW out, and the
     caller's model (the reference's own) keeps its layout."""
-    model, x, expected, _ = unet
-    options = EngineOptions(cache=ArtifactCache(str(tmp_path)), channels_last="on")
+    model, x, expected, _ = unet64
+    options = EngineOptions(cache=unet64_cache, channels_last="on")
     engine = engines.load(key, model, SHAPE, CPU, "fp32", options)
     assert engine.prepare(x).is_contiguous(memory_format=torch.channels_last)
     out = run_once(engine, x)
@@ -186,15 +174,15 @@ def test_channels_last_on_the_cpu_matches_eager(key, unet, tmp_path):
     assert engine.levers == ("channels_last",) and "speed levers: channels_last" in engine.timed
     assert not engine.is_reference
     assert model.inc.double_conv[0].weight.is_contiguous()
-    if key == "torchscript":  # a channels_last trace is its own cache entry, beside the NCHW one
-        plain = engines.load(key, model, SHAPE, CPU, "fp32", EngineOptions(cache=options.cache))
+    if key == "torchscript":  # a channels_last trace is its own cache entry, beside the NCHW one (the matrix's)
+        plain = engines.load(key, model, SHAPE, CPU, "fp32", EngineOptions(cache=unet64_cache))
         again = engines.load(key, model, SHAPE, CPU, "fp32", options)
         assert plain.artifact_path != engine.artifact_path == again.artifact_path and again.artifact == "loaded"
+        assert plain.levers == () and not plain.prepare(x).is_contiguous(memory_format=torch.channels_last)
 
 
-def test_default_rows_on_the_cpu_have_no_levers(unet):
-    model, _, _, _ = unet
-    engine = engines.load("torch", model, SHAPE, CPU, "fp32")
+def test_default_rows_on_the_cpu_have_no_levers(unet64):
+    engine = engines.load("torch", unet64.model, SHAPE, CPU, "fp32")
     assert engine.levers == () and "levers" not in engine.timed and engine.is_reference
 
 
@@ -238,31 +226,35 @@ def test_aoti_graph_needs_a_single_threaded_loader(monkeypatch):
         inductor.load(torch.nn.Conv2d(3, 2, 1), SHAPE, CUDA, "fp16", EngineOptions(cuda_graphs="on"))
 
 
-def built_twice(unet, device: torch.device, precision: str, folder: str):
-    """The inductor row built twice into one cache (the second should load the first's package): the options and
-    both engines; skipped where torch has no AOTInductor."""
+def built_twice(model: torch.nn.Module, device: torch.device, precision: str, cache: ArtifactCache):
+    """The inductor row built twice into `cache`: the second loads the package the first compiled or found there;
+    skipped where torch has no AOTInductor."""
     if not inductor.aoti_available():
         pytest.skip(f"torch {torch.__version__} has no AOTInductor: inductor uses torch.compile")
-    options = EngineOptions(cache=ArtifactCache(folder))
-    first = engines.load("inductor", unet[0], SHAPE, device, precision, options)
-    second = engines.load("inductor", unet[0], SHAPE, device, precision, options)
-    assert (first.artifact, second.artifact) == ("compiled", "loaded")
-    return options, first, second
+    options = EngineOptions(cache=cache)
+    first = engines.load("inductor", model, SHAPE, device, precision, options)
+    second = engines.load("inductor", model, SHAPE, device, precision, options)
+    assert second.artifact == "loaded" and first.artifact_path == second.artifact_path
+    return first, second
 
 
 @pytest.mark.slow
-def test_aoti_package_is_cached_loaded_and_rebuilt_when_tampered(unet, tmp_path, capsys):
-    model, x, expected, _ = unet
-    options, first, second = built_twice(unet, CPU, "fp32", str(tmp_path))
-    assert first.artifact_path == second.artifact_path and "AOTInductor package" in second.timed
+def test_aoti_package_is_cached_loaded_and_checksummed(unet64, unet64_cache, tmp_path):
+    """The package the engine matrix builds (whichever test asks first compiles it) loads from the cache, and every
+    load checks its sha256: rebuilding a damaged entry is the cache's (tests/test_hostile.py); this proves the
+    package file is one of the entry's checksummed files, so a changed model.pt2 is caught."""
+    _, x, expected, _ = unet64
+    _, second = built_twice(unet64.model, CPU, "fp32", unet64_cache)
+    assert "AOTInductor package" in second.timed
     assert cosine_per_sample(run_once(second, x), expected).min().item() >= BARS["fp32"]
-    package = os.path.join(second.artifact_path, inductor.PACKAGE_FILE)
+    copy = str(tmp_path / "entry")  # damaged on a copy: the session's entry stays good for the tests after this
+    shutil.copytree(second.artifact_path, copy)
+    assert verify(copy) is None
+    package = os.path.join(copy, inductor.PACKAGE_FILE)
     with open(package, "r+b") as f:
         f.seek(os.path.getsize(package) // 2)
         f.write(b"tampered")
-    third = engines.load("inductor", model, SHAPE, CPU, "fp32", options)
-    assert third.artifact == "compiled" and "failed its checksum (model.pt2 changed); rebuilt" in capsys.readouterr().err
-    assert cosine_per_sample(run_once(third, x), expected).min().item() >= BARS["fp32"]
+    assert verify(copy) == f"{inductor.PACKAGE_FILE} changed"
 
 
 # ---- on a GPU: every CUDA-capable engine against eager fp32 on the CPU, levers on, off and auto ----
@@ -281,7 +273,7 @@ def gpu_cache(tmp_path_factory) -> ArtifactCache:
 @pytest.mark.parametrize("setting", ["auto", "on", "off"])
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 @pytest.mark.parametrize("key", cuda_engines())
-def test_cuda_engine_matches_eager(key, precision, setting, unet, gpu_cache):
+def test_cuda_engine_matches_eager(key, precision, setting, unet64, gpu_cache):
     reason = engines.missing(key, CUDA)
     if reason:
         pytest.skip(reason)
@@ -292,7 +284,7 @@ def test_cuda_engine_matches_eager(key, precision, setting, unet, gpu_cache):
 
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             pytest.skip("onnxruntime has no CUDA provider here: pip install onnxruntime-gpu")
-    model, x, expected, twin = unet
+    model, x, expected, twin = unet64
     # inductor in its default mode here: max-autotune's search would take minutes per build (it has its own test).
     options = EngineOptions(cache=gpu_cache, channels_last=setting, cudnn_benchmark=setting, cuda_graphs=setting,
                             inductor_mode="default")
@@ -308,8 +300,8 @@ def test_cuda_engine_matches_eager(key, precision, setting, unet, gpu_cache):
 
 
 @pytest.mark.cuda
-def test_cuda_graph_outputs_outlive_the_next_replay(unet):
-    model, x, _, _ = unet
+def test_cuda_graph_outputs_outlive_the_next_replay(unet64):
+    model, x, _, _ = unet64
     engine = engines.load("torch", model, SHAPE, CUDA, "fp16", EngineOptions(cuda_graphs="on"))
     assert "CUDA graph" in engine.levers
     first = engine.run(engine.prepare(x))
@@ -321,8 +313,9 @@ def test_cuda_graph_outputs_outlive_the_next_replay(unet):
 
 @pytest.mark.cuda
 @pytest.mark.slow
-def test_inductor_max_autotune_package_loads_on_the_second_run(unet, tmp_path):
-    _, x, expected, _ = unet
-    _, _, second = built_twice(unet, CUDA, "fp16", str(tmp_path))
+def test_inductor_max_autotune_package_loads_on_the_second_run(unet64, tmp_path):
+    _, x, expected, _ = unet64
+    first, second = built_twice(unet64.model, CUDA, "fp16", ArtifactCache(str(tmp_path)))
+    assert first.artifact == "compiled"
     assert "max-autotune" in second.timed
     assert cosine_per_sample(run_once(second, x), expected).min().item() >= BARS["fp16"]
