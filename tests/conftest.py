@@ -21,8 +21,8 @@ CARVANA = os.path.join(SHARED, "data", "carvana")
 CARVANA_512 = os.path.join(SHARED, "data", "carvana-other", "abdullah-al-masud-512")
 CHECKPOINT = os.path.join(SHARED, "models", "unet_carvana_256.pth")
 # A small real architecture for the tests whose point is not the network: UNet++ at base width 8 (0.57 M parameters
-# against UNet's 31 M) takes the same code paths in a fraction of the time. The engine matrix, the real checkpoint and
-# the torchrun runs keep the full-size models.
+# against UNet's 31 M) takes the same code paths in a fraction of the time. The engine matrix and the real checkpoint
+# keep the full-size models.
 SMALL = ["--model_name", "unet++", "--base_width", "8"]
 SHAPE64 = (1, 3, 64, 64)
 
