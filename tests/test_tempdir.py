@@ -108,7 +108,8 @@ def test_inductor_without_a_cache_matches_eager_and_leaves_nothing(path, monkeyp
 def test_inductor_keeps_its_package_in_the_cache(unet64, unet64_cache, monkeypatch):
     """With our cache the package lives in it (the session's UNet build, shared with the engine matrix: loaded here
     when an earlier test compiled it); once the engine is gone the temp dir holds at most inductor's precompiled
-    headers, made once and reused by every compile on the machine (docs/engines.md)."""
+    headers, made once and reused by every compile on the machine (docs/engines.md). What a compile leaves in the temp
+    dir is the same with or without our cache, but for those headers: the test above checks it."""
     from engines import inductor
 
     monkeypatch.setattr(inductor, "USER_CACHE_DIR", None)
@@ -120,8 +121,11 @@ def test_inductor_keeps_its_package_in_the_cache(unet64, unet64_cache, monkeypat
     gc.collect()
     new = entries() - before
     assert all(e.startswith("torchinductor_") for e in new), sorted(new)
-    assert os.path.dirname(path) == os.path.join(unet64_cache.root, "inductor")
-    assert os.path.isfile(os.path.join(path, inductor.PACKAGE_FILE))
+    folder = os.path.join(unet64_cache.root, "inductor")
+    if inductor.aoti_available():
+        assert os.path.dirname(path) == folder and os.path.isfile(os.path.join(path, inductor.PACKAGE_FILE))
+    else:  # torch.compile keeps its code in inductor's own cache, which it points into ours
+        assert path == folder
 
 
 def _listing(folder: str) -> list[str]:
