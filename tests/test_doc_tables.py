@@ -1,4 +1,4 @@
-"""benchmarks/doc_tables.py: the docs' generated blocks match their JSON reports, render the right cells, and fail clearly."""
+"""benchmarks/doc_tables.py: the docs' generated blocks match their JSON reports, render right, fail clearly."""
 from __future__ import annotations
 
 import importlib.util
@@ -17,13 +17,15 @@ REPORT = {
     "config": {
         "model": "unet", "weights": "/x/unet_carvana_256.pth", "images": 4, "image_size": [512, 512], "batch_size": 1,
         "loop": 5, "warm_counter": 2, "torch": "2.13.0+cpu", "calibration_images": 4,
-        "command": "python sample.py --engine openvino --precision fp32,int8 --image_path '/data/my images' --json r.json",
+        "command": "python sample.py --engine openvino --precision fp32,int8 --image_path '/data/my images' "
+                   "--json r.json",
         "started": "2026-11-26T05:39:52+00:00",
         "host": {"cpu": "AMD EPYC", "cpu_count": 2, "isa": ["avx2", "avx512f"]},
     },
     "rows": [
         {"engine": "torch", "precision": "fp32", "latency_median_ms": 5069.4, "fps": 0.1973, "e2e_fps": 0.19,
-         "cosine_min": 1.0, "fidelity": "ok", "dice": 0.92951, "dice_delta": 0.0, "compile_s": 0.0, "artifact": "eager"},
+         "cosine_min": 1.0, "fidelity": "ok", "dice": 0.92951, "dice_delta": 0.0, "compile_s": 0.0,
+         "artifact": "eager"},
         {"engine": "openvino", "precision": "int8", "latency_median_ms": 1553.2, "fps": 0.63412, "e2e_fps": None,
          "cosine_min": 0.9997051, "fidelity": "ok", "dice": 0.93431, "dice_delta": 0.00482, "compile_s": 29.64,
          "artifact": "compiled"},
@@ -59,7 +61,8 @@ def test_engines_block_renders_caption_command_and_cells(tmp_path):
     root = make_repo(tmp_path, block("engines"))
     assert doc_tables.main(["--root", root]) == 0
     text = (tmp_path / "README.md").read_text()
-    assert text.startswith("intro\n\n<!-- generated from docs/reports/r.json: engines -->\nMeasured on AMD EPYC, 2 cores")
+    assert text.startswith("intro\n\n<!-- generated from docs/reports/r.json: engines -->\n"
+                           "Measured on AMD EPYC, 2 cores")
     assert text.endswith("<!-- end generated -->\n\noutro\n") and "old" not in text
     flat = " ".join(text.split())  # prose is wrapped
     assert "(avx2, avx512f), torch 2.13.0+cpu, 2026-11-26 05:39 UTC" in flat
@@ -96,7 +99,8 @@ def test_fastest_and_output_blocks(tmp_path):
     text = (tmp_path / "README.md").read_text()
     flat = " ".join(text.split())  # prose is wrapped
     # onnxruntime int8 is faster but LOW, so it is not the int8 pick
-    assert "fp32 **torch** 5,069 ms, 1.00x eager torch fp32; int8 **openvino** 1,553 ms, 3.26x eager torch fp32." in flat
+    assert ("fp32 **torch** 5,069 ms, 1.00x eager torch fp32; int8 **openvino** 1,553 ms, 3.26x eager torch fp32."
+            in flat)
     assert "Below the bar (LOW): onnxruntime int8." in flat
     assert "2026-11-26 05:39 UTC, stdout:\n\n```\nengine  fps\nopenvino  0.634\n```\n<!-- end generated -->" in text
 

@@ -1,4 +1,4 @@
-"""README.md and README.zh-CN.md link to each other and document the same flags, commands, headings and generated blocks."""
+"""README.md and README.zh-CN.md link to each other and document the same flags, commands, headings, blocks."""
 from __future__ import annotations
 
 import collections
@@ -171,7 +171,8 @@ def test_every_sample_flag_is_in_the_readme():
 
 def test_parsing_helpers():
     """Fences hide their contents from the prose; code spans may wrap lines; headings inside fences do not count."""
-    text = "# T\n\n```bash\n# not a heading\npython a.py --x\n```\n\nrun `python b.py\n  --y` or `pip install c`, not `ls`\n"
+    text = ("# T\n\n```bash\n# not a heading\npython a.py --x\n```\n\n"
+            "run `python b.py\n  --y` or `pip install c`, not `ls`\n")
     assert bash_blocks(text) == ["# not a heading\npython a.py --x"]
     assert inline_commands(text) == {"python b.py --y", "pip install c"}
     assert heading_levels(text) == [1]

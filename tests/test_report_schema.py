@@ -75,7 +75,8 @@ def full_report() -> Report:
 
 def test_every_key_the_writer_can_emit_is_in_the_golden_list_and_back():
     emitted, listed = field_paths(report_dict(full_report())), golden()
-    assert not emitted - listed, f"new report keys: add them to {GOLDEN} and docs/outputs.md: {sorted(emitted - listed)}"
+    added = sorted(emitted - listed)
+    assert not added, f"new report keys: add them to {GOLDEN} and docs/outputs.md: {added}"
     assert not listed - emitted, f"keys no longer emitted: {sorted(listed - emitted)} (remove them from both, or " \
                                  "restore them)"
 
