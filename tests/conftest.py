@@ -138,7 +138,28 @@ CHEAP_AUTO = ("torch",)
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
+
+
+# Under pytest-xdist each worker runs on one core: two OpenMP threads per worker on shared cores slow calls at random.
+THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+# Tests that share a module or session fixture too costly to build twice run on one worker (`--dist loadgroup`):
+# the seed-0 UNet's engine builds (one cold inductor compile) and the torchrun launches (one module fixture).
+GROUPS = {"unet64_cache": "unet64", "runs": "torchrun"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for fixture, group in GROUPS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(group))
+                break
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker per usable core, at most 4 (each worker imports torch and builds its own fixtures)."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
 def pytest_runtest_setup(item):

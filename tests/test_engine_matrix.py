@@ -64,7 +64,11 @@ def matrix():
         for key in CPU_ENGINES:
             if key == "inductor" and name == "unet++":
                 continue
-            yield pytest.param(name, key, id=f"{name}-{key}", marks=[pytest.mark.slow] if key == "inductor" else [])
+            # The full UNet's builds are the slow tier's (the narrow UNet++ keeps every engine in the fast one).
+            marks = [pytest.mark.slow] if key == "inductor" or (name == "unet" and key != "torch") else []
+            if name == "unet":  # the session's UNet builds: on one pytest-xdist worker (conftest.GROUPS)
+                marks.append(pytest.mark.xdist_group("unet64"))
+            yield pytest.param(name, key, id=f"{name}-{key}", marks=marks)
 
 
 @pytest.mark.parametrize("twin_and_cache, key", matrix(), indirect=["twin_and_cache"])
@@ -87,17 +91,16 @@ def test_bf16_runs_close_to_fp32(twin_and_cache):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("key", ["onnxruntime", "openvino"])
-def test_int8_is_close_and_cached(key, unet64, unet64_cache):
-    """int8 fidelity on the real UNet (a narrow net's scales would say little about it). Its entries key on the
-    calibration set, so they sit beside the fp32 builds in the session cache without replacing them."""
+def test_int8_is_close_and_cached(key, unet64, tmp_path):
+    """int8 fidelity on the real UNet (a narrow net's scales would say little about it), in a cache of its own: the
+    session's UNet builds are not needed, so it may run on another pytest-xdist worker."""
     need(key)
     if key == "openvino" and importlib.util.find_spec("nncf") is None:
         pytest.skip("openvino int8 needs nncf: pip install nncf")
     model, x, expected, _ = unet64
-    options = EngineOptions(cache=unet64_cache, calibration=random_calibration(SHAPE, count=2))
+    options = EngineOptions(cache=ArtifactCache(str(tmp_path)), calibration=random_calibration(SHAPE, count=2))
     first = engines.load(key, model, SHAPE, CPU, "int8", options)
     second = engines.load(key, model, SHAPE, CPU, "int8", options)
-    # Only this test builds these entries; "loaded" the first time would mean another key matched.
     assert (first.artifact, second.artifact) == ("compiled", "loaded")
     assert first.artifact_path == second.artifact_path
     assert cosine_per_sample(run_once(second, x), expected).min().item() >= BARS["int8"]

@@ -161,7 +161,7 @@ def run_once(engine, x):
     return output
 
 
-@pytest.mark.parametrize("key", ["torch", "torchscript"])
+@pytest.mark.parametrize("key", ["torch", pytest.param("torchscript", marks=pytest.mark.slow)])  # two UNet traces
 def test_channels_last_on_the_cpu_matches_eager(key, unet64, unet64_cache):
     """The channels_last branch (on by default only on CUDA) runs on the CPU too: same numbers, NCHW out, and the
     caller's model (the reference's own) keeps its layout."""

@@ -71,14 +71,14 @@ def _dice(model, samples, size, decode) -> list[float]:
 
 @pytest.mark.slow
 def test_fast_decode_keeps_dice_within_1e4_of_exact_with_the_real_checkpoint(carvana, checkpoint):
-    """The acceptance bar on real data: the shared checkpoint at its 256 px, 8 pairs (one per car, different angles).
-    The fast path stays well under the bar on them, and decoding at a reduced DCT scale (the rejected draft decode)
-    fails it about 3x over; docs/data.md has the figures on all 272 pairs."""
+    """The acceptance bar on real data: the shared checkpoint at its 256 px, 4 pairs (other cars, other angles). The
+    fast path stays ~9x under the bar on them, and decoding at a reduced DCT scale (the rejected draft decode) fails
+    it ~10x over (measured on these pairs); docs/data.md has the figures on all 272 pairs."""
     model, _ = models.create_model("unet", checkpoint)
     pairs = find_pairs(*carvana).samples
-    samples = [pairs[i] for i in range(0, len(pairs), 17)][:8]
+    samples = [pairs[i] for i in range(0, len(pairs), 17)][:4]
     fast, exact = _dice(model, samples, (256, 256), "fast"), _dice(model, samples, (256, 256), "exact")
-    assert len(fast) == len(exact) == 8 and min(exact) > 0.95  # a real model on real data
+    assert len(fast) == len(exact) == 4 and min(exact) > 0.95  # a real model on real data
     assert abs(np.mean(fast) - np.mean(exact)) < 1e-4, (np.mean(fast), np.mean(exact))
 
 
