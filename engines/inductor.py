@@ -6,6 +6,7 @@ torch.compile, which compiles on the first call: `load` makes that call, so its 
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import dataclasses
@@ -65,7 +66,7 @@ def inductor_cache(cache: ArtifactCache | None):
     except (KeyError, OSError):  # no user name (a container without /etc/passwd): inductor names it otherwise
         default = ""
     existed = not default or os.path.exists(default)
-    folder = os.path.join(cache.root, "inductor") if cache else tempfile.mkdtemp(prefix="unet-sample-inductor-")
+    folder, remove = (os.path.join(cache.root, "inductor"), False) if cache else _temporary_folder()
     previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")  # inductor may have written its default there
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
     try:
@@ -75,10 +76,27 @@ def inductor_cache(cache: ArtifactCache | None):
             os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
         else:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
-        if not cache:
+        if remove:
             shutil.rmtree(folder, ignore_errors=True)
         if not existed and os.path.isdir(default) and not any(files for _, _, files in os.walk(default)):
             shutil.rmtree(default, ignore_errors=True)
+
+
+_PROCESS_FOLDER: list[str] = []  # where torch 2.0's inductor writes for the whole process (see _temporary_folder)
+
+
+def _temporary_folder() -> tuple[str, bool]:
+    """A temporary folder for inductor's cache, and whether it goes when the compile ends. torch 2.0's inductor reads
+    its folder once and keeps it, and more (its ISA probes' files) with it: there one folder serves every compile of
+    the process and goes at exit (removed after the first compile, it broke the next: a second --no_cache row)."""
+    import torch._inductor.codecache as codecache
+
+    if not hasattr(codecache.cache_dir, "cache_clear"):  # read afresh at every use (torch >= 2.1)
+        return tempfile.mkdtemp(prefix="unet-sample-inductor-"), True
+    if not _PROCESS_FOLDER:
+        _PROCESS_FOLDER.append(tempfile.mkdtemp(prefix="unet-sample-inductor-"))
+        atexit.register(shutil.rmtree, _PROCESS_FOLDER[0], True)
+    return _PROCESS_FOLDER[0], False
 
 
 def aoti_available() -> bool:

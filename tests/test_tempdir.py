@@ -101,7 +101,15 @@ def test_inductor_without_a_cache_matches_eager_and_leaves_nothing(path, monkeyp
     gc.collect()
     if path == "torch.compile":
         torch._dynamo.reset()  # the compiled frame stays with dynamo, not in the temp dir
-    assert entries() == before, sorted(entries() - before)
+    new = entries() - before
+    # torch 2.0's inductor keeps the first folder it wrote to for the whole process (engines/inductor.py): there what
+    # lands in that folder goes at exit; later torch reads its folder afresh and nothing may stay.
+    import torch._inductor.codecache as codecache
+
+    if hasattr(codecache.cache_dir, "cache_clear"):
+        kept = [os.path.relpath(f, tempfile.gettempdir()) for f in inductor._PROCESS_FOLDER + [codecache.cache_dir()]]
+        new = {e for e in new if not any(e == k or e.startswith(k + os.sep) for k in kept)}
+    assert not new, sorted(new)
 
 
 @pytest.mark.slow
