@@ -16,10 +16,12 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import uuid
 
 import numpy as np
 import pytest
@@ -91,12 +93,29 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 STUCK_TIMEOUT_S = 2  # --dist_timeout of the stuck launch: every healthy sync there must come within it
 
 
+_PORTS: set[int] = set()
+
+
+def free_port() -> int:
+    """A TCP port free now and not handed to another launch of this session."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _PORTS:
+            _PORTS.add(port)
+            return port
+
+
 class Job:
     """One `python -m torch.distributed.run --standalone --nproc_per_node=2` launch of `script` (a file and its
     arguments), in its own session, read to its end by a thread so that the launches run side by side."""
 
     def __init__(self, script: list[str]):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        # What --standalone does, on a port of its own: torch 2.0's --standalone always takes port 29400, so launches
+        # side by side would meet each other's rendezvous.
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--rdzv_backend=c10d",
+               f"--rdzv_endpoint=127.0.0.1:{free_port()}", f"--rdzv_id={uuid.uuid4().hex}", "--nproc_per_node=2",
                "--monitor_interval=0.2"] + script
         self.out = self.err = ""
         self.seconds = float("inf")
