@@ -192,7 +192,7 @@ def load_package(model: torch.nn.Module, example_shape: tuple, device: torch.dev
         if device.type == "cuda" and takes_index:
             kwargs["device_index"] = device.index or 0
         on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-        # Loading compiles inductor's small CPU-feature probes once (~6 s cold): kept in its cache (docs/engines.md).
+        # Loading compiles inductor's small CPU-feature probes once: kept in its cache (docs/engines.md).
         with inductor_cache(options.cache), on_device:
             compiled = torch._inductor.aoti_load_package(os.path.join(built.folder, PACKAGE_FILE), **kwargs)
 
