@@ -258,10 +258,11 @@ def to_row(result: RowResult) -> Row:
         artifact_path=facts.artifact_path, images=passed.images, interrupted=passed.interrupted,
         failed_images=[FailedImage(i, e) for i, e in passed.failed], scores=scores, agreement=agreement,
         model_res=None if final is model_res else model_scores,
-        gate=gate(facts.precision, agreement.cosine_min, model_scores.dice, agreement.reference_dice),
+        gate=gate(facts.precision, agreement.cosine_min, model_scores.dice, agreement.reference_dice,
+                  len(model_res.nonfinite)),
         compile_s=result.compile_s,
         first_call_ms=None if passed.first_call_s is None else passed.first_call_s * 1000.0,
         e2e_s=passed.e2e_s, e2e_fps=passed.e2e_fps, timed_region=facts.timed, levers=list(facts.levers),
         split_s={k: round(v, 6) for k, v in passed.split.seconds.items()}, timing=result.timing,
         per_image=per_image, outputs_s=None if result.outputs is None else result.outputs.seconds,
-        ranks=result.ranks)
+        ranks=result.ranks, nonfinite=list(model_res.nonfinite))

@@ -5,7 +5,7 @@ import dataclasses
 import json
 import math
 
-from report.metrics import Scores
+from report.metrics import NAMED, Scores
 from report.results import Report, Row, RunInfo
 from utils.files import write_atomic
 
@@ -35,7 +35,8 @@ def row_dict(row: Row) -> dict:
     out = {"engine": row.engine, "device": row.device, "precision": row.precision, "artifact": row.artifact,
            "artifact_path": row.artifact_path, "images": row.images, "interrupted": row.interrupted,
            "failed_images": [dataclasses.asdict(f) for f in row.failed_images],
-           **_scores(row.scores), **_present(row.agreement)}
+           **_scores(row.scores), **_present(row.agreement), "nonfinite_images": len(row.nonfinite),
+           "nonfinite": [dataclasses.asdict(n) for n in row.nonfinite[:NAMED]]}
     if row.model_res is not None:
         out.update(_scores(row.model_res, "model_res_"))
     out.update(dataclasses.asdict(row.gate))

@@ -1,12 +1,14 @@
 """Accuracy metrics with Pytorch-UNet's exact definitions, plus agreement with the eager fp32 reference."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 
 EPS = 1e-6
+NAMED = 20  # non-finite images named in the JSON (their count is always whole)
 
 
 @dataclass(frozen=True)
@@ -31,14 +33,68 @@ class Agreement:
     max_abs_diff: Optional[float] = None
 
 
+@dataclass(frozen=True)
+class NonFinite:
+    """An image whose logits hold NaN or inf: `where` is `output` (the engine's), `reference` (the eager fp32
+    model's) or `both`; `values` names which of NaN, +inf, -inf (the output's, or the reference's when only it has)."""
+
+    id: str
+    where: str
+    values: str
+
+
+def lowest(values: list[float]) -> float:
+    """min() that a NaN anywhere makes NaN (Python's min skips a NaN that is not first: the order would decide)."""
+    return math.nan if any(math.isnan(v) for v in values) else min(values)
+
+
+def highest(values: list[float]) -> float:
+    """max() that a NaN anywhere makes NaN (`max(0.0, nan)` is 0.0)."""
+    return math.nan if any(math.isnan(v) for v in values) else max(values)
+
+
 def predict(logits: torch.Tensor, dtype: torch.dtype = torch.long) -> torch.Tensor:
-    """Class map (N, H, W): argmax over classes, or logit > 0 (sigmoid > 0.5) for a one-class model."""
+    """Class map (N, H, W): argmax over classes, or logit > 0 (sigmoid > 0.5) for a one-class model. A pixel with a NaN
+    logit is background (class 0) for any class count, so NaN logits give one prediction on every engine."""
     if logits.shape[1] == 1:
-        return (logits[:, 0] > 0).to(dtype)
+        return (logits[:, 0] > 0).to(dtype)  # NaN > 0 is False: background
     if logits.shape[1] == 2:
-        # Same answer as argmax (ties go to class 0, as argmax's first maximum), a quarter of the work.
+        # Same answer as argmax (ties go to class 0, as argmax's first maximum), a quarter of the work; NaN: class 0.
         return (logits[:, 1] > logits[:, 0]).to(dtype)
-    return logits.argmax(dim=1).to(dtype)
+    pred = logits.argmax(dim=1)
+    nan = logits.isnan().any(dim=1)  # argmax takes a NaN as the maximum: which class wins would depend on the order
+    return pred.masked_fill(nan, 0).to(dtype)
+
+
+def finite_per_sample(x: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: True where every value of the sample is finite (no NaN, +inf or -inf)."""
+    return torch.isfinite(x).flatten(1).all(dim=1)
+
+
+def _kinds(sample: torch.Tensor) -> str:
+    found = [("NaN", sample.isnan()), ("+inf", sample == math.inf), ("-inf", sample == -math.inf)]
+    return ", ".join(name for name, hits in found if bool(hits.any()))
+
+
+def find_nonfinite(ids: list[str], output: torch.Tensor, reference: torch.Tensor | None) -> list[NonFinite]:
+    """The images of a batch whose output or reference logits hold NaN or inf (none: one check per tensor)."""
+    out_ok = finite_per_sample(output)
+    ref_ok = finite_per_sample(reference) if reference is not None else torch.ones_like(out_ok)
+    if bool((out_ok & ref_ok).all()):
+        return []
+    found = []
+    for k, (o, r) in enumerate(zip(out_ok.tolist(), ref_ok.tolist())):
+        if not (o and r):
+            where = "reference" if o else "output" if r else "both"
+            found.append(NonFinite(ids[k], where, _kinds(reference[k] if o else output[k])))
+    return found
+
+
+def name_nonfinite(found: list[NonFinite], images: int, named: int = 5) -> str:
+    """'2 of 3 image(s) gave NaN / inf logits: car1 (output: NaN), car2 (reference: +inf)', the first `named`."""
+    listed = ", ".join(f"{n.id} ({n.where}: {n.values})" for n in found[:named])
+    more = f" and {len(found) - named} more" if len(found) > named else ""
+    return f"{len(found)} of {images} image(s) gave NaN / inf logits: {listed}{more}"
 
 
 def overlap_counts(pred: torch.Tensor, true: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -64,9 +120,12 @@ def iou_from_counts(counts: torch.Tensor) -> torch.Tensor:
 
 
 def cosine_per_sample(output: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity of each sample's flattened logits with the reference's (never across the batch axis)."""
+    """Cosine similarity of each sample's flattened logits with the reference's (never across the batch axis); -1, the
+    worst possible, for a sample with NaN or inf on either side (NaN would slip past min() and `>=` checks)."""
     a, b = output.flatten(1).double(), reference.flatten(1).double()
-    return torch.nn.functional.cosine_similarity(a, b, dim=1, eps=1e-12)
+    cosine = torch.nn.functional.cosine_similarity(a, b, dim=1, eps=1e-12)
+    finite = finite_per_sample(output) & finite_per_sample(reference)
+    return torch.where(finite, cosine, torch.full_like(cosine, -1.0))
 
 
 @dataclass
@@ -82,12 +141,16 @@ class Accuracy:
     cosine: list[Optional[float]] = field(default_factory=list)
     counts: list[torch.Tensor] = field(default_factory=list)  # per batch, pooled for micro dice
     reference_dice: list[float] = field(default_factory=list)  # the eager fp32 reference's dice on the scored images
-    max_abs_diff: float = 0.0
+    max_abs_diff: float = 0.0  # inf once an image's output or reference is non-finite: no bound
+    nonfinite: list[NonFinite] = field(default_factory=list)  # images with NaN / inf logits, in run order
 
     def add(self, ids: list[str], logits: torch.Tensor, masks: torch.Tensor | None,
             reference: torch.Tensor | None) -> None:
-        """Score the real rows of one batch of logits (padding already dropped by the caller)."""
+        """Score the real rows of one batch of logits (padding already dropped by the caller); note the images whose
+        output or reference holds NaN / inf."""
         self.score(ids, predict(logits), masks, logits.shape[1])
+        found = find_nonfinite(ids, logits, reference)
+        self.nonfinite.extend(found)
         if reference is not None and masks is not None:
             ref_counts = overlap_counts(predict(reference), masks, reference.shape[1])
             self.reference_dice.extend(dice_from_counts(ref_counts).tolist())
@@ -95,8 +158,8 @@ class Accuracy:
             self.cosine.extend([None] * len(ids))
             return
         self.cosine.extend(cosine_per_sample(logits, reference).tolist())
-        diff = (logits.double() - reference.double()).abs().max().item()
-        self.max_abs_diff = max(self.max_abs_diff, diff)
+        diff = math.inf if found else (logits.double() - reference.double()).abs().max().item()
+        self.max_abs_diff = highest([self.max_abs_diff, diff])
 
     def score(self, ids: list[str], pred: torch.Tensor, masks: torch.Tensor | None, n_classes: int) -> None:
         """Add class maps `pred` (N, H, W) scored against `masks` (N, H, W), or unscored when `masks` is None."""
@@ -120,7 +183,7 @@ class Accuracy:
         if not dice:
             return Scores(0)
         iou = [v for v in self.iou if v is not None]
-        return Scores(len(dice), dice=sum(dice) / len(dice), dice_min=min(dice),
+        return Scores(len(dice), dice=sum(dice) / len(dice), dice_min=lowest(dice),
                       micro_dice=dice_from_counts(torch.stack(self.counts).sum(0)).item(), iou=sum(iou) / len(iou))
 
     def agreement(self) -> Agreement:
@@ -129,7 +192,7 @@ class Accuracy:
         cosine = [c for c in self.cosine if c is not None]
         if not cosine:
             return Agreement(reference)
-        return Agreement(reference, min(cosine), sum(cosine) / len(cosine), self.max_abs_diff)
+        return Agreement(reference, lowest(cosine), sum(cosine) / len(cosine), self.max_abs_diff)
 
 
 def merge_accuracy(parts: list[Accuracy], order: dict[str, int]) -> Accuracy:
@@ -154,5 +217,6 @@ def merge_accuracy(parts: list[Accuracy], order: dict[str, int]) -> Accuracy:
         if ref is not None:
             merged.reference_dice.append(ref)
     merged.counts = [c for acc in parts for c in acc.counts]
-    merged.max_abs_diff = max((acc.max_abs_diff for acc in parts), default=0.0)
+    merged.max_abs_diff = highest([acc.max_abs_diff for acc in parts] or [0.0])
+    merged.nonfinite = sorted((n for acc in parts for n in acc.nonfinite), key=lambda n: order[n.id])
     return merged

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from report.metrics import Agreement, Scores
+from report.metrics import Agreement, NonFinite, Scores
 from utils.timing import Timing
 
 
@@ -102,6 +102,7 @@ class Row:
     per_image: PerImage
     outputs_s: Optional[float] = None
     ranks: Optional[list[RankPart]] = None
+    nonfinite: list[NonFinite] = field(default_factory=list)  # images with NaN / inf logits: the row is LOW
 
     @property
     def label(self) -> str:

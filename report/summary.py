@@ -5,6 +5,7 @@ import math
 from typing import Callable
 
 from report.csv_files import ImageRecord
+from report.metrics import name_nonfinite
 from report.notes import config_notes
 from report.ranks import rank_lines
 from report.results import Report, Row, RunInfo
@@ -106,6 +107,10 @@ def row_lines(row: Row, c: RunInfo) -> list[str]:
     if row.outputs_s is not None:
         lines.append(f"{label}: per-image outputs took {row.outputs_s:.1f} s in a background thread, overlapped with "
                      "the engine and included in e2e fps")
+    if row.nonfinite:
+        lines.append(f"{label}: LOW: {name_nonfinite(row.nonfinite, row.images)}; their cosine counts as -1 (the "
+                     "worst), max_abs_diff has no bound (null in the JSON), and their dice scores a prediction in "
+                     "which a NaN logit is background")
     if row.failed_images:
         lines.append(f"{label}: {len(row.failed_images)} image(s) skipped: "
                      + "; ".join(f.error for f in row.failed_images[:3]))

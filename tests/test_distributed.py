@@ -247,7 +247,7 @@ def report(runs, name: str) -> dict:
 # The torch fp32 row is the eager reference itself: its agreement with it (cosine_min, max_abs_diff) is 1 and 0 in any
 # run. The bf16 row's (and auto's, unless it chose eager torch) are figures that move if a rank computes differently.
 SCORES = ("images", "images_scored", "dice", "dice_min", "micro_dice", "iou", "cosine_min", "cosine_mean",
-          "max_abs_diff", "reference_dice", "dice_delta", "fidelity")
+          "max_abs_diff", "reference_dice", "dice_delta", "fidelity", "nonfinite_images", "nonfinite")
 
 
 @pytest.mark.slow

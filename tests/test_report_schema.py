@@ -46,7 +46,9 @@ def _row() -> RowResult:
     torch.manual_seed(0)
     logits, masks = torch.randn(2, 2, 8, 8), torch.randint(0, 2, (2, 8, 8))
     accuracy, original = Accuracy(), Accuracy()
-    accuracy.add(["a", "b"], logits, masks, logits * 1.01)
+    reference = logits * 1.01
+    reference[1, 0, 0, 0] = float("nan")  # a non-finite reference: rows[].nonfinite[] is emitted
+    accuracy.add(["a", "b"], logits, masks, reference)
     original.score(["a", "b"], logits.argmax(1), masks, 2)
     passed = PassResult(accuracy, e2e_s=1.0, first_call_s=0.1, failed=[("c", "cannot decode image c.jpg")],
                         batch_ms=[5.0, 5.0], sizes=[(8, 8), (8, 8)])
