@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shlex
 import sys
 import warnings
@@ -23,28 +24,37 @@ from utils.errors import SampleError
 from utils.signals import Interrupts
 
 
+def whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
 def positive_int(text: str) -> int:
-    value = int(text)
+    value = whole_number(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
 
 
-def at_most(limit: int, why: str):
-    """An argparse type: an int from 1 to `limit`; past it, a usage error that says the limit and why."""
+def at_most(limit: int, why: str, low: int = 1):
+    """An argparse type: an int from `low` to `limit`; past it, a usage error that says the limit and why."""
     def parse(text: str) -> int:
-        value = positive_int(text)
+        value = whole_number(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
         if value > limit:
             raise argparse.ArgumentTypeError(f"must be at most {limit} ({why}), got {value}")
         return value
     return parse
 
 
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage error is its `error:` line and a pointer to --help: the 20-line usage hid the line."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}\n(python sample.py --help lists the flags and their limits)\n")
 
 
 def image_size(text: str) -> tuple[int, int]:
@@ -55,7 +65,7 @@ def image_size(text: str) -> tuple[int, int]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = Parser(description=__doc__)
     add_data_arguments(p.add_argument_group("data"))
     model = p.add_argument_group("model")
     model.add_argument("--model_name", default="unet", help="unet (default) or unet++ (also unetpp, nested_unet)")
@@ -67,7 +77,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument("--base_width", type=at_most(256, "n1 = 256 is already 586 M parameters"), metavar="N1",
                        help="unet++ base width n1 (filters n1..16*n1); default: from the checkpoint, else 64, the "
                             "reference NestedUNet's")
-    model.add_argument("--seed", type=int, default=0,
+    model.add_argument("--seed", type=at_most(2**63 - 1, "torch's seed is a 64-bit integer", low=-2**63), default=0,
                        help="seed of the random weights and the synthetic set (default 0)")
     run = p.add_argument_group("engine and timing")
     run.add_argument("--engine", default="auto",
@@ -84,16 +94,22 @@ def get_args_parser() -> argparse.ArgumentParser:
                      help="comma list of fp32, fp16, bf16, int8; one row each (default fp32)")
     run.add_argument("--batch_size", type=positive_int, default=1,
                      help="compiled batch size (default 1); the last batch is padded")
-    run.add_argument("--loop", type=positive_int, default=10, help="timed calls per engine (default 10)")
-    run.add_argument("--warm_counter", type=non_negative_int, default=2,
+    run.add_argument("--loop", type=at_most(100_000, "every call's latency is kept and written to the JSON"),
+                     default=10, help="timed calls per engine (default 10)")
+    run.add_argument("--warm_counter", type=at_most(10_000, "warm-up past a few calls only takes time", low=0),
+                     default=2,
                      help="untimed warm-up calls before timing (default 2)")
-    run.add_argument("--threads", type=positive_int,
-                     help="CPU threads for torch, onnxruntime and openvino (default: each one's choice)")
+    cpus = os.cpu_count() or 1
+    run.add_argument("--threads", type=at_most(cpus, "this machine's logical CPUs: more threads only wait for each "
+                                                     "other"),
+                     help=f"CPU threads for torch, onnxruntime and openvino, at most the logical CPUs ({cpus} here; "
+                          "default: each one's choice)")
     run.add_argument("--no_reference", action="store_true", help="skip the eager fp32 reference (no cosine)")
     run.add_argument("--reference", choices=["device", "cpu"], default="device",
                      help="where the eager fp32 reference runs: device (default: the run's --device; TF32 off on CUDA) "
                           "or cpu")
-    run.add_argument("--dist_timeout", type=positive_int, default=1800, metavar="S",
+    run.add_argument("--dist_timeout", type=at_most(7 * 86400, "a week: it is how long a stuck rank may hold the run"),
+                     default=1800, metavar="S",
                      help="under torchrun: how long a rank waits for the others at a sync before the run ends with an "
                           "error (default 1800 s)")
     add_engine_options(p.add_argument_group("engine options"))
@@ -120,7 +136,9 @@ def add_data_arguments(data) -> None:
                            "(dice within 1e-5 of exact; decode + resize + mask about 2x: docs/data.md). exact: "
                            "Pytorch-UNet's Pillow bicubic. nvjpeg: JPEGs decoded and resized on a CUDA GPU "
                            "(torchvision.io.decode_jpeg; its dice not yet measured), else fast")
-    data.add_argument("--synthetic_count", type=positive_int, default=4, help="size of the synthetic set (default 4)")
+    data.add_argument("--synthetic_count", default=4,
+                      type=at_most(10_000, "each generated pair takes about a second; pass your own images for more"),
+                      help="size of the synthetic set (default 4)")
     data.add_argument("--cache_dir", help="where the generated data set and the compiled engines (<cache_dir>/engines) "
                                            "are kept (default: $UNET_SAMPLE_CACHE, else $XDG_CACHE_HOME/unet-sample, "
                                            "else ~/.cache/unet-sample)")

@@ -1,6 +1,7 @@
 """A deterministic Carvana-like data set (studio background, cars with wheels and windows) for runs without data."""
 from __future__ import annotations
 
+import atexit
 import os
 import random
 import shutil
@@ -9,10 +10,12 @@ from typing import Callable
 
 from PIL import Image, ImageDraw, ImageFilter
 
+from utils.builds import build_folder, settle, sweep
 from utils.files import default_cache_dir
 
 WIDTH, HEIGHT = 1918, 1280  # Carvana's resolution, so decoding and resizing cost what they cost on real data
 VERSION = 1  # bump when the drawing changes, so old caches are not reused
+BUILD = ".synthetic-"  # a set being generated (utils/builds.py)
 
 
 def _background(rng: random.Random) -> Image.Image:
@@ -83,38 +86,51 @@ def make_pair(seed: int) -> tuple[Image.Image, Image.Image]:
 
 
 def ensure_synthetic(count: int = 8, seed: int = 0, cache_dir: str | None = None,
-                     log: Callable[[str], None] | None = None) -> tuple[str, str]:
+                     log: Callable[[str], None] | None = None, writable: bool = True) -> tuple[str, str]:
     """Write `count` pairs in the Carvana layout (images/<id>.jpg, masks/<id>_mask.gif) once; return both folders.
 
     `log` hears one line before a set is generated (a few seconds per pair: the first run is not silent).
 
     The folder is built under a temporary name and renamed into place, so an interrupted run never leaves a
-    half-written set that a later run would trust.
+    half-written set that a later run would trust (nor, once the next run has swept it, its temporary folder). Where
+    the cache cannot be written (`writable` False) a set already there is used, else one is generated in a temporary
+    folder that goes when the process exits.
     """
     root = os.path.join(cache_dir or default_cache_dir(), f"synthetic-v{VERSION}-seed{seed}-n{count}")
     images, masks = os.path.join(root, "images"), os.path.join(root, "masks")
     if os.path.isdir(images) and os.path.isdir(masks):
         return images, masks
-    os.makedirs(os.path.dirname(root), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".synthetic-", dir=os.path.dirname(root))
+    if writable:
+        os.makedirs(os.path.dirname(root), exist_ok=True)
+        sweep(os.path.dirname(root), BUILD)  # what runs killed while generating left
+    else:
+        parent = tempfile.mkdtemp(prefix="unet-sample-data-")
+        atexit.register(shutil.rmtree, parent, True)
+        root = os.path.join(parent, os.path.basename(root))
+        images, masks = os.path.join(root, "images"), os.path.join(root, "masks")
     if log:
-        log(f"generating {count} synthetic Carvana-like pairs ({WIDTH}x{HEIGHT} JPEG + GIF) in {root} (once) ...")
+        log(f"generating {count} synthetic Carvana-like pairs ({WIDTH}x{HEIGHT} JPEG + GIF) in {root}"
+            f"{' (once)' if writable else ''} ...")
+    _generate(count, seed, root)
+    return images, masks
+
+
+def _generate(count: int, seed: int, root: str) -> None:
+    """Draw the set in a build folder beside `root`, then rename it to `root` (unless another run was first)."""
     try:
-        os.makedirs(os.path.join(tmp, "images"))
-        os.makedirs(os.path.join(tmp, "masks"))
-        for i in range(count):
-            image, mask = make_pair(seed * 100003 + i)
-            name = f"synth{seed:04d}_{i + 1:02d}"
-            image.save(os.path.join(tmp, "images", name + ".jpg"), quality=90)
-            mask.save(os.path.join(tmp, "masks", name + "_mask.gif"))
-        os.rename(tmp, root)
+        with build_folder(os.path.dirname(root), BUILD) as tmp:
+            os.makedirs(os.path.join(tmp, "images"))
+            os.makedirs(os.path.join(tmp, "masks"))
+            for i in range(count):
+                image, mask = make_pair(seed * 100003 + i)
+                name = f"synth{seed:04d}_{i + 1:02d}"
+                image.save(os.path.join(tmp, "images", name + ".jpg"), quality=90)
+                mask.save(os.path.join(tmp, "masks", name + "_mask.gif"))
+            os.rename(tmp, root)
+            settle(root)
     except FileExistsError:
-        pass  # another run made it first: theirs is complete, ours is discarded below
+        pass  # another run made it first: theirs is complete, ours is discarded
     except OSError:
         # Includes the case where another process renamed first on platforms that raise OSError.
-        if not os.path.isdir(images):
+        if not os.path.isdir(os.path.join(root, "images")):
             raise
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-    return images, masks

@@ -19,10 +19,12 @@ from typing import Callable
 
 import torch
 
+from utils.builds import BUILDER, build_folder, settle, sweep
 from utils.errors import SampleError, first_line
 from utils.files import default_cache_dir
 
 READY = "key.json"  # written last: a folder without it is an interrupted build and is rebuilt
+BUILD = ".build-"  # an entry being built (utils/builds.py: one whose builder was killed is removed by the next run)
 CHUNK = 1 << 20
 
 
@@ -45,16 +47,19 @@ class ArtifactCache:
     """Folders of engine artifacts under `<root>/engines` (root: the user cache folder by default).
 
     `wait_s`: how long a build waits for another process that is building the same artifact (the ranks of a torchrun
-    job on one host, two runs side by side) before it builds its own copy."""
+    job on one host, two runs side by side) before it builds its own copy. Builds left by killed runs are removed."""
 
     def __init__(self, root: str | None = None, wait_s: float = 1800.0):
         self.wait_s = wait_s
         try:
             self.root = os.path.join(root or default_cache_dir(), "engines")
             os.makedirs(self.root, exist_ok=True)
+            engines = [os.path.join(self.root, name) for name in os.listdir(self.root) if not name.startswith(".")]
         except OSError as exc:
             raise SampleError(f"cannot create the engine cache {exc.filename or root}: {exc.strerror or exc}; "
                               "pass a writable --cache_dir or --no_cache") from None
+        for folder in engines:
+            sweep(folder, BUILD)
         self._digests: dict[int, str] = {}
 
     def digest(self, model: torch.nn.Module) -> str:
@@ -109,7 +114,7 @@ def checksums(folder: str) -> dict[str, str]:
         for name in sorted(files) + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
             path = os.path.join(root, name)
             rel = os.path.relpath(path, folder)
-            if rel == READY:
+            if rel in (READY, BUILDER):
                 continue
             if not stat.S_ISREG(os.lstat(path).st_mode):
                 raise SampleError(f"{rel} is not a regular file")
@@ -158,8 +163,7 @@ def building(folder: str, key: dict):
     """Yield a temporary folder to build an artifact in; on success it is renamed to `folder` (atomic publish)."""
     parent = os.path.dirname(folder)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".build-", dir=parent)
-    try:
+    with build_folder(parent, BUILD) as tmp:  # removed at the end unless published
         yield tmp
         sums = checksums(tmp)  # hashed once, when the entry is committed; checked on every later load
         with open(os.path.join(tmp, READY), "w") as f:
@@ -169,9 +173,7 @@ def building(folder: str, key: dict):
         if os.path.isdir(folder):
             shutil.rmtree(folder)  # an interrupted earlier build (no READY file)
         os.rename(tmp, folder)
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
+        settle(folder)
 
 
 @contextmanager

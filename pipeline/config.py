@@ -86,19 +86,38 @@ class RunConfig:
 
 def memory_problem(config: RunConfig) -> str | None:
     """Why the input size cannot fit this machine's memory (the model's activations, plus the int8 calibration images
-    held as float32), or None."""
+    held as float32), or None; the message says what fits instead."""
     name, (w, h), batch = config.model_name, config.image_size, config.batch_size
     calib = config.calib if "int8" in config.precision.lower() else 0
     total = memory_bytes()
-    per_pixel = BYTES_PER_PIXEL[name] * batch + calib * 3 * 4
-    need = per_pixel * w * h
+    need = (BYTES_PER_PIXEL[name] * batch + calib * 3 * 4) * w * h
     if not total or need <= total:
         return None
-    side = int((total / per_pixel) ** 0.5) // 16 * 16
     held = f" and {calib} calibration images (--calib)" if calib else ""
-    return (f"--image_size {w}x{h} at --batch_size {batch} needs at least {need / 2**30:.0f} GiB for "
-            f"{name}'s activations ({BYTES_PER_PIXEL[name]} bytes per pixel){held}, more than this machine's "
-            f"{total / 2**30:.0f} GiB: the limit here is about {side}x{side} at these settings")
+    return (f"--image_size {w}x{h} at --batch_size {batch} needs at least {_gib(need)} for {name}'s activations "
+            f"({BYTES_PER_PIXEL[name]} bytes per pixel){held}, more than this machine's {_gib(total)}: "
+            f"{_what_fits(name, (w, h), calib, total)}")
+
+
+def _gib(size: float) -> str:
+    """Bytes in GiB, with a decimal below 10 GiB; below 1 GiB in MiB or KiB (a small container is not '0 GiB')."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if size >= scale:
+            return f"{size / scale:.{1 if size < 10 * scale else 0}f} {unit}"
+    return f"{size / 2**10:.0f} KiB"
+
+
+def _what_fits(name: str, size: tuple[int, int], calib: int, total: int) -> str:
+    """The largest batch at this size; where not even one image fits, the largest square size at batch 1."""
+    w, h = size
+    batch = (total - calib * 3 * 4 * w * h) // (BYTES_PER_PIXEL[name] * w * h)
+    if batch >= 1:
+        return f"the largest batch that fits at {w}x{h} is about --batch_size {batch}"
+    side = int((total / (BYTES_PER_PIXEL[name] + calib * 3 * 4)) ** 0.5) // 16 * 16
+    fewer = f", or fewer calibration images (--calib, {calib} now)" if calib else ""
+    if side < 16:
+        return f"no input size fits in this memory at --batch_size 1{fewer}"
+    return f"the limit here is about {side}x{side} at --batch_size 1{fewer}"
 
 
 def output_problem(config: RunConfig) -> str | None:

@@ -32,7 +32,7 @@ from report.outputs import Outputs
 from report.results import Report, RunInfo, Skip
 from utils.device import describe_host, parse_device, precision_hints
 from utils.errors import SampleError
-from utils.files import check_destination
+from utils.files import check_destination, default_cache_dir, folder_problem
 from utils.signals import Interrupts
 
 
@@ -81,12 +81,13 @@ def prepare(config: RunConfig, world: World, locks: contextlib.ExitStack | None)
     torch.manual_seed(config.seed)
     model, facts = models.create_model(config.model_name, config.pth, n_classes=config.n_classes,
                                         bilinear=config.bilinear, base_width=config.base_width)
-    dataset, data_label = load_data(config)
+    cache_ok = writable_cache(config, say=not world.rank)
+    dataset, data_label = load_data(config, cache_ok)
     outputs = make_outputs(config, dataset, facts["n_classes"], locks)
     for sample in [] if world.rank else dataset.unpaired:  # under torchrun, said once
         print(f"warning: no mask for {sample.image}; it is timed but not scored", file=sys.stderr)
     shape = (config.batch_size, facts["n_channels"], config.image_size[1], config.image_size[0])
-    options = engine_options(config, dataset, shape, plan if not world.rank else [])  # rank 0 calibrates for all
+    options = engine_options(config, dataset, shape, plan if not world.rank else [], cache_ok)  # rank 0 calibrates
     info = run_info(config, facts, dataset, data_label, device, options)
     dataset = world.shard(dataset, config.batch_size)  # from here on, this rank's share (one process: all of it)
     logits_bytes = shape[0] * facts["n_classes"] * shape[2] * shape[3] * 4
@@ -119,12 +120,28 @@ def run_info(config: RunConfig, facts: dict, dataset: Dataset, data_label: str, 
     return info
 
 
-def load_data(config: RunConfig) -> tuple[Dataset, str]:
-    """The data set to evaluate and its label: the user's folders, or the synthetic set written in Carvana's layout."""
+def writable_cache(config: RunConfig, say: bool) -> bool:
+    """Whether the run may write in its cache folder. Where it cannot (a read-only mount, a shared cache of another
+    user), the run goes on caching nothing and, when `say`, says so in one line."""
+    if config.no_cache and config.image_path is not None:
+        return False  # nothing would be written there
+    root = config.cache_dir or default_cache_dir()
+    problem = folder_problem(root) or (None if config.no_cache else folder_problem(os.path.join(root, "engines")))
+    if problem and say:
+        data = "; a data set it must generate goes to a temporary folder, removed at exit" \
+            if config.image_path is None else ""
+        print(f"warning: cannot write the cache folder ({problem}); this run caches nothing: its engines are built "
+              f"in a temporary folder{data}", file=sys.stderr)
+    return problem is None
+
+
+def load_data(config: RunConfig, cache_ok: bool = True) -> tuple[Dataset, str]:
+    """The data set to evaluate and its label: the user's folders, or the synthetic set written in Carvana's layout
+    (in the cache, or where `cache_ok` is False and it is not there yet, in a temporary folder)."""
     if config.image_path is None:
         try:
             images, masks = ensure_synthetic(config.synthetic_count, config.seed, config.cache_dir,
-                                             log=lambda line: print(line, file=sys.stderr))
+                                             log=lambda line: print(line, file=sys.stderr), writable=cache_ok)
         except OSError as exc:
             raise SampleError(f"cannot write the synthetic set under {exc.filename or config.cache_dir}: "
                               f"{exc.strerror or exc}; pass a writable --cache_dir") from None
@@ -132,8 +149,10 @@ def load_data(config: RunConfig) -> tuple[Dataset, str]:
     return find_pairs(config.image_path, config.mask_path, config.limit), config.image_path
 
 
-def engine_options(config: RunConfig, dataset: Dataset, shape: tuple, plan: list[PlannedRow]) -> EngineOptions:
-    """What engines.load gets; int8 calibration images are decoded only when a row that can run int8 is planned."""
+def engine_options(config: RunConfig, dataset: Dataset, shape: tuple, plan: list[PlannedRow],
+                   cache_ok: bool = True) -> EngineOptions:
+    """What engines.load gets; int8 calibration images are decoded only when a row that can run int8 is planned.
+    Engines are cached unless --no_cache or the cache cannot be written (`cache_ok` False)."""
     calibration = None
     if any(r.precision == "int8" and (r.engine == "auto" or "int8" in engines.module_of(r.engine).PRECISIONS)
            for r in plan):
@@ -150,7 +169,8 @@ def engine_options(config: RunConfig, dataset: Dataset, shape: tuple, plan: list
                                        source, scored)
         for image_id, error in calibration.skipped:
             print(f"warning: calibration image {image_id} skipped: {error}", file=sys.stderr)
-    return EngineOptions(threads=config.threads, cache=None if config.no_cache else ArtifactCache(config.cache_dir),
+    cache = ArtifactCache(config.cache_dir) if cache_ok and not config.no_cache else None
+    return EngineOptions(threads=config.threads, cache=cache,
                          calibration=calibration, openvino_hint=config.openvino_hint,
                          openvino_device=config.openvino_device, soc_version=config.soc_version,
                          channels_last=config.channels_last, cudnn_benchmark=config.cudnn_benchmark,

@@ -32,6 +32,7 @@ from utils.files import open_regular, write_atomic
 
 MAX_PENDING = 2
 FOLDER_FILES = ("*_mask.png", "*_overlay.jpg")  # the names written into --output
+LISTED = 100  # masks / overlays not written that the JSON names one by one (its count has them all)
 
 
 @dataclass
@@ -78,7 +79,7 @@ class Outputs:
         self.scores: dict[tuple[str, str], Accuracy] = {}
         self.busy_s: dict[tuple[str, str], float] = {}
         self.files_written = 0
-        self.failed_files: list[str] = []  # "path: reason" of each mask / overlay that could not be written
+        self.failed_files: list[dict] = []  # {"path", "error"} of each mask / overlay that could not be written
         self.errors: list[str] = []
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outputs")
         self.pending: deque = deque()
@@ -164,7 +165,7 @@ class Outputs:
                 with open_regular(sample.image, "image") as f, Image.open(f) as img:
                     image = np.asarray(img.convert("RGB"))
             except (SampleError, OSError, ValueError) as exc:
-                self.failed_files.append(f"{path}: cannot read its image again ({exc})")
+                self.failed_files.append({"path": path, "error": f"{path}: cannot read its image again ({exc})"})
                 return
             self._write(path, encode_jpeg(draw_overlay(image, pred, truth)))
 
@@ -173,8 +174,8 @@ class Outputs:
         scores, the submission rows and the other outputs do not depend on this file."""
         try:
             write_atomic(path, data)
-        except SampleError as exc:
-            self.failed_files.append(str(exc))
+        except Exception as exc:  # noqa: BLE001  any failure of one file is that file's, never the run's
+            self.failed_files.append({"path": path, "error": str(exc)})
             return
         self.files_written += 1
 
@@ -185,8 +186,10 @@ class Outputs:
         if self.failed_files:
             more = f" (and {len(self.failed_files) - 1} more)" if len(self.failed_files) > 1 else ""
             self.errors.append(f"{len(self.failed_files)} mask / overlay file(s) were not written: "
-                               f"{self.failed_files[0]}{more}; the scores, the report and the other files are complete")
-        return {"folder": self.folder, "overlay": self.overlay, "files": self.files_written}
+                               f"{self.failed_files[0]['error']}{more}; the scores, the report and the other files are "
+                               "complete")
+        return {"folder": self.folder, "overlay": self.overlay, "files": self.files_written,
+                "not_written": self.failed_files[:LISTED], "not_written_count": len(self.failed_files)}
 
     def write_submission(self) -> None:
         """The Kaggle submission of the rows finished so far (SampleError when it cannot be written)."""

@@ -157,6 +157,8 @@ class WrittenFiles:
     submission_rows: int = 0
     csv: Optional[str] = None
     csv_rows: int = 0
+    not_written: list[dict] = field(default_factory=list)  # masks / overlays that failed: {path, error}, the first 100
+    not_written_count: int = 0
 
 
 @dataclass

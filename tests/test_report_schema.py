@@ -70,7 +70,8 @@ def full_report() -> Report:
                    calibration_images=calibration.images, calibration=calibration.describe(), decode="nvjpeg",
                    decode_note="nvJPEG", workers=2, reference="cpu", auto=_auto(), hints=["try bf16"],
                    decode_fallbacks=["x.jpg: RuntimeError"], distributed=world.facts())
-    outputs = WrittenFiles("original", "out", True, 2, "sub.csv", 2, "per.csv", 2)
+    lost = [{"path": "out/c_mask.png", "error": "cannot write out/c_mask.png: No space left on device"}]
+    outputs = WrittenFiles("original", "out", True, 2, "sub.csv", 2, "per.csv", 2, lost, 1)
     return Report(info, [to_row(_row())], [Skip("tensorrt", "fp32", "absent", failed=True)], False, outputs,
                   ["latency.png"])
 

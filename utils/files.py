@@ -2,6 +2,8 @@
 result destinations before the run, writing results atomically."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import fnmatch
 import os
 import stat
@@ -17,6 +19,19 @@ def default_cache_dir() -> str:
     else ~/.cache/unet-sample."""
     return os.environ.get("UNET_SAMPLE_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "unet-sample")
+
+
+def folder_problem(folder: str) -> str | None:
+    """Why files cannot be created in `folder` (made when missing): a read-only mount, no permission, a full disk;
+    None when they can (one empty file is made and removed to know)."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return f"{folder}: {exc.strerror or exc}"
+    return None
 
 
 def _kind(mode: int) -> str:
@@ -148,30 +163,51 @@ class FolderLock:
                 flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
                 fd = os.open(self.path, flags, 0o644)
             except OSError as exc:
-                raise SampleError(f"cannot lock {self.flag} folder {self.folder} ({self.path}): "
-                                  f"{exc.strerror or exc}") from None
+                raise self._cannot(exc) from None
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+                self.fd = self._claim(fd, fcntl)
+            finally:
+                if self.fd is None:
+                    os.close(fd)
+        FolderLock.held.add(self.folder)
+        return self
+
+    def _claim(self, fd: int, fcntl) -> int | None:
+        """Lock the open lock file and write our pid in it: `fd`, or None when the file was stale (retry)."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
                 holder = os.read(fd, 32).decode(errors="replace").strip()
-                os.close(fd)
-                who = f"pid {holder}" if holder.isdigit() else "its pid is not written yet"
-                raise SampleError(f"{self.flag} folder {self.folder} is in use by another run ({who}); wait for it to "
-                                  "end, or choose another folder") from None
+            except OSError:
+                holder = ""
+            who = f"pid {holder}" if holder.isdigit() else "its pid is not written yet"
+            raise SampleError(f"{self.flag} folder {self.folder} is in use by another run ({who}); wait for it to "
+                              "end, or choose another folder") from None
+        except OSError as exc:  # a file system without locks (ENOLCK), say: not another run
+            raise self._cannot(exc) from None
+        try:
             # The holder before us removes the file as it releases it: a lock on that old file guards nothing.
             try:
                 current = os.stat(self.path)
             except FileNotFoundError:
-                current = None
+                return None
             mine = os.fstat(fd)
-            if current is None or (current.st_dev, current.st_ino) != (mine.st_dev, mine.st_ino):
-                os.close(fd)
-                continue
+            if (current.st_dev, current.st_ino) != (mine.st_dev, mine.st_ino):
+                return None
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
-            self.fd = fd
-            FolderLock.held.add(self.folder)
-        return self
+        except OSError as exc:  # a full disk: the file is ours (locked), so it goes
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+            raise self._cannot(exc) from None
+        return fd
+
+    def _cannot(self, exc: OSError) -> SampleError:
+        full = exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+        return SampleError(f"cannot lock {self.flag} folder {self.folder} (its lock file {self.path}): "
+                           f"{exc.strerror or exc}; {'free some space there, or ' if full else ''}choose another "
+                           "folder")
 
     def __exit__(self, *exc) -> None:
         self.release()
@@ -195,16 +231,48 @@ def check_destination(path: str, *, folder: bool, overwrite: bool, flag: str, lo
     if not folder and os.path.exists(path) and not overwrite:
         raise SampleError(f"{flag} file {path} exists; pass --overwrite or choose another path")
     target = path if folder else os.path.dirname(os.path.abspath(path))
+    created = _first_missing(target)
     try:
-        os.makedirs(target, exist_ok=True)
-    except OSError as exc:
-        raise SampleError(f"cannot create {flag} folder {target}: {exc.strerror or exc}") from None
-    if not os.access(target, os.W_OK | os.X_OK):
-        raise SampleError(f"cannot write to {target} ({flag}): permission denied")
-    if folder and locks is not None:
-        locks.enter_context(FolderLock(path, flag))
+        try:
+            os.makedirs(target, exist_ok=True)
+        except OSError as exc:
+            raise SampleError(f"cannot create {flag} folder {target}: {exc.strerror or exc}") from None
+        if not os.access(target, os.W_OK | os.X_OK):
+            raise SampleError(f"cannot write to {target} ({flag}): permission denied")
+        if folder and locks is not None:
+            locks.enter_context(FolderLock(path, flag))
+    except BaseException:
+        if created:
+            _remove_created(target, created)
+        raise
     if folder and not overwrite and [f for f in os.listdir(path) if f != LOCK_NAME]:
         raise SampleError(f"{flag} folder {path} exists and is not empty; pass --overwrite or choose another folder")
+
+
+def _first_missing(folder: str) -> str | None:
+    """The outermost folder on the way to `folder` that does not exist yet (what makedirs would create), or None."""
+    folder, missing = os.path.abspath(folder), None
+    while not os.path.lexists(folder):
+        missing, parent = folder, os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return missing
+
+
+def _remove_created(folder: str, top: str) -> None:
+    """Remove the folders from `folder` up to `top` that this run created and left empty (but for a lock file)."""
+    folder = os.path.abspath(folder)
+    with contextlib.suppress(OSError):
+        os.unlink(os.path.join(folder, LOCK_NAME))
+    while True:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
+        if folder == top or os.path.dirname(folder) == folder:
+            return
+        folder = os.path.dirname(folder)
 
 
 def write_atomic(path: str, data: str | bytes) -> None:

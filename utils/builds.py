@@ -1,0 +1,131 @@
+"""Folders a run builds in before it publishes them (engine artifacts, the generated data set).
+
+Each build folder holds a `.builder` file (the builder's pid and host) that its builder keeps `flock`ed while it
+lives, so the next run can tell a build whose builder was killed from a live one, and remove it: the kernel drops a
+flock when its holder ends, however it ends, and unlike a pid it cannot be reused by another process.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+
+BUILDER = ".builder"  # in a build folder while it is built; never part of what is published
+CLAIM = ".unet-sample-claim-"  # a build folder's name for the instant before its .builder file is locked
+CLAIM_LEFT_S = 3600.0  # a claim lasts microseconds: one this old was cut short by a kill
+
+
+@contextlib.contextmanager
+def build_folder(parent: str, prefix: str) -> Iterator[str]:
+    """A new folder `<parent>/<prefix>XXXX` whose `.builder` file is locked for the block; the block builds there and
+    renames it into place (or not); whatever is still there at the end is removed. OSError when it cannot be made."""
+    folder = tempfile.mkdtemp(prefix=CLAIM, dir=parent)
+    fd = None
+    try:
+        fd = os.open(os.path.join(folder, BUILDER), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        _lock(fd)  # a fresh file: held at once (or no locks here, and the pid and host tell)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        # Renamed only once locked: a folder named <prefix>* without a locked .builder is one whose builder is gone.
+        named = os.path.join(parent, prefix + os.path.basename(folder)[len(CLAIM):])
+        os.rename(folder, named)
+        folder = named
+        yield folder
+    finally:
+        if os.path.isdir(folder):
+            shutil.rmtree(folder, ignore_errors=True)
+        if fd is not None:
+            os.close(fd)
+
+
+def settle(folder: str) -> None:
+    """Remove the `.builder` file from a build folder that was published as `folder`."""
+    with contextlib.suppress(OSError):
+        os.unlink(os.path.join(folder, BUILDER))
+
+
+def _lock(fd: int) -> bool | None:
+    """flock `fd` at once: True when now held, False when another process holds it, None where there are no locks
+    (no fcntl, or a file system without them: ENOLCK)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return None
+    return True
+
+
+def _builder_gone(folder: str) -> bool:
+    """Whether the process that built in `folder` has ended: its `.builder` file is missing (a build from before these
+    files), or nobody holds its lock, or (where there are no locks) it names a pid of this host that has ended."""
+    try:
+        # O_RDWR: network file systems emulate flock with fcntl locks, and an exclusive one needs a writable descriptor
+        fd = os.open(os.path.join(folder, BUILDER), os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False  # unreadable: it cannot be told, so it stays
+    try:
+        held = _lock(fd)
+        if held is not None:
+            return held  # ours now (closing the file drops it): the builder has ended
+        pid, _, host = os.read(fd, 300).decode(errors="replace").strip().partition(" ")
+        return host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's process
+    return True
+
+
+def sweep(parent: str, prefix: str) -> list[str]:
+    """Remove the build folders `<parent>/<prefix>*` whose builder has ended (a run killed while it built), and
+    claims older than an hour; the folders removed. A live build, here or in another process, stays."""
+    removed = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    now = time.time()
+    for name in names:
+        path = os.path.join(parent, name)
+        try:
+            stale = (name.startswith(prefix) and os.path.isdir(path) and _builder_gone(path)) or \
+                (name.startswith(CLAIM) and now - os.lstat(path).st_mtime > CLAIM_LEFT_S)
+        except OSError:
+            continue
+        if stale and _remove(path):
+            removed.append(path)
+    return removed
+
+
+def _remove(path: str) -> bool:
+    """Rename `path` aside (one atomic step: no other run sees it half removed), then delete it."""
+    try:
+        aside = tempfile.mkdtemp(prefix=".stale-", dir=os.path.dirname(path))
+    except OSError:
+        return False  # a read-only cache: it stays, harmless
+    try:
+        os.rename(path, os.path.join(aside, "entry"))
+        return True
+    except OSError:
+        return False  # another run removed it first, or it cannot be moved
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
