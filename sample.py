@@ -21,6 +21,7 @@ from pipeline.config import RunConfig, memory_problem, output_problem
 from pipeline.distributed import World
 from pipeline.run import run
 from utils.errors import SampleError
+from utils.files import escape_streams
 from utils.signals import Interrupts
 
 
@@ -211,6 +212,7 @@ def parse_config(parser: argparse.ArgumentParser, argv: list[str]) -> RunConfig:
 
 def main(argv=None) -> int:
     from_cli = argv is None  # the process ends with this call: a late Ctrl-C must not become a traceback at exit
+    escape_streams()  # a file name that is not UTF-8 is written \xNN on stdout and stderr too (docs/outputs.md)
     config = parse_config(get_args_parser(), sys.argv[1:] if argv is None else list(argv))
     world = World.from_env(config.dist_timeout)  # one process (inactive) unless torchrun started this one
     config = world.rank_config(config)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from dataset.decode import load_image, load_mask, read_jpeg
+from dataset.modes import Conversion
 from dataset.nvjpeg import DeviceJpeg
 from dataset.pairs import Dataset, Sample
 from utils.device import usable_cpus
@@ -25,7 +26,8 @@ from utils.errors import SampleError
 class Batch:
     """A padded batch: `pixels` (B, H, W, C) uint8 as decoded; `images` the same as (B, C, H, W) float32 in [0, 1];
     `masks` (B, H, W) uint8 class maps or None; the first `n` rows are real. `decode_s` / `resize_s`: the decode
-    threads' seconds for the batch's images (spent in parallel with the rest of the run)."""
+    threads' seconds for the batch's images (spent in parallel with the rest of the run). `converted`: the batch's
+    files that were not 8-bit RGB (images) or plain bands (masks), and how they were read."""
 
     ids: list[str]
     pixels: torch.Tensor
@@ -36,6 +38,7 @@ class Batch:
     decode_s: float = 0.0
     resize_s: float = 0.0
     device_decode_s: float = 0.0  # nvJPEG decode + resize, in the thread that iterates (not a decode thread)
+    converted: list[Conversion] = field(default_factory=list)
 
     @cached_property
     def images(self) -> torch.Tensor:
@@ -47,17 +50,17 @@ class Batch:
 def _load_sample(sample: Sample, size: tuple[int, int], decode: str, device_jpeg: bool = False):
     """Decode one sample in a decode thread; with `device_jpeg` a JPEG's bytes are read for the device decoder
     instead (its mask is still decoded here)."""
-    clock = [0.0, 0.0]
+    clock, converted = [0.0, 0.0], []
     try:
-        jpeg = read_jpeg(sample.image, clock) if device_jpeg else None
+        jpeg = read_jpeg(sample.image, clock, converted) if device_jpeg else None
         if jpeg is not None:
             image, original = jpeg[0], jpeg[1]
         else:  # not a JPEG, or no device decoder: decoded here
-            image, original = load_image(sample.image, size, decode, clock)
-        mask = load_mask(sample.mask, size, original, clock) if sample.mask else None
-        return sample, image, mask, original, None, clock
-    except SampleError as exc:
-        return sample, None, None, None, str(exc), clock
+            image, original = load_image(sample.image, size, decode, clock, converted)
+        mask = load_mask(sample.mask, size, original, clock, converted) if sample.mask else None
+        return sample, image, mask, original, None, clock, converted
+    except SampleError as exc:  # a sample left out: its conversions are not reported
+        return sample, None, None, None, str(exc), clock, []
 
 
 def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
@@ -177,8 +180,11 @@ class _Collected:
         self.ready: list = []
         self.failed: list[tuple[str, str]] = []
         self.lost = [0.0, 0.0, 0.0]
+        self.converted: list[Conversion] = []
 
-    def add(self, sample: Sample, image, mask, original, error: str | None, clock: list[float]) -> None:
+    def add(self, sample: Sample, image, mask, original, error: str | None, clock: list[float],
+            converted: list[Conversion]) -> None:
+        self.converted.extend(converted)
         if error:
             self.failed.append((sample.id, error))
             self.lost[0] += clock[0]
@@ -209,8 +215,8 @@ class _Collected:
             return None
         batch.failed = self.failed
         batch.decode_s, batch.resize_s = batch.decode_s + self.lost[0], batch.resize_s + self.lost[1]
-        batch.device_decode_s = self.lost[2]
-        self.ready, self.failed, self.lost = [], [], [0.0, 0.0, 0.0]
+        batch.device_decode_s, batch.converted = self.lost[2], self.converted
+        self.ready, self.failed, self.lost, self.converted = [], [], [0.0, 0.0, 0.0], []
         return batch
 
 

@@ -94,7 +94,8 @@ def load_calibration(samples: list[Sample], loader: Loader, source: str = "score
         where = f"; first error: {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
         raise SampleError(f"no calibration image could be decoded ({len(samples)} tried{where}); "
                           "pass --calib_path with readable images")
-    digest = hashlib.sha256(f"{','.join(ids)}|{loader.size}|{loader.batch_size}".encode())
+    # surrogateescape: an id from a file name that is not UTF-8 hashes as its own bytes
+    digest = hashlib.sha256(f"{','.join(ids)}|{loader.size}|{loader.batch_size}".encode("utf-8", "surrogateescape"))
     for batch in batches:  # the pixels too: other files under the same names are another calibration set
         digest.update(batch.numpy().tobytes())
     key = digest.hexdigest()[:16]

@@ -1,13 +1,16 @@
 """Decoding and resizing one image or mask as Pytorch-UNet does (RGB, bicubic for images, nearest for masks)."""
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import time
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from dataset.modes import PILLOW_RGB, Conversion, mask_band, rgb8
 from utils.errors import SampleError, first_line
 from utils.files import open_regular
 
@@ -20,9 +23,12 @@ def decode_error(what: str, path: str, exc: Exception) -> SampleError:
         return exc
     if isinstance(exc, Image.DecompressionBombError):
         reason = f"{first_line(exc)} (Pillow's decompression-bomb limit); shrink it or remove it"
+    elif isinstance(exc, UnidentifiedImageError):  # its message names the file object, not the path
+        reason = ("Pillow cannot read it as an image (not a format it knows, a damaged header, or a layout it does not "
+                  "support); replace it or remove it")
     elif isinstance(exc, MemoryError):
         reason = "not enough memory to decode it; shrink it or remove it"
-    elif isinstance(exc, (OSError, UnidentifiedImageError, SyntaxError, ValueError)):
+    elif isinstance(exc, (OSError, SyntaxError, ValueError)):
         reason = str(exc) or type(exc).__name__
     else:  # Pillow's decoders raise many types on hostile files (struct.error, IndexError, ...)
         reason = f"{type(exc).__name__}: {first_line(exc)}"
@@ -35,6 +41,17 @@ def _check_pixels(img: Image.Image, what: str, path: str) -> None:
     if limit and img.size[0] * img.size[1] > limit:
         raise SampleError(f"cannot decode {what} {path}: {img.size[0]}x{img.size[1]} = {img.size[0] * img.size[1]:,} "
                           f"pixels is past Pillow's decompression-bomb limit of {limit:,}; shrink it or remove it")
+
+
+@contextlib.contextmanager
+def open_image(path: str, what: str):
+    """Pillow's image of a regular file, its size checked before any pixel is decoded; an empty file named as such."""
+    with open_regular(path, what) as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            raise SampleError(f"cannot decode {what} {path}: the file is empty (0 bytes); replace it or remove it")
+        with Image.open(f) as img:
+            _check_pixels(img, what, path)
+            yield img
 
 
 DECODES = ("fast", "exact")
@@ -70,10 +87,14 @@ def resize_bicubic(rgb: Image.Image, size: tuple[int, int]) -> np.ndarray:
     return y[0].permute(1, 2, 0).numpy()
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """`img` decoded, as RGB: grayscale, palette and RGBA images are converted, as Pytorch-UNet's input expects."""
+def to_rgb(img: Image.Image, path: str = "", conversions: list[Conversion] | None = None) -> Image.Image:
+    """`img` decoded, as 8-bit RGB by dataset/modes.py's rule (ValueError when it has none); how an image that was
+    not 8-bit RGB was converted is added to `conversions`."""
     img.load()
-    return img if img.mode == "RGB" else img.convert("RGB")
+    rgb, how = rgb8(img)
+    if how is not None and conversions is not None:
+        conversions.append(Conversion("image", path, img.mode, how))
+    return rgb
 
 
 def resized(rgb: Image.Image, size: tuple[int, int], decode: str) -> np.ndarray:
@@ -84,21 +105,20 @@ def resized(rgb: Image.Image, size: tuple[int, int], decode: str) -> np.ndarray:
     return np.asarray(rgb if rgb.size == size else rgb.resize(size, resample=Image.BICUBIC))
 
 
-def load_image(path: str, size: tuple[int, int], decode: str = "exact",
-               clock: list[float] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+def load_image(path: str, size: tuple[int, int], decode: str = "exact", clock: list[float] | None = None,
+               conversions: list[Conversion] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode to RGB and resize to size=(W, H) with bicubic; return the HWC uint8 array and the (W, H) before resizing.
 
     `exact` is Pytorch-UNet's path: the full-size decode, then Pillow's bicubic. `fast` (and `nvjpeg`'s CPU side)
     decodes the same way and resizes with torch's antialiased bicubic (`resize_bicubic`, Pillow's filter). A reduced
     DCT scale (Pillow's `draft`) is not used: it moves dice past the bar (docs/data.md). `clock`, when given, gets
-    [decode seconds, resize seconds] added.
+    [decode seconds, resize seconds] added; `conversions`, an image that was not 8-bit RGB.
     """
     try:
         start = time.perf_counter()
-        with open_regular(path, "image") as f, Image.open(f) as img:
-            _check_pixels(img, "image", path)
+        with open_image(path, "image") as img:
             original = img.size
-            rgb = to_rgb(img)
+            rgb = to_rgb(img, path, conversions)
         decoded = time.perf_counter()
         array = resized(rgb, size, decode)
         if clock is not None:
@@ -109,22 +129,23 @@ def load_image(path: str, size: tuple[int, int], decode: str = "exact",
         raise decode_error("image", path, exc) from None
 
 
-def load_mask(path: str, size: tuple[int, int], image_size: tuple[int, int],
-              clock: list[float] | None = None) -> np.ndarray:
-    """Decode a mask, check it matches its image's size, resize with nearest; any non-zero pixel is foreground.
-    `clock`, when given, gets [decode seconds, resize seconds] added."""
+def load_mask(path: str, size: tuple[int, int], image_size: tuple[int, int], clock: list[float] | None = None,
+              conversions: list[Conversion] | None = None) -> np.ndarray:
+    """Decode a mask, check it matches its image's size, resize with nearest; any non-zero pixel is foreground (the
+    band of dataset/modes.py's mask_band). `clock`, when given, gets [decode seconds, resize seconds] added;
+    `conversions`, a mask that was not a 1-bit, 8-bit grey or palette band."""
     try:
         start = time.perf_counter()
-        with open_regular(path, "mask") as f, Image.open(f) as img:
-            _check_pixels(img, "mask", path)
+        with open_image(path, "mask") as img:
             if img.size != image_size:
                 raise SampleError(
                     f"mask {path} is {img.size[0]}x{img.size[1]} but its image is {image_size[0]}x{image_size[1]}; "
                     "a mask must have its image's size"
                 )
-            # Palette GIFs hold indices {0, 1}; read indices (mode P / L), never the palette colours.
-            band = img if img.mode in ("1", "L", "P", "I", "I;16") else img.convert("L")
-            band.load()
+            img.load()
+            band, how = mask_band(img)
+            if how is not None and conversions is not None:
+                conversions.append(Conversion("mask", path, img.mode, how))
             decoded = time.perf_counter()
             if band.size != size:
                 band = band.resize(size, resample=Image.NEAREST)
@@ -140,8 +161,10 @@ def load_mask(path: str, size: tuple[int, int], image_size: tuple[int, int],
 JPEG_MAGIC = b"\xff\xd8\xff"
 
 
-def read_jpeg(path: str, clock: list[float] | None = None) -> tuple[bytes, tuple[int, int]] | None:
-    """A JPEG's bytes and (W, H) from its header (no pixel decoded), for a device decoder; None for other formats."""
+def read_jpeg(path: str, clock: list[float] | None = None,
+              conversions: list[Conversion] | None = None) -> tuple[bytes, tuple[int, int]] | None:
+    """A JPEG's bytes and (W, H) from its header (no pixel decoded), for a device decoder; None for other formats.
+    A grey JPEG (the device decoder copies it to R, G and B, as `to_rgb` does) is added to `conversions`."""
     try:
         start = time.perf_counter()
         with open_regular(path, "image") as f:
@@ -153,6 +176,8 @@ def read_jpeg(path: str, clock: list[float] | None = None) -> tuple[bytes, tuple
             if img.format != "JPEG" or img.mode not in ("RGB", "L"):
                 return None  # CMYK and other rare modes: the CPU decoder handles them
             size = img.size
+            if img.mode == "L" and conversions is not None:
+                conversions.append(Conversion("image", path, "L", PILLOW_RGB["L"]))
         if clock is not None:
             clock[0] += time.perf_counter() - start
         return data, size

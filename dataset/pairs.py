@@ -58,7 +58,7 @@ def _check_unique(images: list[str]) -> None:
     seen: dict[str, str] = {}
     for p in images:
         if _stem(p) in seen:
-            raise SampleError(f"two images share the id {_stem(p)!r}: {seen[_stem(p)]} and {p}; ids name masks, "
+            raise SampleError(f"two images share the id '{_stem(p)}': {seen[_stem(p)]} and {p}; ids name masks, "
                               "cache entries and output files, so keep one")
         seen[_stem(p)] = p
 
@@ -79,7 +79,7 @@ def find_pairs(image_path: str, mask_path: str | None = None, limit: int | None 
         stem = _stem(p)
         key = stem[: -len(MASK_SUFFIX)] if stem.endswith(MASK_SUFFIX) else stem
         if key in masks:
-            raise SampleError(f"two masks for image id {key!r}: {masks[key]} and {p}; keep one")
+            raise SampleError(f"two masks for image id '{key}': {masks[key]} and {p}; keep one")
         masks[key] = p
     samples, unpaired = [], []
     for p in images:

@@ -171,7 +171,7 @@ class World(Syncs, Gather):
             return dataset
         self.order = sample_order(dataset)
         ids = [s.id for s in dataset.samples + dataset.unpaired]
-        self.data = (len(ids), hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16])
+        self.data = (len(ids), hashlib.sha256("\n".join(ids).encode("utf-8", "surrogateescape")).hexdigest()[:16])
         mine = shard(dataset, batch_size, self.rank, self.size)
         self.images = [s.id for s in mine.samples + mine.unpaired]
         return mine

@@ -12,7 +12,8 @@ from report.json_report import report_dict, write_json
 from report.outputs import Outputs
 from report.results import Report, WrittenFiles
 from report.summary import format_report, format_worst
-from utils.errors import SampleError
+from utils.errors import SampleError, first_line
+from utils.files import shown
 from utils.signals import Interrupts
 
 
@@ -22,13 +23,16 @@ def finish(config: RunConfig, report: Report, outputs: Outputs | None, status: i
     interrupts.hold()
     errors: list[str] = []
 
-    def attempt(step: Callable[[], object]) -> bool:
+    def attempt(step: Callable[[], object], what: str = "a result file") -> bool:
+        """One writer: whatever it raises is one error line naming `what`, never the loss of the other files."""
         try:
             step()
             return True
         except (SampleError, OSError) as exc:
             errors.append(str(exc))
-            return False
+        except Exception as exc:  # noqa: BLE001  a writer's bug or a name it cannot encode costs its file alone
+            errors.append(f"cannot write {what}: {type(exc).__name__}: {first_line(exc)}")
+        return False
 
     records = per_image_records(report.rows, config.eval_resolution, config.image_size)
     if outputs is not None or config.csv:
@@ -38,11 +42,12 @@ def finish(config: RunConfig, report: Report, outputs: Outputs | None, status: i
 
         def plots():
             report.plots = write_plots(report_dict(report), config.plots)
-        attempt(plots)
-    json_written = bool(config.json) and attempt(lambda: write_json(config.json, report))
+        attempt(plots, f"--plots {config.plots}")
+    json_written = bool(config.json) and attempt(lambda: write_json(config.json, report), f"--json {config.json}")
     # The worst images are named when per-image results were asked for (a plain run keeps its report short).
     worst = format_worst(records) if outputs is not None or config.csv else ""
-    printed = print_report(format_report(report, json_path=config.json if json_written else None, worst=worst))
+    text = format_report(report, json_path=config.json if json_written else None, worst=worst)
+    printed = print_report(shown(text))  # names as the files have them: a byte that is not UTF-8 as \xNN
     if printed not in (None, "closed"):
         errors.append(printed)
     code = exit_status(config, report, errors, status)
@@ -50,16 +55,16 @@ def finish(config: RunConfig, report: Report, outputs: Outputs | None, status: i
 
 
 def write_files(config: RunConfig, outputs: Outputs | None, records: list, errors: list[str],
-                attempt: Callable[[Callable[[], object]], bool]) -> WrittenFiles:
+                attempt: Callable[..., bool]) -> WrittenFiles:
     """The per-image files: masks and overlays (written during the run), the submission, the CSV. A path is named
     only once its file is written: the report never claims a write that failed."""
     written = {"eval_resolution": config.eval_resolution}
     if outputs is not None:
         written.update(outputs.close())
         errors.extend(outputs.errors)
-        if config.submission and attempt(outputs.write_submission):
+        if config.submission and attempt(outputs.write_submission, f"--submission {config.submission}"):
             written.update(submission=config.submission, submission_rows=len(outputs.rle_rows))
-    if config.csv and attempt(lambda: write_per_image_csv(config.csv, records)):
+    if config.csv and attempt(lambda: write_per_image_csv(config.csv, records), f"--csv {config.csv}"):
         written.update(csv=config.csv, csv_rows=len(records))
     return WrittenFiles(**written)
 

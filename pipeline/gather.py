@@ -87,6 +87,7 @@ class Gather:
         return PassResult(accuracy, e2e_s=max(e for _, e in spans) - min(s for s, _ in spans) if spans else 0.0,
                           first_call_s=max(first_calls) if first_calls else None,
                           failed=in_order([f for p in passes for f in p.failed], lambda f: f[0], self.order),
+                          converted=[c for p in passes for c in p.converted],
                           batch_ms=[extra[i][0] for i in accuracy.ids], sizes=[extra[i][1] for i in accuracy.ids],
                           interrupted=any(p.interrupted for p in passes), split=split,
                           started=min(p.started for p in passes))

@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from dataset.batches import Batch, to_float
+from dataset.modes import Conversion
 from engines.base import Engine
 from report.metrics import Accuracy
 from utils.device import synchronizer
@@ -107,6 +108,7 @@ class PassResult:
     e2e_s: float = 0.0
     first_call_s: float | None = None
     failed: list[tuple[str, str]] = field(default_factory=list)
+    converted: list[Conversion] = field(default_factory=list)  # files read by dataset.modes' rule, not as stored
     timing_batch: torch.Tensor | None = None
     batch_ms: list[float] = field(default_factory=list)
     sizes: list[tuple[int, int]] = field(default_factory=list)
@@ -165,6 +167,7 @@ def accuracy_pass(engine: Engine, batches: Iterable[Batch], total: int, referenc
                                   ("resize", batch.resize_s)):
                 split.add(part, seconds)
             result.failed.extend(batch.failed)
+            result.converted.extend(batch.converted)
             if batch.n:
                 _score_batch(engine, batch, result, reference, on_batch)
                 bar.update(batch.n)

@@ -17,6 +17,7 @@ import models
 from dataset.batches import Loader, iter_dataset
 from dataset.calibration import choose_samples, load_calibration
 from dataset.decode import DECODES
+from dataset.modes import describe_conversions
 from dataset.nvjpeg import DeviceJpeg
 from dataset.pairs import Dataset, find_pairs
 from dataset.synthetic import ensure_synthetic
@@ -60,6 +61,7 @@ def run(config: RunConfig, world: World, interrupts: Interrupts, locks: contextl
     plan, job.options = world.share_setup(plan, job.options)
     info.hints = precision_hints(job.device, prepared.precisions, info.host)
     result = run_rows(plan, job, world if world.active else None)
+    info.conversions = describe_conversions([c for r in result.results for c in r.passed.converted])
     decoder = prepared.device_decoder
     if decoder is not None and decoder.fallbacks:  # batches nvJPEG could not decode: said, not hidden
         info.decode_fallbacks = decoder.fallbacks[:20]

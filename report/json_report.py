@@ -7,11 +7,11 @@ import math
 
 from report.metrics import NAMED, Scores
 from report.results import Report, Row, RunInfo
-from utils.files import write_atomic
+from utils.files import shown, write_atomic
 
 VERSION = 1
 # config keys written only when the run has them (an int8 row, --engine auto, nvJPEG fallbacks, torchrun)
-OPTIONAL_CONFIG = ("calibration_images", "calibration", "auto", "decode_fallbacks", "distributed")
+OPTIONAL_CONFIG = ("calibration_images", "calibration", "auto", "decode_fallbacks", "distributed", "conversions")
 
 
 def _present(obj, prefix: str = "") -> dict:
@@ -77,6 +77,18 @@ def _finite(value):
     return value
 
 
+def _names(value):
+    """Every string (file names, paths, messages) as `shown` writes it, at any depth: a name's byte that is not UTF-8
+    as the text `\\xNN`, never a lone surrogate (`\\udcff`), which strict JSON readers refuse."""
+    if isinstance(value, str):
+        return shown(value)
+    if isinstance(value, dict):
+        return {shown(k): _names(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_names(v) for v in value]
+    return value
+
+
 def write_json(path: str, report: Report) -> None:
     """The report as JSON, written atomically: the same numbers as the table, as numbers."""
-    write_atomic(path, json.dumps(_finite(report_dict(report)), indent=2) + "\n")
+    write_atomic(path, json.dumps(_names(_finite(report_dict(report))), indent=2) + "\n")

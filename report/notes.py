@@ -1,5 +1,6 @@
 """The report's notes on how the run was set up: what `--engine auto` measured and chose, which images calibrated
-int8, and faster precisions this device runs natively (a hint, never a switch)."""
+int8, which files were not 8-bit RGB and how they were read, and faster precisions this device runs natively (a hint,
+never a switch)."""
 from __future__ import annotations
 
 from report.results import RunInfo
@@ -41,6 +42,17 @@ def calibration_line(info: RunInfo) -> list[str]:
     return [line]
 
 
+def conversion_line(info: RunInfo) -> list[str]:
+    """Which files were not 8-bit RGB images (or plain mask bands), and how they were read (docs/data.md)."""
+    if not info.conversions:
+        return []
+    parts = []
+    for c in info.conversions:
+        names = ", ".join(c["examples"][:3]) + (f" (+{c['count'] - 3} more)" if c["count"] > 3 else "")
+        parts.append(f"{c['count']} {c['file']}(s) of mode {c['mode']}: {c['how']} ({names})")
+    return ["converted: " + "; ".join(parts)]
+
+
 def config_notes(info: RunInfo) -> list[str]:
     """Lines for the report, after the table's own notes."""
-    return auto_lines(info) + calibration_line(info) + [f"hint: {h}" for h in info.hints]
+    return auto_lines(info) + calibration_line(info) + conversion_line(info) + [f"hint: {h}" for h in info.hints]

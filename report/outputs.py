@@ -18,17 +18,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from dataset.batches import Batch
-from dataset.decode import load_mask
+from dataset.decode import load_mask, open_image, to_rgb
 from dataset.pairs import Dataset
 from report.csv_files import write_submission
 from report.metrics import Accuracy, predict
 from report.overlay import draw_overlay, encode_jpeg, encode_mask_png
 from report.rle import encode_rle
 from utils.errors import SampleError
-from utils.files import open_regular, write_atomic
+from utils.files import write_atomic
 
 MAX_PENDING = 2
 FOLDER_FILES = ("*_mask.png", "*_overlay.jpg")  # the names written into --output
@@ -162,9 +161,9 @@ class Outputs:
         if self.overlay:
             path = os.path.join(self.folder, f"{sample.id}_overlay.jpg")
             try:
-                with open_regular(sample.image, "image") as f, Image.open(f) as img:
-                    image = np.asarray(img.convert("RGB"))
-            except (SampleError, OSError, ValueError) as exc:
+                with open_image(sample.image, "image") as img:
+                    image = np.asarray(to_rgb(img))  # the accuracy pass's rule for modes other than 8-bit RGB
+            except Exception as exc:  # noqa: BLE001  one file's failure, named; never the other files
                 self.failed_files.append({"path": path, "error": f"{path}: cannot read its image again ({exc})"})
                 return
             self._write(path, encode_jpeg(draw_overlay(image, pred, truth)))

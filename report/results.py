@@ -142,6 +142,7 @@ class RunInfo:
     auto: Optional[list[dict]] = None
     hints: list[str] = field(default_factory=list)
     decode_fallbacks: Optional[list[str]] = None
+    conversions: Optional[list[dict]] = None  # files not 8-bit RGB (or not plain mask bands), as dataset.modes says
     distributed: Optional[dict] = None
 
 

@@ -7,6 +7,7 @@ import os
 import torch
 
 from dataset.calibration import random_calibration
+from dataset.modes import Conversion, describe_conversions
 from engines.base import EngineOptions
 from pipeline.distributed import World
 from pipeline.passes import PassResult
@@ -69,7 +70,8 @@ def full_report() -> Report:
                    host={**describe_host(CPU), "accelerator": "a GPU"}, artifact_cache="/cache",
                    calibration_images=calibration.images, calibration=calibration.describe(), decode="nvjpeg",
                    decode_note="nvJPEG", workers=2, reference="cpu", auto=_auto(), hints=["try bf16"],
-                   decode_fallbacks=["x.jpg: RuntimeError"], distributed=world.facts())
+                   decode_fallbacks=["x.jpg: RuntimeError"], distributed=world.facts(),
+                   conversions=describe_conversions([Conversion("image", "x.png", "I;16", "16-bit grey")]))
     lost = [{"path": "out/c_mask.png", "error": "cannot write out/c_mask.png: No space left on device"}]
     outputs = WrittenFiles("original", "out", True, 2, "sub.csv", 2, "per.csv", 2, lost, 1)
     return Report(info, [to_row(_row())], [Skip("tensorrt", "fp32", "absent", failed=True)], False, outputs,

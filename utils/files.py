@@ -2,11 +2,13 @@
 result destinations before the run, writing results atomically."""
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import fnmatch
 import os
 import stat
+import sys
 import tempfile
 
 from utils.errors import SampleError
@@ -279,10 +281,10 @@ def write_atomic(path: str, data: str | bytes) -> None:
     """Write text or bytes to a temporary file beside `path`, then rename: a reader never sees half a file.
 
     A file system error becomes a SampleError naming the path, for every result file alike. A link or special file
-    at `path` is never replaced.
+    at `path` is never replaced. Text is written as UTF-8 whatever the locale, file names in it as `shown` writes them.
     """
     try:
-        _write_atomic(path, data)
+        _write_atomic(path, data if isinstance(data, bytes) else data.encode("utf-8", _name_errors()))
     except OSError as exc:
         raise SampleError(f"cannot write {path}: {exc.strerror or exc}") from None
 
@@ -307,3 +309,45 @@ def _write_atomic(path: str, data: str | bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+# A file name's byte that is not UTF-8 reaches Python as a lone surrogate U+DC80-U+DCFF (PEP 383): in text it is written
+# `\xNN`, on disk it stays the byte it was (docs/outputs.md#file-names-that-are-not-utf-8).
+NAME_ERRORS = "unet_sample.names"
+
+
+def _escape(exc: UnicodeError) -> tuple[str, int]:
+    if not isinstance(exc, UnicodeEncodeError):
+        raise exc
+    out = []
+    for char in exc.object[exc.start:exc.end]:
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:
+            code -= 0xDC00  # the name's own byte
+        out.append(f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
+    return "".join(out), exc.end
+
+
+def _name_errors() -> str:
+    """The codec error handler for names, registered on first use (nothing happens at import)."""
+    try:
+        codecs.lookup_error(NAME_ERRORS)
+    except LookupError:
+        codecs.register_error(NAME_ERRORS, _escape)
+    return NAME_ERRORS
+
+
+def shown(text: str) -> str:
+    """`text` (a file name, or a path or message holding one) as valid Unicode: each byte of a name that is not UTF-8
+    becomes `\\xNN` (`car\\xff_01.jpg`), as in every result file, the report and the error lines."""
+    return text if text.isascii() else text.encode("utf-8", _name_errors()).decode("utf-8")
+
+
+def escape_streams() -> None:
+    """stdout and stderr write such bytes as `shown` does, and a character their encoding lacks (a Latin-1 or ASCII
+    locale) as a backslash escape too: a name in a line never raises UnicodeEncodeError there."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors=_name_errors())
+        except (AttributeError, ValueError, OSError):
+            pass  # not a text stream (a test's StringIO), or closed (utils/streams.py)
