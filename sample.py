@@ -9,6 +9,13 @@ import shlex
 import sys
 import warnings
 
+from utils.signals import STOPPING, Interrupts, exit_until_run
+from utils.streams import exit_status, guard
+
+if __name__ == "__main__":  # before torch's imports: a closed stream or a signal there must not become a traceback
+    guard()
+    exit_until_run()
+
 import torch
 from PIL import Image
 
@@ -22,7 +29,6 @@ from pipeline.distributed import World
 from pipeline.run import run
 from utils.errors import SampleError
 from utils.files import escape_streams
-from utils.signals import Interrupts
 
 
 def whole_number(text: str) -> int:
@@ -211,16 +217,22 @@ def parse_config(parser: argparse.ArgumentParser, argv: list[str]) -> RunConfig:
 
 
 def main(argv=None) -> int:
-    from_cli = argv is None  # the process ends with this call: a late Ctrl-C must not become a traceback at exit
+    from_cli = argv is None  # the process ends with this call: a late signal must not become a traceback at exit
     escape_streams()  # a file name that is not UTF-8 is written \xNN on stdout and stderr too (docs/outputs.md)
-    config = parse_config(get_args_parser(), sys.argv[1:] if argv is None else list(argv))
+    try:
+        config = parse_config(get_args_parser(), sys.argv[1:] if argv is None else list(argv))
+    except SystemExit as exc:  # --help into a broken stdout is an error (141 for a closed pipe), never a silent 0
+        if from_cli and not exc.code:
+            raise SystemExit(exit_status(0)) from None
+        raise
     world = World.from_env(config.dist_timeout)  # one process (inactive) unless torchrun started this one
     config = world.rank_config(config)
     if config.threads:
         torch.set_num_threads(config.threads)
     # Images past Pillow's limit are skipped and named (dataset/decode.py); its warning would only repeat that.
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-    with Interrupts(restore=not from_cli) as interrupts, contextlib.ExitStack() as locks:
+    # Ctrl-C, SIGTERM and SIGHUP stop the run alike: the partial report and its files, then 128 + the signal.
+    with Interrupts(STOPPING, restore=not from_cli) as interrupts, contextlib.ExitStack() as locks:
         # output folders stay locked until the end (under torchrun by rank 0 alone)
         try:
             world.start(interrupts)
@@ -232,8 +244,8 @@ def main(argv=None) -> int:
         except Exception as exc:  # noqa: BLE001  one process: raised as always; a rank: it must stop the others
             status = world.fail(exc)
         finally:
-            interrupts.hold()  # a Ctrl-C now is counted, never a traceback while the locks are released
-    return world.exit(130 if interrupts.count else status)
+            interrupts.hold()  # a signal now is counted, never a traceback while the locks are released
+    return world.exit(interrupts.status(status))
 
 
 if __name__ == "__main__":

@@ -250,7 +250,8 @@ class World(Syncs, Gather):
         the others at their next sync, and rank 0 alone prints the line that names it; a rank that lost the others
         prints its own."""
         if exc is None:
-            message, status = INTERRUPTED, 130
+            by = self.interrupts.first if self.interrupts is not None else None
+            message, status = INTERRUPTED.replace("finished", f"finished ({by})", 1) if by else INTERRUPTED, 130
         elif isinstance(exc, SampleError):
             message, status = str(exc), exc.status if isinstance(exc, Stopped) else 1
         else:
@@ -287,7 +288,7 @@ class World(Syncs, Gather):
         teardown can spin or abort once a peer has gone (seen with torch 2.0.1's destroy_process_group)."""
         if not self.active:
             return status
-        if self.lost and status in (0, 130):
+        if self.lost and (status == 0 or status > 128):
             status = 1  # a rank died or hung: not an interruption, whatever signal torchrun then sent
         if self.started and not (self.stopped or self.lost):
             try:

@@ -1,7 +1,6 @@
 """The end of a run: every result file written, the report printed, what went wrong said on stderr, the exit status."""
 from __future__ import annotations
 
-import os
 import sys
 from typing import Callable
 
@@ -15,12 +14,15 @@ from report.summary import format_report, format_worst
 from utils.errors import SampleError, first_line
 from utils.files import shown
 from utils.signals import Interrupts
+from utils.streams import stdout_error, to_devnull
 
 
 def finish(config: RunConfig, report: Report, outputs: Outputs | None, status: int, interrupts: Interrupts) -> int:
     """Write every result file, then print the report; one failing write is an error line, never the loss of the
-    rest, and the files are written before anything can go wrong on stdout. From here on Ctrl-C is only counted."""
+    rest, and the files are written before anything can go wrong on stdout. From here on a signal is only counted."""
     interrupts.hold()
+    if report.partial:
+        report.interrupted_by = interrupts.first  # None under torchrun when another rank's signal stopped the run
     errors: list[str] = []
 
     def attempt(step: Callable[[], object], what: str = "a result file") -> bool:
@@ -51,6 +53,8 @@ def finish(config: RunConfig, report: Report, outputs: Outputs | None, status: i
     if printed not in (None, "closed"):
         errors.append(printed)
     code = exit_status(config, report, errors, status)
+    if report.partial:
+        code = interrupts.status(code)  # 128 + the signal: 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP
     return 141 if printed == "closed" and code == 0 else code  # 141 = 128 + SIGPIPE, as `cat` ends under `| head`
 
 
@@ -71,22 +75,20 @@ def write_files(config: RunConfig, outputs: Outputs | None, records: list, error
 
 def print_report(text: str) -> str | None:
     """Print the report (the last thing a run does): None, "closed" when stdout is a pipe whose reader has gone
-    (`| head -1`), or why stdout failed (`> /dev/full`)."""
+    (`| head -1`), or why stdout failed (`> /dev/full`, `>&-`, a terminal that hung up)."""
     try:
         sys.stdout.write(text + "\n")
-        sys.stdout.flush()
+        error = stdout_error()  # a guarded stdout (the command line's) keeps its error instead of raising it
+    except (OSError, ValueError, AttributeError) as exc:
+        error = exc
+    if error is None:
         return None
-    except BrokenPipeError:
-        result = "closed"
-    except OSError as exc:
-        result = f"cannot write the report to stdout: {exc.strerror or exc}; the result files are written all the same"
-    try:  # stdout -> /dev/null: the interpreter's last flush of what is still buffered must not fail again at exit
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError, AttributeError):
-        pass
-    return result
+    # stdout -> /dev/null: the interpreter's last flush of what is still buffered must not fail again at exit
+    to_devnull(sys.stdout)
+    if isinstance(error, BrokenPipeError):
+        return "closed"
+    why = getattr(error, "strerror", None) or ("stdout is closed" if sys.stdout is None else error)
+    return f"cannot write the report to stdout: {why}; the result files are written all the same"
 
 
 def exit_status(config: RunConfig, report: Report, errors: list[str], status: int) -> int:

@@ -58,7 +58,7 @@ def report_dict(report: Report) -> dict:
            "skipped": [{"engine": s.engine, "precision": s.precision, "reason": s.reason, **({"failed": True}
                                                                                          if s.failed else {})}
                        for s in report.skipped],
-           "partial": report.partial}
+           "partial": report.partial, "interrupted_by": report.interrupted_by}
     if report.outputs is not None:
         out["outputs"] = dataclasses.asdict(report.outputs)
     if report.plots is not None:

@@ -164,7 +164,8 @@ class WrittenFiles:
 
 @dataclass
 class Report:
-    """A run's report: what ran, the rows that finished, those skipped or failed, and whether Ctrl-C cut it short."""
+    """A run's report: what ran, the rows that finished, those skipped or failed, and whether a signal cut it short
+    (`interrupted_by` names it: 'SIGINT' for Ctrl-C, 'SIGTERM', 'SIGHUP')."""
 
     info: RunInfo
     rows: list[Row]
@@ -172,3 +173,4 @@ class Report:
     partial: bool
     outputs: Optional[WrittenFiles] = None
     plots: Optional[list[str]] = None
+    interrupted_by: Optional[str] = None

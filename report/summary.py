@@ -129,7 +129,8 @@ def format_report(report: Report, json_path: str | None = None, worst: str = "")
     lines.extend(rank_lines(report))  # runs across ranks (torchrun) only
     lines.extend(config_notes(c))
     if report.partial:
-        lines.append("PARTIAL: the run was interrupted (Ctrl-C): rows it never reached are missing, and a row it cut "
+        by = {"SIGINT": "Ctrl-C (SIGINT)", None: "a signal"}.get(report.interrupted_by, report.interrupted_by)
+        lines.append(f"PARTIAL: the run was interrupted by {by}: rows it never reached are missing, and a row it cut "
                      "short says INTERRUPTED above")
     if worst:
         lines.append(worst)

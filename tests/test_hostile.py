@@ -51,16 +51,27 @@ def no_traceback(err: str) -> bool:
 
 # A driver that runs sample.py as the command line does (runpy, __main__) after patching library functions.
 DRIVER = """
-import os, runpy, signal, sys, threading, time
+import itertools, os, pty, runpy, signal, sys, threading, time
 root, point = sys.argv[1], sys.argv[2]
 sys.path.insert(0, root)
 sys.argv = [os.path.join(root, "sample.py")] + sys.argv[3:]
+# The signals sent, in turn (SAMPLE_SIGNALS=SIGTERM,SIGINT: SIGTERM first); SAMPLE_HANGUP: the terminal goes first.
+SIGNALS = [getattr(signal, name) for name in os.environ.get("SAMPLE_SIGNALS", "SIGINT").split(",")]
+
+def hang_up():
+    # stdout and stderr become a terminal whose other end has closed: every write to them fails (EIO)
+    master, slave = pty.openpty()
+    os.dup2(slave, 1)
+    os.dup2(slave, 2)
+    os.close(master)
 
 def hammer():
-    # Ctrl-C now, then again every 20 ms until the process ends: any number of interrupts, in quick succession.
+    # A signal now, then again every 20 ms until the process ends: any number of interrupts, in quick succession.
+    if os.environ.get("SAMPLE_HANGUP"):
+        hang_up()
     def loop():
-        while True:
-            os.kill(os.getpid(), signal.SIGINT)
+        for signum in itertools.cycle(SIGNALS):
+            os.kill(os.getpid(), signum)
             time.sleep(0.02)
     threading.Thread(target=loop, daemon=True).start()
 
@@ -100,6 +111,12 @@ elif point == "setup":
     patch("models", "create_model", block=True)
 elif point == "finish":  # the rows are done; Ctrl-C arrives while the files are written
     patch("report.csv_files", "write_per_image_csv", block=False)
+elif point == "import":  # the signal lands while sample.py imports torch
+    class Signal:
+        def find_spec(self, name, *rest):
+            if name == "torch":
+                os.kill(os.getpid(), SIGNALS[0])
+    sys.meta_path.insert(0, Signal())
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 

@@ -1,5 +1,7 @@
-"""How a run stops on a signal: the first raises KeyboardInterrupt and the run reports what finished; later ones are
-only counted; a `held()` section keeps a signal from cutting it in half and delivers it at its end."""
+"""How a run stops on a signal (Ctrl-C, SIGTERM, SIGHUP): the first raises KeyboardInterrupt and the run reports what
+finished, then exits 128 + its number; later ones are only counted; a `held()` section keeps a signal from cutting it
+in half and delivers it at its end.
+SIGQUIT keeps its default (a kill, with a core dump) and SIGKILL cannot be caught."""
 from __future__ import annotations
 
 import os
@@ -10,6 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 MESSAGE = b"\ninterrupted: writing the partial report and its files first (Ctrl-\\ kills the run)\n"
+# What stops a run and keeps what finished: Ctrl-C, `kill` / `timeout` / a scheduler / `docker stop`, a lost terminal.
+STOPPING = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 def _main_thread() -> bool:
@@ -24,12 +28,13 @@ class Section:
 
 
 class Interrupts:
-    """The signals of one run (SIGINT, and those `catch` adds): the first raises KeyboardInterrupt, or, inside a
-    `held()` section, is kept for the section's end; every later one is only counted, so a second Ctrl-C can never
-    cut the partial report, its files or the exit status. After `hold()` every signal is only counted.
+    """The signals of one run (SIGINT, or the command line's STOPPING, and those `catch` adds): the first raises
+    KeyboardInterrupt, or, inside a `held()` section, is kept for the section's end; every later one, of any kind, is
+    only counted, so a second signal can never cut the partial report, its files or the exit status. After `hold()`
+    every signal is only counted.
 
     Used as a context manager it installs its handler (main thread only) and restores the previous ones at the end;
-    with `restore=False` (a command line about to exit) a signal after the block stays counted, never a traceback.
+    with `restore=False` (a command line about to exit) a signal after the block is ignored, never a traceback.
     """
 
     def __init__(self, signals: tuple[int, ...] = (signal.SIGINT,), restore: bool = True):
@@ -55,11 +60,24 @@ class Interrupts:
         global _active
         if not self.restore:
             self.hold()
+            # The run is over and said: ignored, not counted, since Python puts the default handlers back as it shuts
+            # down, and a SIGTERM then would kill a process whose results are all written.
+            for signum in self._previous:
+                signal.signal(signum, signal.SIG_IGN)
             return
         _active = self._outer
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous.clear()
+
+    def status(self, otherwise: int) -> int:
+        """128 + the number of the first signal (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP), else `otherwise`."""
+        return 128 + self.received[0] if self.received else otherwise
+
+    @property
+    def first(self) -> str | None:
+        """The name of the signal that stopped the run ('SIGTERM'), or None."""
+        return signal.Signals(self.received[0]).name if self.received else None
 
     def catch(self, signum: int) -> None:
         """Handle `signum` as this run's too (torchrun's SIGTERM, say); nothing outside the main thread."""
@@ -106,6 +124,18 @@ class Interrupts:
 
 
 _active: Interrupts | None = None
+
+
+def _exit_now(signum, frame) -> None:
+    os._exit(128 + signum)
+
+
+def exit_until_run() -> None:
+    """For the command line, before its imports: until a run's Interrupts take over, a stopping signal ends the
+    process at once, quietly, with 128 + its number: nothing has started, so nothing is lost (no traceback from
+    inside an import)."""
+    for signum in STOPPING:
+        signal.signal(signum, _exit_now)
 
 
 @contextmanager
