@@ -110,6 +110,38 @@ def test_a_full_disk_at_the_output_lock_is_one_error_and_leaves_no_folder(call, 
     assert not (tmp_path / "new").exists()  # every folder the run made for --output is gone
 
 
+def test_a_run_that_loses_the_race_for_a_new_output_folder_leaves_the_winners_lock(tmp_path, monkeypatch):
+    import contextlib
+    import fcntl
+
+    target = tmp_path / "new" / "out"
+    real_mkdir, real_makedirs, winner = os.mkdir, os.makedirs, []
+
+    def another_run_first(path):  # the other run makes the folder and takes its lock just before this one gets there
+        if os.path.abspath(path) == str(target) and not winner:
+            winner.append(None)  # real_makedirs calls os.mkdir: once is enough
+            real_makedirs(target)
+            fd = os.open(target / utils.files.LOCK_NAME, os.O_RDWR | os.O_CREAT)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.write(fd, b"999999\n")
+            winner[0] = fd
+
+    def mkdir(path, *args, **kwargs):
+        another_run_first(path)
+        return real_mkdir(path, *args, **kwargs)
+
+    def makedirs(path, *args, **kwargs):
+        another_run_first(path)
+        return real_makedirs(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(os, "makedirs", makedirs)
+    with contextlib.ExitStack() as locks, pytest.raises(utils.files.SampleError, match="in use by another run"):
+        utils.files.check_destination(str(target), folder=True, overwrite=False, flag="--output", locks=locks)
+    assert (target / utils.files.LOCK_NAME).read_text() == "999999\n"  # the winner's lock and folder stay
+    os.close(winner[0])
+
+
 def test_a_build_whose_builder_was_killed_is_removed_and_a_live_one_kept(tmp_path):
     cache = str(tmp_path / "cache")
     killed = textwrap.dedent(f"""

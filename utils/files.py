@@ -141,6 +141,10 @@ def check_outputs(outputs: list[tuple[str, str, bool, tuple[str, ...]]], inputs:
                                   "outside them")
 
 
+class FolderInUse(SampleError):
+    """Another run holds the folder's lock."""
+
+
 class FolderLock:
     """An exclusive lock on an output folder for one run: `flock` on <folder>/.unet-sample.lock, which holds the
     run's pid. The kernel drops it when the process ends, a crash included; `release` also removes the file.
@@ -184,9 +188,12 @@ class FolderLock:
             except OSError:
                 holder = ""
             who = f"pid {holder}" if holder.isdigit() else "its pid is not written yet"
-            raise SampleError(f"{self.flag} folder {self.folder} is in use by another run ({who}); wait for it to "
+            raise FolderInUse(f"{self.flag} folder {self.folder} is in use by another run ({who}); wait for it to "
                               "end, or choose another folder") from None
-        except OSError as exc:  # a file system without locks (ENOLCK), say: not another run
+        except OSError as exc:  # a file system without locks (ENOLCK), say: not another run, and none can hold it
+            with contextlib.suppress(OSError):
+                if os.fstat(fd).st_size == 0:
+                    os.unlink(self.path)
             raise self._cannot(exc) from None
         try:
             # The holder before us removes the file as it releases it: a lock on that old file guards nothing.
@@ -233,48 +240,42 @@ def check_destination(path: str, *, folder: bool, overwrite: bool, flag: str, lo
     if not folder and os.path.exists(path) and not overwrite:
         raise SampleError(f"{flag} file {path} exists; pass --overwrite or choose another path")
     target = path if folder else os.path.dirname(os.path.abspath(path))
-    created = _first_missing(target)
+    created: list[str] = []
     try:
         try:
-            os.makedirs(target, exist_ok=True)
+            _make_folders(target, created)
         except OSError as exc:
             raise SampleError(f"cannot create {flag} folder {target}: {exc.strerror or exc}") from None
         if not os.access(target, os.W_OK | os.X_OK):
             raise SampleError(f"cannot write to {target} ({flag}): permission denied")
         if folder and locks is not None:
             locks.enter_context(FolderLock(path, flag))
+    except FolderInUse:
+        raise  # the folder is another run's now, whoever made it: nothing of it is ours to remove
     except BaseException:
-        if created:
-            _remove_created(target, created)
+        for made in reversed(created):  # only folders this run made, and only while empty
+            with contextlib.suppress(OSError):
+                os.rmdir(made)
         raise
     if folder and not overwrite and [f for f in os.listdir(path) if f != LOCK_NAME]:
         raise SampleError(f"{flag} folder {path} exists and is not empty; pass --overwrite or choose another folder")
 
 
-def _first_missing(folder: str) -> str | None:
-    """The outermost folder on the way to `folder` that does not exist yet (what makedirs would create), or None."""
-    folder, missing = os.path.abspath(folder), None
-    while not os.path.lexists(folder):
-        missing, parent = folder, os.path.dirname(folder)
-        if parent == folder:
-            break
-        folder = parent
-    return missing
-
-
-def _remove_created(folder: str, top: str) -> None:
-    """Remove the folders from `folder` up to `top` that this run created and left empty (but for a lock file)."""
+def _make_folders(folder: str, created: list[str]) -> None:
+    """makedirs that notes in `created` each folder this call made (one another run made at the same moment is not
+    noted: its FileExistsError says so)."""
     folder = os.path.abspath(folder)
-    with contextlib.suppress(OSError):
-        os.unlink(os.path.join(folder, LOCK_NAME))
-    while True:
-        try:
-            os.rmdir(folder)
-        except OSError:
-            return
-        if folder == top or os.path.dirname(folder) == folder:
-            return
-        folder = os.path.dirname(folder)
+    if os.path.isdir(folder):
+        return
+    parent = os.path.dirname(folder)
+    if parent != folder:
+        _make_folders(parent, created)
+    try:
+        os.mkdir(folder)
+        created.append(folder)
+    except FileExistsError:
+        if not os.path.isdir(folder):
+            raise
 
 
 def write_atomic(path: str, data: str | bytes) -> None:
