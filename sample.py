@@ -216,8 +216,10 @@ def parse_config(parser: argparse.ArgumentParser, argv: list[str]) -> RunConfig:
     return config
 
 
-def main(argv=None) -> int:
-    from_cli = argv is None  # the process ends with this call: a late signal must not become a traceback at exit
+def main(argv=None, command_line: bool = False) -> int:
+    """Run the sample on `argv` (default: sys.argv). `command_line`: the process ends with this call (`python
+    sample.py`), so a signal after the report is ignored, never a traceback at exit, and --help's stdout is checked."""
+    from_cli = command_line
     escape_streams()  # a file name that is not UTF-8 is written \xNN on stdout and stderr too (docs/outputs.md)
     try:
         config = parse_config(get_args_parser(), sys.argv[1:] if argv is None else list(argv))
@@ -245,8 +247,8 @@ def main(argv=None) -> int:
             status = world.fail(exc)
         finally:
             interrupts.hold()  # a signal now is counted, never a traceback while the locks are released
-    return world.exit(interrupts.status(status))
+    return world.exit(interrupts.close(status))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(command_line=True))

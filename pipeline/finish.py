@@ -53,9 +53,8 @@ def finish(config: RunConfig, report: Report, outputs: Outputs | None, status: i
     if printed not in (None, "closed"):
         errors.append(printed)
     code = exit_status(config, report, errors, status)
-    if report.partial:
-        code = interrupts.status(code)  # 128 + the signal: 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP
-    return 141 if printed == "closed" and code == 0 else code  # 141 = 128 + SIGPIPE, as `cat` ends under `| head`
+    code = 141 if printed == "closed" and code == 0 else code  # 141 = 128 + SIGPIPE, as `cat` ends under `| head`
+    return interrupts.close(code)  # 128 + a signal that came before the report was out: 130, 143, 129
 
 
 def write_files(config: RunConfig, outputs: Outputs | None, records: list, errors: list[str],

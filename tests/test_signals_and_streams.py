@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -93,7 +94,38 @@ def test_help_into_a_full_stdout_is_an_error_not_a_silent_exit_0(monkeypatch, ca
     monkeypatch.setattr(sys, "argv", ["sample.py", "--help"])
     monkeypatch.setattr(sys, "stdout", Guarded(full))
     with pytest.raises(SystemExit) as exit_:
-        sample.main()
+        sample.main(command_line=True)
     full.close()
     assert exit_.value.code == 1
     assert "error: cannot write to stdout: No space left on device" in capsys.readouterr().err
+
+
+def test_a_signal_ignored_at_start_stays_ignored_and_one_after_the_report_changes_no_exit_status(small_set, tmp_path,
+                                                                                                  monkeypatch):
+    """`nohup` starts a run with SIGHUP ignored: the run must outlive the terminal. A `timeout` SIGTERM that lands
+    once the report is out finds a complete run: exit 0, not 143."""
+    import pipeline.passes
+    import pipeline.run
+
+    images, masks = small_set
+    measure, finish_ = pipeline.passes.measure, pipeline.run.finish
+
+    def hang_up_then_measure(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGHUP)
+        return measure(*args, **kwargs)
+
+    def finish_then_terminate(*args, **kwargs):
+        code = finish_(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return code
+
+    monkeypatch.setattr(pipeline.passes, "measure", hang_up_then_measure)
+    monkeypatch.setattr(pipeline.run, "finish", finish_then_terminate)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        code = sample.main(QUIET + ["--image_path", images, "--mask_path", masks, "--json", str(tmp_path / "r.json")])
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert code == 0 and report["partial"] is False and report["rows"][0]["images"] == 3
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # a library call puts the handlers back

@@ -48,6 +48,7 @@ class Interrupts:
         self.restore = restore
         self._wanted = signals
         self._previous: dict[int, object] = {}
+        self.final: int | None = None  # the exit status, fixed once the run's report is out (`close`)
 
     def __enter__(self) -> Interrupts:
         global _active
@@ -74,14 +75,21 @@ class Interrupts:
         """128 + the number of the first signal (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP), else `otherwise`."""
         return 128 + self.received[0] if self.received else otherwise
 
+    def close(self, otherwise: int) -> int:
+        """The run's exit status, fixed at the first call (the report is out): a later signal changes nothing."""
+        if self.final is None:
+            self.final = self.status(otherwise)
+        return self.final
+
     @property
     def first(self) -> str | None:
         """The name of the signal that stopped the run ('SIGTERM'), or None."""
         return signal.Signals(self.received[0]).name if self.received else None
 
     def catch(self, signum: int) -> None:
-        """Handle `signum` as this run's too (torchrun's SIGTERM, say); nothing outside the main thread."""
-        if _main_thread() and signum not in self._previous:
+        """Handle `signum` as this run's too (torchrun's SIGTERM, say); nothing outside the main thread, and not a
+        signal the process was started ignoring (`nohup` ignores SIGHUP: the run must outlive the terminal)."""
+        if _main_thread() and signum not in self._previous and signal.getsignal(signum) is not signal.SIG_IGN:
             self._previous[signum] = signal.signal(signum, self._handle)
 
     def _handle(self, signum, frame) -> None:
@@ -135,7 +143,8 @@ def exit_until_run() -> None:
     process at once, quietly, with 128 + its number: nothing has started, so nothing is lost (no traceback from
     inside an import)."""
     for signum in STOPPING:
-        signal.signal(signum, _exit_now)
+        if signal.getsignal(signum) is not signal.SIG_IGN:  # ignored at start (nohup, a background job): kept so
+            signal.signal(signum, _exit_now)
 
 
 @contextmanager
