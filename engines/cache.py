@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from utils.builds import BUILDER, build_folder, settle, sweep
+from utils.builds import BUILDER, build_folder, remove_aside, settle, sweep
 from utils.errors import SampleError, first_line
 from utils.files import default_cache_dir
 
@@ -146,16 +146,13 @@ def verify(folder: str) -> str | None:
 
 def discard(folder: str) -> None:
     """Remove a bad entry: renamed aside first (one atomic step), so no run sees it half deleted."""
-    aside = tempfile.mkdtemp(prefix=".stale-", dir=os.path.dirname(folder))
     try:
-        os.rename(folder, os.path.join(aside, "entry"))
+        remove_aside(folder)
     except FileNotFoundError:
         pass  # another run removed it first
     except OSError as exc:
-        shutil.rmtree(aside, ignore_errors=True)
         raise SampleError(f"cache entry {folder} is damaged and cannot be removed ({exc.strerror or exc}); remove it "
                           "by hand or pass --no_cache") from None
-    shutil.rmtree(aside, ignore_errors=True)
 
 
 @contextmanager

@@ -160,10 +160,14 @@ def test_a_build_whose_builder_was_killed_is_removed_and_a_live_one_kept(tmp_pat
     legacy = os.path.join(engine, ".build-legacy")  # what a build killed before the .builder files left
     os.makedirs(legacy)
     open(os.path.join(legacy, "model.pt"), "wb").close()
+    aside = [os.path.join(engine, name) for name in (".stale-old", ".stale-new")]  # deletions cut short by a kill
+    for folder in aside:
+        os.makedirs(os.path.join(folder, "entry"))
+    os.utime(aside[0], (0, 0))  # long ago: its deletion was cut short; the new one may still be under way
     with build_folder(engine, ".build-") as live:  # a build in progress (its flock is held by this process)
         ArtifactCache(cache)  # the next run
         assert [os.path.join(engine, d) for d in os.listdir(engine) if d.startswith(".build-")] == [live]
-    assert not os.path.exists(live)
+    assert not os.path.exists(live) and not os.path.exists(aside[0]) and os.path.exists(aside[1])
 
 
 def test_a_cache_that_cannot_be_written_is_not_used_and_said_once(tmp_path, monkeypatch, capsys):

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 BUILDER = ".builder"  # in a build folder while it is built; never part of what is published
 CLAIM = ".unet-sample-claim-"  # a build folder's name for the instant before its .builder file is locked
 CLAIM_LEFT_S = 3600.0  # a claim lasts microseconds: one this old was cut short by a kill
+STALE = ".stale-"  # a folder being deleted, renamed aside first; one left by a kill is swept like a claim
 
 
 @contextlib.contextmanager
@@ -107,25 +108,22 @@ def sweep(parent: str, prefix: str) -> list[str]:
     for name in names:
         path = os.path.join(parent, name)
         try:
-            stale = (name.startswith(prefix) and os.path.isdir(path) and _builder_gone(path)) or \
-                (name.startswith(CLAIM) and now - os.lstat(path).st_mtime > CLAIM_LEFT_S)
+            if name.startswith((CLAIM, STALE)) and now - os.lstat(path).st_mtime > CLAIM_LEFT_S:
+                shutil.rmtree(path, ignore_errors=True)  # aside already: no run reads it
+                removed.append(path)
+            elif name.startswith(prefix) and os.path.isdir(path) and _builder_gone(path):
+                remove_aside(path)
+                removed.append(path)
         except OSError:
-            continue
-        if stale and _remove(path):
-            removed.append(path)
+            continue  # another run removed it first, or a read-only cache: it stays, harmless
     return removed
 
 
-def _remove(path: str) -> bool:
-    """Rename `path` aside (one atomic step: no other run sees it half removed), then delete it."""
-    try:
-        aside = tempfile.mkdtemp(prefix=".stale-", dir=os.path.dirname(path))
-    except OSError:
-        return False  # a read-only cache: it stays, harmless
+def remove_aside(path: str) -> None:
+    """Delete the folder `path`, renamed aside into a fresh `.stale-*` folder first (one atomic step: no run sees it
+    half deleted). OSError when it cannot be moved (FileNotFoundError: another run removed it first)."""
+    aside = tempfile.mkdtemp(prefix=STALE, dir=os.path.dirname(path))
     try:
         os.rename(path, os.path.join(aside, "entry"))
-        return True
-    except OSError:
-        return False  # another run removed it first, or it cannot be moved
     finally:
         shutil.rmtree(aside, ignore_errors=True)
