@@ -384,6 +384,7 @@ def test_disk_full_for_the_masks_loses_no_result_and_names_the_file(tmp_path, mo
         original(path, data)
 
     monkeypatch.setattr(utils.files, "_write_atomic", disk_full_for_masks)
+    monkeypatch.setattr("report.outputs.LISTED", 2)  # the JSON's list of files not written is bounded, its count not
     out, sub, per, rep = tmp_path / "out", tmp_path / "sub.csv", tmp_path / "per.csv", tmp_path / "r.json"
     code = sample.main(FAST + ["--image_path", images, "--mask_path", masks, "--output", str(out), "--overlay",
                                "--submission", str(sub), "--csv", str(per), "--json", str(rep)])
@@ -396,6 +397,9 @@ def test_disk_full_for_the_masks_loses_no_result_and_names_the_file(tmp_path, mo
     assert len(read_csv(per)) == 3 and len(read_csv(sub)) == 3  # the other outputs are whole
     assert sorted(os.listdir(out)) == [f"car{i}_01_overlay.jpg" for i in range(3)]  # no mask, no temporary file
     assert report["outputs"]["files"] == 3 and "dice" in stdout
+    assert report["outputs"]["not_written_count"] == 3 and report["outputs"]["not_written"] == [
+        {"path": str(out / f"car{i}_01_mask.png"), "error": f"cannot write {out / f'car{i}_01_mask.png'}: No space "
+                                                            "left on device"} for i in range(2)]
 
 
 # 8. A tampered artifact cache -------------------------------------------------------------------------------------

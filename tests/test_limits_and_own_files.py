@@ -15,7 +15,6 @@ import pytest
 
 import dataset.synthetic
 import pipeline.config
-import report.outputs
 import sample
 import utils.files
 from engines.cache import ArtifactCache
@@ -71,25 +70,6 @@ def test_a_batch_or_size_past_memory_says_what_fits(memory, argv, says, monkeypa
     assert says in line and not re.search(r"\b0x0\b|\b0(\.0)? [GM]iB", line), line
     if "--batch_size 64" in says:  # 64 fits and 65 does not, by the same figures
         assert 64 * 1536 * 512 * 512 <= memory < 65 * 1536 * 512 * 512
-
-
-def test_a_full_disk_for_the_masks_lists_them_in_the_json(small_set, tmp_path, monkeypatch):
-    real = utils.files._write_atomic
-
-    def full(path, data):
-        if path.endswith("_mask.png"):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
-        real(path, data)
-
-    monkeypatch.setattr(utils.files, "_write_atomic", full)
-    monkeypatch.setattr(report.outputs, "LISTED", 2, raising=False)  # the list is bounded; the count has them all
-    out, rep = tmp_path / "out", tmp_path / "r.json"
-    assert sample.main(FAST + ["--image_path", small_set[0], "--mask_path", small_set[1], "--output", str(out),
-                               "--overlay", "--json", str(rep)]) == 1
-    outputs = json.loads(rep.read_text())["outputs"]
-    assert outputs["files"] == 3 and outputs["not_written_count"] == 3
-    assert [e["path"] for e in outputs["not_written"]] == [str(out / f"car{i}_01_mask.png") for i in range(2)]
-    assert outputs["not_written"][0]["error"].endswith("No space left on device")
 
 
 @pytest.mark.parametrize("call", ["open", "write"])
