@@ -129,3 +129,26 @@ def test_a_signal_ignored_at_start_stays_ignored_and_one_after_the_report_change
     report = json.loads((tmp_path / "r.json").read_text())
     assert code == 0 and report["partial"] is False and report["rows"][0]["images"] == 3
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # a library call puts the handlers back
+
+
+def test_two_signals_pending_together_are_taken_in_the_order_they_came():
+    """Python runs the handlers of signals pending together lowest number first: SIGTERM then Ctrl-C, both landing
+    while the main thread is in C code, must still read as SIGTERM (143), the one that came first."""
+    import threading
+
+    import torch
+
+    from utils.signals import STOPPING, Interrupts
+
+    def terminate_then_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    a = torch.randn(1500, 1500)
+    with Interrupts(STOPPING) as interrupts, pytest.raises(KeyboardInterrupt):
+        sender = threading.Timer(0.05, terminate_then_interrupt)
+        sender.start()
+        for _ in range(200):  # one long C call after another: the handlers wait for its end
+            torch.mm(a, a)
+    sender.join()
+    assert interrupts.first == "SIGTERM" and interrupts.status(0) == 143

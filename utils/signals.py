@@ -20,6 +20,46 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+class Arrivals:
+    """The order signals came in. Python runs the handlers of signals pending together lowest number first (SIGINT
+    before an earlier SIGTERM), but its C-level handler writes each number to the wakeup fd the moment it lands."""
+
+    def __init__(self):
+        self.read, self.write = os.pipe()
+        for fd in (self.read, self.write):
+            os.set_blocking(fd, False)
+        self.previous = signal.set_wakeup_fd(self.write, warn_on_full_buffer=False)
+
+    @classmethod
+    def open(cls) -> Arrivals | None:
+        """None off the main thread, or where the platform has no such fd (then handlers' order stands)."""
+        try:
+            return cls() if _main_thread() else None
+        except (AttributeError, OSError, ValueError):
+            return None
+
+    def drain(self) -> list[int]:
+        """The signal numbers that came since the last call, in order."""
+        data = b""
+        while True:
+            try:
+                chunk = os.read(self.read, 512)
+            except OSError:  # BlockingIOError: nothing more
+                break
+            if not chunk:
+                break
+            data += chunk
+        return list(data)
+
+    def close(self) -> None:
+        try:
+            signal.set_wakeup_fd(self.previous)
+        except (OSError, ValueError):
+            pass
+        for fd in (self.read, self.write):
+            os.close(fd)
+
+
 @dataclass
 class Section:
     """A `held()` section: `caught` says whether a signal arrived inside it."""
@@ -49,11 +89,14 @@ class Interrupts:
         self._wanted = signals
         self._previous: dict[int, object] = {}
         self.final: int | None = None  # the exit status, fixed once the run's report is out (`close`)
+        self._arrivals: Arrivals | None = None
+        self._noted: dict[int, int] = {}  # signals read from the wakeup fd whose handler has not run yet
 
     def __enter__(self) -> Interrupts:
         global _active
         for signum in self._wanted:
             self.catch(signum)
+        self._arrivals = Arrivals.open()
         self._outer, _active = _active, self
         return self
 
@@ -70,6 +113,9 @@ class Interrupts:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous.clear()
+        if self._arrivals is not None:
+            self._arrivals.close()
+            self._arrivals = None
 
     def status(self, otherwise: int) -> int:
         """128 + the number of the first signal (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP), else `otherwise`."""
@@ -92,9 +138,20 @@ class Interrupts:
         if _main_thread() and signum not in self._previous and signal.getsignal(signum) is not signal.SIG_IGN:
             self._previous[signum] = signal.signal(signum, self._handle)
 
+    def _note_arrivals(self, signum: int) -> None:
+        """Add to `received` what came since, in the order it came; `signum` itself when the fd had not seen it."""
+        for came in self._arrivals.drain() if self._arrivals is not None else []:
+            if came in self._previous:
+                self.received.append(came)
+                self._noted[came] = self._noted.get(came, 0) + 1
+        if self._noted.get(signum):
+            self._noted[signum] -= 1
+        else:
+            self.received.append(signum)
+
     def _handle(self, signum, frame) -> None:
         self.count += 1
-        self.received.append(signum)
+        self._note_arrivals(signum)
         if self.count > 1 and not self.said:
             self.said = True
             try:  # os.write, not print: a handler that prints can re-enter a half-written stderr buffer
@@ -134,14 +191,20 @@ class Interrupts:
 _active: Interrupts | None = None
 
 
+_starting: Arrivals | None = None
+
+
 def _exit_now(signum, frame) -> None:
-    os._exit(128 + signum)
+    came = [s for s in (_starting.drain() if _starting is not None else []) if s in STOPPING]
+    os._exit(128 + (came[0] if came else signum))
 
 
 def exit_until_run() -> None:
     """For the command line, before its imports: until a run's Interrupts take over, a stopping signal ends the
     process at once, quietly, with 128 + its number: nothing has started, so nothing is lost (no traceback from
     inside an import)."""
+    global _starting
+    _starting = Arrivals.open()
     for signum in STOPPING:
         if signal.getsignal(signum) is not signal.SIG_IGN:  # ignored at start (nohup, a background job): kept so
             signal.signal(signum, _exit_now)
