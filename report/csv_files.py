@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 from typing import Optional
 
 from report.results import Row
-from utils.files import write_atomic
+from utils.files import shown, write_atomic
 
 
 def _write_rows(path: str, header: tuple[str, ...], rows: list) -> None:
@@ -15,7 +15,7 @@ def _write_rows(path: str, header: tuple[str, ...], rows: list) -> None:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
-    write_atomic(path, buffer.getvalue())
+    write_atomic(path, shown(buffer.getvalue()))  # names as everywhere: a carriage return in one cannot cut a row
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from utils.errors import SampleError
 FAST = ["--engine", "torch", "--image_size", "32", "--loop", "2", "--warm_counter", "1", "--quiet", "--no_reference",
         "--device", "cpu"] + SMALL
 BAD = os.fsdecode(b"car\xff_01")  # how Python holds a name with a byte that is not UTF-8 (a lone surrogate)
+CONTROL = "cr\r\x1b[31m_01"  # a carriage return and a terminal escape sequence in a name
 GREY = np.random.default_rng(0).integers(0, 256, (30, 40)).astype(np.uint8)
 
 
@@ -109,8 +110,9 @@ def test_int8_calibration_on_a_name_that_is_not_utf8(tmp_path):
 
 
 def _pairs(root) -> tuple[str, str]:
-    """A pair whose name is not UTF-8, a 16-bit grey image, a plain pair."""
+    """A pair whose name is not UTF-8, one whose name holds control characters, a 16-bit grey image, a plain pair."""
     write_pair(str(root), BAD, seed=1)
+    write_pair(str(root), CONTROL, seed=4)
     write_pair(str(root), "car2_01", seed=2)
     mask = write_pair(str(root), "car1_01", seed=3)
     grey = np.where(mask, 220, 30).astype(np.uint16) * 257
@@ -127,10 +129,12 @@ def test_a_name_that_is_not_utf8_is_written_escaped_and_a_16bit_image_is_reporte
     printed, err = capsys.readouterr()
     assert code == 0, err
     shown = "car\\xff_01"  # the one way: the byte as the text \xff
+    control = "cr\\x0d\\x1b[31m_01"  # a carriage return or an escape sequence, written as text
     with open(per, encoding="utf-8", newline="") as f:
-        assert shown in {row["id"] for row in csv.DictReader(f)}
+        assert {row["id"] for row in csv.DictReader(f)} == {shown, control, "car1_01", "car2_01"}
     with open(sub, encoding="utf-8", newline="") as f:
-        assert f"{shown}.jpg" in {row["img"] for row in csv.DictReader(f)}
+        assert {row["img"] for row in csv.DictReader(f)} == {f"{shown}.jpg", f"{control}.jpg", "car1_01.png",
+                                                            "car2_01.jpg"}
     report = json.loads(rep.read_bytes().decode("utf-8"))
     assert shown in report["rows"][0]["per_image"]["id"]
     assert report["config"]["conversions"] == [{"file": "image", "mode": "I;16", "count": 1,
@@ -140,6 +144,7 @@ def test_a_name_that_is_not_utf8_is_written_escaped_and_a_16bit_image_is_reporte
     on_disk = os.listdir(os.fsencode(out))  # the mask keeps the image's own bytes: it pairs with it again
     assert b"car\xff_01_mask.png" in on_disk and b"car\xff_01_overlay.jpg" in on_disk
     assert shown in printed and "converted: 1 image(s) of mode I;16: 16-bit grey" in printed
+    assert control in report["rows"][0]["per_image"]["id"] and "\x1b" not in printed + err
 
 
 def test_any_failing_writer_leaves_the_others_and_the_report(small_set, tmp_path, monkeypatch, capsys):
@@ -180,3 +185,14 @@ def test_a_16bit_copy_of_real_carvana_images_scores_as_the_8bit_one(carvana, che
         dice = {row["id"]: float(row["dice"]) for row in csv.DictReader(f)}
     for image_id in ids:
         assert dice[image_id] > 0.5 and abs(dice[f"{image_id}x16"] - dice[image_id]) <= 1e-3, dice
+
+
+def test_the_command_lines_streams_never_pass_a_terminal_escape_sequence_on():
+    """An error line naming `x\x1b]0;owned\x07.jpg` must not retitle the terminal; progress bars keep their \r."""
+    import io
+
+    from utils.streams import Guarded
+
+    stream = Guarded(io.StringIO())
+    stream.write("error: cannot decode image x\x1b]0;owned\x07\x9b31m.jpg\r")
+    assert stream.getvalue() == "error: cannot decode image x\\x1b]0;owned\x07\\x9b31m.jpg\r"

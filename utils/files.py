@@ -7,6 +7,7 @@ import contextlib
 import errno
 import fnmatch
 import os
+import re
 import stat
 import sys
 import tempfile
@@ -338,10 +339,18 @@ def _name_errors() -> str:
     return NAME_ERRORS
 
 
+# Control characters but tab and newline (a carriage return, a terminal's escape sequences, C1 codes): a name holding
+# one would cut a CSV row or drive the terminal, so it is written `\xNN` too.
+CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
 def shown(text: str) -> str:
-    """`text` (a file name, or a path or message holding one) as valid Unicode: each byte of a name that is not UTF-8
-    becomes `\\xNN` (`car\\xff_01.jpg`), as in every result file, the report and the error lines."""
-    return text if text.isascii() else text.encode("utf-8", _name_errors()).decode("utf-8")
+    """`text` (a file name, or a path or message holding one) as valid, inert Unicode: each byte of a name that is not
+    UTF-8, and each control character but tab and newline, becomes `\\xNN` (`car\\xff_01.jpg`), as in every result
+    file, the report and the error lines."""
+    if not text.isascii():
+        text = text.encode("utf-8", _name_errors()).decode("utf-8")
+    return CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def escape_streams() -> None:

@@ -9,10 +9,15 @@ import os
 import signal
 import sys
 
+# An escape sequence in a file name would drive the terminal (colours, its title, worse): ESC and the C1 codes are
+# written as text. Carriage returns stay: the progress bars redraw with them.
+INERT = {code: f"\\x{code:02x}" for code in [0x1b, *range(0x80, 0xa0)]}
+
 
 class Guarded:
-    """A standard stream whose write errors are kept in `error`, never raised. After the first one its descriptor
-    points at /dev/null, so what is still buffered (and the interpreter's last flush at exit) cannot fail again."""
+    """A standard stream whose write errors are kept in `error`, never raised, and whose text cannot drive the terminal
+    (INERT). After the first error its descriptor points at /dev/null, so what is still buffered (and the interpreter's
+    last flush at exit) cannot fail again."""
 
     def __init__(self, stream, error: OSError | None = None):
         self._stream = stream
@@ -20,7 +25,7 @@ class Guarded:
 
     def write(self, text: str) -> int:
         try:
-            return self._stream.write(text)
+            return self._stream.write(text.translate(INERT))
         except UnicodeError:  # the text, not the stream: escape_streams' concern; the stream stays as it is
             raise
         except (OSError, ValueError) as exc:
