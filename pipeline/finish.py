@@ -52,6 +52,9 @@ def finish(config: RunConfig, report: Report, outputs: Outputs | None, status: i
     printed = print_report(shown(text))  # names as the files have them: a byte that is not UTF-8 as \xNN
     if printed not in (None, "closed"):
         errors.append(printed)
+    if interrupts.received and not report.partial:  # held while the files of a complete run were written
+        print(f"note: {interrupts.first} came while the result files were written; they were all written and the "
+              "report is complete", file=sys.stderr)
     code = exit_status(config, report, errors, status)
     code = 141 if printed == "closed" and code == 0 else code  # 141 = 128 + SIGPIPE, as `cat` ends under `| head`
     return interrupts.close(code)  # 128 + a signal that came before the report was out: 130, 143, 129

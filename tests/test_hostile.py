@@ -368,6 +368,7 @@ def test_any_number_of_ctrl_c_gives_the_same_partial_report_and_exit_130(tmp_pat
         scored = {"accuracy": 2, "timing": 3, "finish": 3}[point]
         assert row["images"] == len(per) == len(os.listdir(d / "out")) == scored, point
         assert report["partial"] is (point != "finish") and ("calls" in row) is (point == "finish"), point
+        assert ("note: SIGINT came while the result files were written" in err) is (point == "finish"), point
         assert report["outputs"]["csv_rows"] == scored and f"wrote the JSON report to {d / 'r.json'}" in out, point
         assert not [f for f in os.listdir(d / "out") if f.startswith(".tmp-")]
 
