@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from dataset.modes import PILLOW_RGB, Conversion, mask_band, rgb8
+from dataset.modes import PILLOW_RGB, Conversion, mask_band, orientation, rgb8, upright, upright_size
 from utils.errors import SampleError, first_line
 from utils.files import open_regular
 
@@ -87,13 +87,22 @@ def resize_bicubic(rgb: Image.Image, size: tuple[int, int]) -> np.ndarray:
     return y[0].permute(1, 2, 0).numpy()
 
 
+def _note(conversions: list[Conversion] | None, file: str, path: str, mode: str, how: str | None) -> None:
+    """Add how a file was read to `conversions` (None: as stored)."""
+    if how is not None and conversions is not None:
+        conversions.append(Conversion(file, path, mode, how))
+
+
 def to_rgb(img: Image.Image, path: str = "", conversions: list[Conversion] | None = None) -> Image.Image:
-    """`img` decoded, as 8-bit RGB by dataset/modes.py's rule (ValueError when it has none); how an image that was
-    not 8-bit RGB was converted is added to `conversions`."""
+    """`img` decoded, as 8-bit RGB by dataset/modes.py's rule (ValueError when it has none) and turned upright by its
+    EXIF orientation, as a viewer shows it; how an image that was not 8-bit RGB or upright was read is added to
+    `conversions`."""
+    stored = orientation(img)
     img.load()
     rgb, how = rgb8(img)
-    if how is not None and conversions is not None:
-        conversions.append(Conversion("image", path, img.mode, how))
+    _note(conversions, "image", path, img.mode, how)
+    rgb, how = upright(rgb, stored, orientation(img))  # asked again: loading a TIFF turns it upright already
+    _note(conversions, "image", path, img.mode, how)
     return rgb
 
 
@@ -107,26 +116,40 @@ def resized(rgb: Image.Image, size: tuple[int, int], decode: str) -> np.ndarray:
 
 def load_image(path: str, size: tuple[int, int], decode: str = "exact", clock: list[float] | None = None,
                conversions: list[Conversion] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode to RGB and resize to size=(W, H) with bicubic; return the HWC uint8 array and the (W, H) before resizing.
+    """Decode to upright RGB and resize to size=(W, H) with bicubic; return the HWC uint8 array and the upright (W, H)
+    before resizing (a viewer's, which its mask must have).
 
     `exact` is Pytorch-UNet's path: the full-size decode, then Pillow's bicubic. `fast` (and `nvjpeg`'s CPU side)
     decodes the same way and resizes with torch's antialiased bicubic (`resize_bicubic`, Pillow's filter). A reduced
     DCT scale (Pillow's `draft`) is not used: it moves dice past the bar (docs/data.md). `clock`, when given, gets
-    [decode seconds, resize seconds] added; `conversions`, an image that was not 8-bit RGB.
+    [decode seconds, resize seconds] added; `conversions`, an image that was not 8-bit RGB or upright.
     """
     try:
         start = time.perf_counter()
         with open_image(path, "image") as img:
-            original = img.size
             rgb = to_rgb(img, path, conversions)
         decoded = time.perf_counter()
         array = resized(rgb, size, decode)
         if clock is not None:
             clock[0] += decoded - start
             clock[1] += time.perf_counter() - decoded
-        return array, original
+        return array, rgb.size  # the upright size: a viewer's, the mask's and --eval_resolution original's
     except Exception as exc:  # noqa: BLE001  one file's failure, named; decode_error keeps its message
         raise decode_error("image", path, exc) from None
+
+
+def _check_mask_size(path: str, shown: tuple[int, int], image_size: tuple[int, int], turn: int) -> None:
+    """SampleError unless a mask, as a viewer shows it, has its upright image's size; a swap is explained."""
+    if shown == image_size:
+        return
+    hint = ""
+    if shown == image_size[::-1]:  # most likely a mask drawn on a rotated file's stored pixels, or the other way round
+        hint = (" (both as a viewer shows them: a file with an EXIF orientation is turned upright first, so a mask "
+                "must be drawn on the upright image)")
+    elif turn != 1:
+        hint = f" (after its EXIF orientation {turn})"
+    raise SampleError(f"mask {path} is {shown[0]}x{shown[1]} but its image is {image_size[0]}x{image_size[1]}{hint}; "
+                      "a mask must have its image's size")
 
 
 def load_mask(path: str, size: tuple[int, int], image_size: tuple[int, int], clock: list[float] | None = None,
@@ -137,15 +160,13 @@ def load_mask(path: str, size: tuple[int, int], image_size: tuple[int, int], clo
     try:
         start = time.perf_counter()
         with open_image(path, "mask") as img:
-            if img.size != image_size:
-                raise SampleError(
-                    f"mask {path} is {img.size[0]}x{img.size[1]} but its image is {image_size[0]}x{image_size[1]}; "
-                    "a mask must have its image's size"
-                )
+            stored = orientation(img)
+            _check_mask_size(path, upright_size(img.size, stored), image_size, stored)
             img.load()
             band, how = mask_band(img)
-            if how is not None and conversions is not None:
-                conversions.append(Conversion("mask", path, img.mode, how))
+            _note(conversions, "mask", path, img.mode, how)
+            band, how = upright(band, stored, orientation(img))  # asked again: loading a TIFF turns it upright already
+            _note(conversions, "mask", path, img.mode, how)
             decoded = time.perf_counter()
             if band.size != size:
                 band = band.resize(size, resample=Image.NEAREST)
@@ -163,8 +184,9 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 
 def read_jpeg(path: str, clock: list[float] | None = None,
               conversions: list[Conversion] | None = None) -> tuple[bytes, tuple[int, int]] | None:
-    """A JPEG's bytes and (W, H) from its header (no pixel decoded), for a device decoder; None for other formats.
-    A grey JPEG (the device decoder copies it to R, G and B, as `to_rgb` does) is added to `conversions`."""
+    """A JPEG's bytes and (W, H) from its header (no pixel decoded), for a device decoder; None for other formats and
+    for a JPEG with an EXIF orientation (the CPU turns it upright). A grey JPEG (the device decoder copies it to R, G
+    and B, as `to_rgb` does) is added to `conversions`."""
     try:
         start = time.perf_counter()
         with open_regular(path, "image") as f:
@@ -175,6 +197,8 @@ def read_jpeg(path: str, clock: list[float] | None = None,
             _check_pixels(img, "image", path)
             if img.format != "JPEG" or img.mode not in ("RGB", "L"):
                 return None  # CMYK and other rare modes: the CPU decoder handles them
+            if orientation(img) != 1:
+                return None  # the device decoder ignores EXIF: the CPU path turns it upright
             size = img.size
             if img.mode == "L" and conversions is not None:
                 conversions.append(Conversion("image", path, "L", PILLOW_RGB["L"]))

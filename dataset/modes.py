@@ -1,5 +1,6 @@
 """Every Pillow mode read by one rule: an image becomes the 8-bit RGB a viewer shows, a mask a foreground band; an image
-with no sensible mapping is refused by name (docs/data.md#image-modes)."""
+with no sensible mapping is refused by name; both are turned upright by their EXIF orientation
+(docs/data.md#image-modes)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,6 +31,17 @@ PILLOW_RGB = {
 SIXTEEN = ("I;16", "I;16L", "I;16B", "I;16N")  # 16-bit grey, nominal range 0-65535
 MASK_BANDS = ("1", "L", "P", "I", "F") + SIXTEEN  # single-band masks: their stored values (palette indices for P)
 RANGES = (1.0, 255.0, 65535.0)  # the ranges a 32-bit integer (not 0-1) or float grey image is read in
+ORIENTATION = 0x0112  # EXIF's Orientation tag
+# Pillow's ImageOps.exif_transpose: the transpose that shows each stored orientation upright, as a viewer does.
+UPRIGHT = {
+    2: (Image.Transpose.FLIP_LEFT_RIGHT, "mirrored left to right"),
+    3: (Image.Transpose.ROTATE_180, "rotated 180 degrees"),
+    4: (Image.Transpose.FLIP_TOP_BOTTOM, "mirrored top to bottom"),
+    5: (Image.Transpose.TRANSPOSE, "mirrored across its top-left to bottom-right diagonal"),
+    6: (Image.Transpose.ROTATE_270, "rotated 90 degrees clockwise"),
+    7: (Image.Transpose.TRANSVERSE, "mirrored across its top-right to bottom-left diagonal"),
+    8: (Image.Transpose.ROTATE_90, "rotated 90 degrees counter-clockwise"),
+}
 
 
 @dataclass(frozen=True)
@@ -40,6 +52,32 @@ class Conversion:
     path: str
     mode: str
     how: str
+
+
+def orientation(img: Image.Image) -> int:
+    """The EXIF orientation a viewer applies to `img`: 2-8, or 1 (as stored) for none, 1, or a value it ignores.
+
+    Pillow parses the EXIF block it kept while reading the header (a JPEG's APP1 segment; a PNG's eXIf chunk needs
+    the file read): microseconds, and nothing for a file without one. Asked again after `load()` (see `upright`)."""
+    try:
+        value = img.getexif().get(ORIENTATION, 1)
+    except Exception:  # noqa: BLE001  a damaged EXIF block: viewers show the pixels as stored, and so do we
+        return 1
+    return value if isinstance(value, int) and value in UPRIGHT else 1
+
+
+def upright_size(size: tuple[int, int], turn: int) -> tuple[int, int]:
+    """(W, H) of an image of stored `size` once EXIF orientation `turn` is applied (5-8 swap the sides)."""
+    return (size[1], size[0]) if turn >= 5 else size
+
+
+def upright(img: Image.Image, stored: int, turn: int) -> tuple[Image.Image, str | None]:
+    """`img` (loaded) as a viewer shows it, and how it was turned (None: stored upright). `stored` is its EXIF
+    orientation before loading, `turn` after: Pillow turns a TIFF upright itself while loading it (leaving 1)."""
+    if stored not in UPRIGHT:
+        return img, None
+    method, how = UPRIGHT[stored]
+    return (img.transpose(method) if turn == stored else img), f"EXIF orientation {stored}: turned upright ({how})"
 
 
 def _grey8(img: Image.Image) -> tuple[np.ndarray, str]:

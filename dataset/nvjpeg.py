@@ -18,7 +18,8 @@ class DeviceJpeg:
     """JPEG decode and resize on an accelerator: nvJPEG through `torchvision.io.decode_jpeg(device=...)`, then
     antialiased bicubic on the device, rounded to uint8 like the CPU paths. The decode threads only read the bytes
     (and decode the masks); a batch the device cannot decode (a corrupt file, a driver error) is decoded on the CPU
-    instead, where a bad file is named as usual.
+    instead, where a bad file is named as usual. nvJPEG ignores EXIF, so a JPEG with an orientation never reaches it:
+    `read_jpeg` leaves it to the CPU, which turns it upright (docs/data.md#image-modes).
 
     `decoder(list of uint8 byte tensors) -> list of (C, H, W) uint8 tensors on the device` is torchvision's by default
     (see `make`); tests pass another one.
@@ -71,7 +72,8 @@ class DeviceJpeg:
 
     def _cpu(self, data: bytes, path: str) -> torch.Tensor | str:
         """A file the device could not decode, decoded on the CPU and uploaded; its one-line error when the CPU
-        cannot decode it either. A failing upload (a broken device) is raised: it is not the file's fault."""
+        cannot decode it either (upright by its EXIF orientation, as `to_rgb` reads every image). A failing upload
+        (a broken device) is raised: it is not the file's fault."""
         try:
             with Image.open(io.BytesIO(data)) as img:
                 array = resized(to_rgb(img), self.size, "fast")

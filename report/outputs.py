@@ -162,7 +162,7 @@ class Outputs:
             path = os.path.join(self.folder, f"{sample.id}_overlay.jpg")
             try:
                 with open_image(sample.image, "image") as img:
-                    image = np.asarray(to_rgb(img))  # the accuracy pass's rule for modes other than 8-bit RGB
+                    image = np.asarray(to_rgb(img))  # the accuracy pass's rule: 8-bit RGB, EXIF orientation upright
             except Exception as exc:  # noqa: BLE001  one file's failure, named; never the other files
                 self.failed_files.append({"path": path, "error": f"{path}: cannot read its image again ({exc})"})
                 return
