@@ -1,21 +1,19 @@
 """A deterministic Carvana-like data set (studio background, cars with wheels and windows) for runs without data."""
 from __future__ import annotations
 
-import atexit
 import os
 import random
-import shutil
-import tempfile
 from typing import Callable
 
 from PIL import Image, ImageDraw, ImageFilter
 
-from utils.builds import build_folder, settle, sweep
+from utils.builds import build_folder, process_folder, settle, sweep
 from utils.files import default_cache_dir
 
 WIDTH, HEIGHT = 1918, 1280  # Carvana's resolution, so decoding and resizing cost what they cost on real data
 VERSION = 1  # bump when the drawing changes, so old caches are not reused
 BUILD = ".synthetic-"  # a set being generated (utils/builds.py)
+TEMPORARY = "unet-sample-data-"  # a set generated apart from an unwritable cache (one of utils.builds.TEMPORARY)
 
 
 def _background(rng: random.Random) -> Image.Image:
@@ -104,8 +102,7 @@ def ensure_synthetic(count: int = 8, seed: int = 0, cache_dir: str | None = None
         os.makedirs(os.path.dirname(root), exist_ok=True)
         sweep(os.path.dirname(root), BUILD)  # what runs killed while generating left
     else:
-        parent = tempfile.mkdtemp(prefix="unet-sample-data-")
-        atexit.register(shutil.rmtree, parent, True)
+        parent = process_folder(TEMPORARY)  # locked while this process lives, removed at exit
         root = os.path.join(parent, os.path.basename(root))
         images, masks = os.path.join(root, "images"), os.path.join(root, "masks")
     if log:

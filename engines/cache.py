@@ -4,13 +4,13 @@ Every entry carries the sha256 of its files, checked before it is used.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import json
 import os
-import shutil
 import stat
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,13 +19,25 @@ from typing import Callable
 
 import torch
 
-from utils.builds import BUILDER, build_folder, remove_aside, settle, sweep
+from utils.builds import BUILDER, build_folder, remove_aside, settle, sweep, temporary_folder
 from utils.errors import SampleError, first_line
 from utils.files import default_cache_dir
 
 READY = "key.json"  # written last: a folder without it is an interrupted build and is rebuilt
 BUILD = ".build-"  # an entry being built (utils/builds.py: one whose builder was killed is removed by the next run)
 CHUNK = 1 << 20
+TEMPORARY = "unet-sample-build-"  # a build without the cache, in the temp dir (one of utils.builds.TEMPORARY)
+# What a build's own writes into the cache raise when the cache is the problem (a full or read-only disk, a quota).
+STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+def save_bytes(path: str, serialize: Callable[[io.BytesIO], object]) -> None:
+    """`serialize(buffer)` into memory, then write `path` with Python's own writes: torch's C++ file writer aborts
+    the process (SIGABRT) when a write fails, where this raises OSError (ENOSPC, EFBIG) that a caller can handle."""
+    buffer = io.BytesIO()
+    serialize(buffer)
+    with open(path, "xb") as f:
+        f.write(buffer.getbuffer())
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -51,16 +63,26 @@ class ArtifactCache:
 
     def __init__(self, root: str | None = None, wait_s: float = 1800.0):
         self.wait_s = wait_s
+        self.failed: str | None = None  # why the cache's own files failed: from then on engines build apart
+        self._digests: dict[int, str] = {}
+        self.root = os.path.join(root or default_cache_dir(), "engines")
         try:
-            self.root = os.path.join(root or default_cache_dir(), "engines")
             os.makedirs(self.root, exist_ok=True)
             engines = [os.path.join(self.root, name) for name in os.listdir(self.root) if not name.startswith(".")]
         except OSError as exc:
-            raise SampleError(f"cannot create the engine cache {exc.filename or root}: {exc.strerror or exc}; "
-                              "pass a writable --cache_dir or --no_cache") from None
+            self.give_up(exc)
+            return
         for folder in engines:
             sweep(folder, BUILD)
-        self._digests: dict[int, str] = {}
+
+    def give_up(self, exc: OSError) -> None:
+        """Stop writing the cache after its own files failed with `exc`, saying so once: later builds go to a
+        temporary folder, as with --no_cache (entries already there are still loaded)."""
+        if self.failed is None:
+            where = f"{exc.filename}: " if exc.filename else ""
+            self.failed = f"{where}{exc.strerror or exc}"
+            print(f"warning: cannot write the engine cache {self.root} ({self.failed}); this run caches no more "
+                  "engines: they are built in a temporary folder, as with --no_cache", file=sys.stderr)
 
     def digest(self, model: torch.nn.Module) -> str:
         """The weights digest, computed once per model object (hashing 31 M parameters takes a moment)."""
@@ -75,6 +97,11 @@ class ArtifactCache:
                "precision": precision, **{k: v for k, v in sorted(extra.items())}}
         name = key_digest(key)
         return os.path.join(self.root, engine, f"{precision}-{name}"), key
+
+
+def usable(cache: ArtifactCache | None) -> ArtifactCache | None:
+    """`cache` while it can be written, else None: where a compiler's own cache goes (inductor's)."""
+    return None if cache is None or cache.failed else cache
 
 
 @dataclass
@@ -94,6 +121,18 @@ class Artifact:
 def is_ready(folder: str) -> bool:
     """True when `folder` holds a complete artifact from an earlier run (see `verify` for whether it is intact)."""
     return os.path.isfile(os.path.join(folder, READY))
+
+
+def occupied(folder: str) -> str | None:
+    """What wrongly holds an entry's name (a link, dangling or not, a file, a device...); None for a folder or
+    nothing. Such a name is a damaged entry: a link could point anywhere."""
+    try:
+        mode = os.lstat(folder).st_mode
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(mode):
+        return f"its name is a symbolic link to {os.readlink(folder)}, not an entry folder"
+    return None if stat.S_ISDIR(mode) else "its name is a file, not an entry folder"
 
 
 def _sha256(path: str) -> str:
@@ -145,14 +184,12 @@ def verify(folder: str) -> str | None:
 
 
 def discard(folder: str) -> None:
-    """Remove a bad entry: renamed aside first (one atomic step), so no run sees it half deleted."""
+    """Remove a bad entry: renamed aside first (one atomic step), so no run sees it half deleted. OSError when it
+    cannot be removed."""
     try:
         remove_aside(folder)
     except FileNotFoundError:
         pass  # another run removed it first
-    except OSError as exc:
-        raise SampleError(f"cache entry {folder} is damaged and cannot be removed ({exc.strerror or exc}); remove it "
-                          "by hand or pass --no_cache") from None
 
 
 @contextmanager
@@ -167,8 +204,8 @@ def building(folder: str, key: dict):
             json.dump({**key, "sha256": sums}, f, indent=1)
         if is_ready(folder):
             return  # another run published the same artifact first; ours is discarded below
-        if os.path.isdir(folder):
-            shutil.rmtree(folder)  # an interrupted earlier build (no READY file)
+        if os.path.lexists(folder):
+            discard(folder)  # an interrupted earlier build (no READY file)
         os.rename(tmp, folder)
         settle(folder)
 
@@ -216,36 +253,53 @@ def artifact(cache: ArtifactCache | None, engine: str, version: str, model: torc
              precision: str, build: Callable[[str], None], **extra) -> Iterator[Artifact]:
     """The artifact, built by `build(folder)` unless cached; load the engine from it inside the `with` block.
 
-    Without a cache (`--no_cache`) it is built in a temporary folder that the end of the block removes, whatever
+    Without a cache (`--no_cache`), or where the cache's own files fail (a full disk, a path it cannot make, a
+    damaged entry it cannot remove), it is built in a temporary folder that the end of the block removes, whatever
     happens: a run leaves nothing behind in the temp dir.
     """
-    if cache is None:
-        tmp = tempfile.mkdtemp(prefix="unet-sample-build-")
+    built = None
+    if cache is not None:
+        folder, key = cache.folder(engine, version, model, shape, precision, **extra)
         try:
+            built = cached(cache, folder, key, build)
+        except OSError as exc:
+            cache.give_up(exc)
+    if built is None:
+        with temporary_folder(TEMPORARY) as tmp:
             build(tmp)
             yield Artifact(tmp, "compiled", kept=False)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return
-    folder, key = cache.folder(engine, version, model, shape, precision, **extra)
-    state, problem = "loaded", None
-    with build_lock(cache, folder):  # one process builds an entry; the others (the ranks of a host) wait, then load it
-        if is_ready(folder):
-            problem = verify(folder)  # never load a truncated, altered or incomplete entry: rebuild it
-            if problem:
-                discard(folder)
-        if not is_ready(folder):
-            with building(folder, key) as tmp:
-                build(tmp)
-            state = "compiled"
-            if problem:
-                print(f"note: cache entry {folder} failed its checksum ({problem}); rebuilt", file=sys.stderr)
     try:
-        yield Artifact(folder, state, kept=True)
+        yield built
     except SampleError:
         raise
     except Exception as exc:
-        if state != "loaded":
+        if built.state != "loaded":
             raise
-        raise SampleError(f"{engine} could not load its cached engine {folder} ({type(exc).__name__}: "
+        raise SampleError(f"{engine} could not load its cached engine {built.folder} ({type(exc).__name__}: "
                           f"{first_line(exc)}); remove that folder to rebuild it, or pass --no_cache") from None
+
+
+def cached(cache: ArtifactCache, folder: str, key: dict, build: Callable[[str], None]) -> Artifact | None:
+    """The entry `folder`, checked, or built and published there; None when it is not there and the cache can no
+    longer be written. OSError when the cache's own files fail (a build's, only for STORAGE_ERRORS)."""
+    problem, damage = occupied(folder), "is damaged"
+    with build_lock(cache, folder):  # one process builds an entry; the others (the ranks of a host) wait, then load it
+        if not problem and is_ready(folder):
+            problem, damage = verify(folder), "failed its checksum"  # never load a bad entry: rebuild it
+            if not problem:
+                return Artifact(folder, "loaded", kept=True)
+        if problem:
+            discard(folder)  # OSError when it cannot be removed: bypassed, as the cache's own failure
+        if cache.failed:
+            return None
+        with building(folder, key) as tmp:
+            try:
+                build(tmp)
+            except OSError as exc:
+                if exc.errno in STORAGE_ERRORS:
+                    raise
+                raise RuntimeError(str(exc)) from exc  # the build's own failure, not the cache's: the row fails
+    if problem:
+        print(f"note: cache entry {folder} {damage} ({problem}); rebuilt", file=sys.stderr)
+    return Artifact(folder, "compiled", kept=True)

@@ -6,7 +6,6 @@ torch.compile, which compiles on the first call: `load` makes that call, so its 
 """
 from __future__ import annotations
 
-import atexit
 import contextlib
 import copy
 import dataclasses
@@ -20,8 +19,9 @@ from contextlib import contextmanager
 import torch
 
 from engines.base import DTYPES, Engine, EngineOptions, torch_io
-from engines.cache import ArtifactCache, artifact
+from engines.cache import ArtifactCache, artifact, save_bytes, usable
 from engines.levers import Levers, apply_levers, levers_for
+from utils.builds import process_folder, temporary_folder
 from utils.device import describe_host, synchronizer
 from utils.errors import SampleError
 
@@ -30,6 +30,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 # Read before torch can set it: inductor writes its default into the environment the first time it looks.
 USER_CACHE_DIR = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
 AOTI_VERSION = "1"
+TEMPORARY = "unet-sample-inductor-"  # inductor's cache without ours (one of utils.builds.TEMPORARY)
 PACKAGE_FILE = "model.pt2"  # not PACKAGE: that names a pip package an engine needs (engines/__init__.py)
 
 
@@ -52,7 +53,8 @@ def inductor_options(**values):
 
 @contextmanager
 def inductor_cache(cache: ArtifactCache | None):
-    """Point inductor's own cache at `<cache>/engines/inductor` while it compiles (without our cache, a temporary one).
+    """Point inductor's own cache at `<cache>/engines/inductor` while it compiles (without our cache, or one that can
+    no longer be written, a temporary one).
 
     Inductor keys its cache by graph, weights and versions; the temporary folder goes afterwards (the compiled code is
     loaded by then). A TORCHINDUCTOR_CACHE_DIR the user set is theirs and is kept. Inductor also makes its global
@@ -66,18 +68,18 @@ def inductor_cache(cache: ArtifactCache | None):
     except (KeyError, OSError):  # no user name (a container without /etc/passwd): inductor names it otherwise
         default = ""
     existed = not default or os.path.exists(default)
-    folder, remove = (os.path.join(cache.root, "inductor"), False) if cache else _temporary_folder()
+    cache = usable(cache)
     previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")  # inductor may have written its default there
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
     try:
-        yield folder if cache else ""
+        with contextlib.ExitStack() as stack:
+            folder = os.path.join(cache.root, "inductor") if cache else _temporary_folder(stack)
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+            yield folder if cache else ""
     finally:
         if previous is None:
             os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
         else:
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
-        if remove:
-            shutil.rmtree(folder, ignore_errors=True)
         if not existed and os.path.isdir(default) and not any(files for _, _, files in os.walk(default)):
             shutil.rmtree(default, ignore_errors=True)
 
@@ -85,18 +87,17 @@ def inductor_cache(cache: ArtifactCache | None):
 _PROCESS_FOLDER: list[str] = []  # where torch 2.0's inductor writes for the whole process (see _temporary_folder)
 
 
-def _temporary_folder() -> tuple[str, bool]:
-    """A temporary folder for inductor's cache, and whether it goes when the compile ends. torch 2.0's inductor reads
-    its folder once and keeps it, and more (its ISA probes' files) with it: there one folder serves every compile of
-    the process and goes at exit (removed after the first compile, it broke the next: a second --no_cache row)."""
+def _temporary_folder(stack: contextlib.ExitStack) -> str:
+    """A temporary folder for inductor's cache, removed when `stack` closes. torch 2.0's inductor reads its folder
+    once and keeps it, and more (its ISA probes' files) with it: there one folder serves every compile of the process
+    and goes at exit (removed after the first compile, it broke the next: a second --no_cache row)."""
     import torch._inductor.codecache as codecache
 
     if not hasattr(codecache.cache_dir, "cache_clear"):  # read afresh at every use (torch >= 2.1)
-        return tempfile.mkdtemp(prefix="unet-sample-inductor-"), True
+        return stack.enter_context(temporary_folder(TEMPORARY))
     if not _PROCESS_FOLDER:
-        _PROCESS_FOLDER.append(tempfile.mkdtemp(prefix="unet-sample-inductor-"))
-        atexit.register(shutil.rmtree, _PROCESS_FOLDER[0], True)
-    return _PROCESS_FOLDER[0], False
+        _PROCESS_FOLDER.append(process_folder(TEMPORARY))
+    return _PROCESS_FOLDER[0]
 
 
 def aoti_available() -> bool:
@@ -181,8 +182,9 @@ def load_package(model: torch.nn.Module, example_shape: tuple, device: torch.dev
         # Freezing only applies to a graph compiled without grad (it then packs the CPU convolutions for oneDNN).
         with inductor_cache(None), torch.no_grad():
             exported = torch.export.export(net, (prepare(torch.rand(example_shape)),))
-            torch._inductor.aoti_compile_and_package(exported, package_path=os.path.join(folder, PACKAGE_FILE),
-                                                     inductor_configs=aoti_configs(device, mode, options.cache))
+            configs = aoti_configs(device, mode, usable(options.cache))
+            save_bytes(os.path.join(folder, PACKAGE_FILE), lambda buffer: torch._inductor.aoti_compile_and_package(
+                exported, package_path=buffer, inductor_configs=configs))
 
     version = f"{AOTI_VERSION}-aoti-torch{torch.__version__}-{device.type}"
     with artifact(options.cache, "inductor", version, model, example_shape, precision, build,
@@ -227,8 +229,9 @@ def compile_module(model: torch.nn.Module, example_shape: tuple, device: torch.d
     # Freezing folds weights and BatchNorm into constants; it needs the graph to run without grad. Inductor keeps
     # precompiled headers in its global temp folder whatever its cache dir says: they shorten a cold CPU compile, so
     # they stay on with our cache and are off with --no_cache, which promises to leave nothing behind (docs/engines.md).
+    headers = usable(options.cache) is not None
     with inductor_cache(options.cache) as cache_dir, \
-            inductor_options(freezing=device.type == "cpu", cpp_cache_precompile_headers=options.cache is not None):
+            inductor_options(freezing=device.type == "cpu", cpp_cache_precompile_headers=headers):
         run(example)
         sync()
     return Engine("inductor", device, precision, run, prepare, to_torch, sync,

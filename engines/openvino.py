@@ -6,7 +6,9 @@ async request per stream in flight and reports that as such (see `timed`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -16,7 +18,7 @@ from dataset.calibration import Calibration
 from engines.base import Engine, EngineOptions, Unsupported
 from engines.cache import artifact
 from engines.onnx_export import OPSET, export_onnx, host_array
-from utils.errors import SampleError
+from utils.errors import SampleError, first_line
 
 DEVICES = ("cpu",)
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -50,8 +52,18 @@ def build(folder: str, model: torch.nn.Module, shape: tuple, precision: str, cal
     if precision == "int8":
         ov_model = quantize_int8(ov_model, calibration)
     # Keep fp32 weights: the precision is chosen at compile time (INFERENCE_PRECISION_HINT), not baked in.
-    ov.save_model(ov_model, os.path.join(folder, "model.xml"), compress_to_fp16=False)
+    try:
+        ov.save_model(ov_model, os.path.join(folder, "model.xml"), compress_to_fp16=False)
+    except RuntimeError as exc:
+        raise write_error(folder, os.path.getsize(onnx_path), exc) from None
     os.remove(onnx_path)
+
+
+def write_error(folder: str, size: int, exc: RuntimeError) -> OSError:
+    """What OpenVINO's C++ writer meant by a bare "iostream error": a full disk when there is no room for the IR's
+    `size` bytes, else an I/O error; an OSError, so the cache can build without itself (engines/cache.py)."""
+    code = errno.ENOSPC if shutil.disk_usage(folder).free < size else errno.EIO
+    return OSError(code, f"{os.strerror(code)} (OpenVINO could not write its IR: {first_line(exc)})")
 
 
 def check_precision(core, target: str, precision: str) -> None:

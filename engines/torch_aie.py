@@ -11,7 +11,7 @@ import os
 import torch
 
 from engines.base import Engine, EngineOptions
-from engines.cache import artifact
+from engines.cache import artifact, save_bytes
 
 DEVICES = ("npu",)
 PRECISIONS = ("fp32", "fp16")
@@ -38,7 +38,7 @@ def build(folder: str, model: torch.nn.Module, shape: tuple, precision: str, soc
     traced = trace(copy.deepcopy(model).eval(), torch.rand(shape), freeze=False)
     compiled = torch_aie.compile(traced, inputs=[torch_aie.Input(tuple(shape))],
                                  precision_policy=policy(precision), soc_version=soc_version)
-    compiled.save(os.path.join(folder, "model.ts"))
+    save_bytes(os.path.join(folder, "model.ts"), lambda buffer: torch.jit.save(compiled, buffer))
 
 
 def load(model: torch.nn.Module, example_shape: tuple, device, precision: str, options: EngineOptions) -> Engine:

@@ -11,7 +11,7 @@ import warnings
 import torch
 
 from engines.base import DTYPES, RESIDENT, Engine, EngineOptions, torch_io
-from engines.cache import artifact
+from engines.cache import artifact, save_bytes
 from engines.levers import apply_levers, levers_for
 from utils.device import synchronizer
 
@@ -40,7 +40,8 @@ def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, pre
     def build(folder: str) -> None:
         net = copy.deepcopy(model).to(device=device, dtype=DTYPES[precision]).eval()
         net = net.to(memory_format=levers.memory_format)
-        torch.jit.save(trace(net, prepare(torch.rand(example_shape))), os.path.join(folder, "model.pt"))
+        traced = trace(net, prepare(torch.rand(example_shape)))
+        save_bytes(os.path.join(folder, "model.pt"), lambda buffer: torch.jit.save(traced, buffer))
 
     version = f"{ARTIFACT_VERSION}-torch{torch.__version__}-{device.type}"
     # A channels_last trace is its own cache entry; the NCHW key is unchanged.

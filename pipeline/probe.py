@@ -20,7 +20,7 @@ from pipeline.fidelity import BARS
 from pipeline.rows import Built
 from report.metrics import cosine_per_sample
 from utils.device import physical_cores, torch_threads, usable_cpus
-from utils.errors import SampleError, first_line
+from utils.errors import first_line
 
 PROBE_WARMUP = 2  # untimed calls first: TorchScript's profiling executor optimises on its second call
 PROBE_ROUNDS = 4  # interleaved calls per finalist after its first timed one
@@ -241,5 +241,5 @@ def _discard_losers(entries: list[dict], winner: str | None, options: EngineOpti
         if root and path and entry["engine"] != winner and os.path.realpath(path).startswith(root + os.sep):
             try:
                 discard(path)  # renamed aside first: no run sees a half-deleted entry
-            except SampleError:
+            except OSError:
                 pass  # it stays; the cache is still valid, only larger

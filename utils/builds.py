@@ -6,6 +6,7 @@ flock when its holder ends, however it ends, and unlike a pid it cannot be reuse
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -18,6 +19,9 @@ BUILDER = ".builder"  # in a build folder while it is built; never part of what 
 CLAIM = ".unet-sample-claim-"  # a build folder's name for the instant before its .builder file is locked
 CLAIM_LEFT_S = 3600.0  # a claim lasts microseconds: one this old was cut short by a kill
 STALE = ".stale-"  # a folder being deleted, renamed aside first; one left by a kill is swept like a claim
+TEMP_STALE = ".unet-sample-stale-"  # STALE in the shared temp dir, where a bare .stale-* may be another program's
+# Every temporary folder a run makes (engine builds, a generated set, inductor's cache): any one made sweeps them all.
+TEMPORARY = ("unet-sample-build-", "unet-sample-data-", "unet-sample-inductor-")
 
 
 @contextlib.contextmanager
@@ -96,9 +100,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def sweep(parent: str, prefix: str) -> list[str]:
+def sweep(parent: str, prefix: str | tuple[str, ...], stale: str = STALE) -> list[str]:
     """Remove the build folders `<parent>/<prefix>*` whose builder has ended (a run killed while it built), and
-    claims older than an hour; the folders removed. A live build, here or in another process, stays."""
+    claims and `<stale>*` folders older than an hour; the folders removed. A live build, here or in another process,
+    stays."""
     removed = []
     try:
         names = os.listdir(parent)
@@ -108,22 +113,43 @@ def sweep(parent: str, prefix: str) -> list[str]:
     for name in names:
         path = os.path.join(parent, name)
         try:
-            if name.startswith((CLAIM, STALE)) and now - os.lstat(path).st_mtime > CLAIM_LEFT_S:
+            if name.startswith((CLAIM, stale)) and now - os.lstat(path).st_mtime > CLAIM_LEFT_S:
                 shutil.rmtree(path, ignore_errors=True)  # aside already: no run reads it
                 removed.append(path)
             elif name.startswith(prefix) and os.path.isdir(path) and _builder_gone(path):
-                remove_aside(path)
+                remove_aside(path, stale)
                 removed.append(path)
         except OSError:
             continue  # another run removed it first, or a read-only cache: it stays, harmless
     return removed
 
 
-def remove_aside(path: str) -> None:
-    """Delete the folder `path`, renamed aside into a fresh `.stale-*` folder first (one atomic step: no run sees it
-    half deleted). OSError when it cannot be moved (FileNotFoundError: another run removed it first)."""
-    aside = tempfile.mkdtemp(prefix=STALE, dir=os.path.dirname(path))
+def remove_aside(path: str, stale: str = STALE) -> None:
+    """Delete `path` (a folder, or whatever occupies its name), renamed aside into a fresh `<stale>*` folder first (one
+    atomic step: no run sees it half deleted). OSError when it cannot be moved (FileNotFoundError: another run
+    removed it first)."""
+    aside = tempfile.mkdtemp(prefix=stale, dir=os.path.dirname(path))
     try:
         os.rename(path, os.path.join(aside, "entry"))
     finally:
         shutil.rmtree(aside, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def temporary_folder(prefix: str) -> Iterator[str]:
+    """A new `<temp dir>/<prefix>XXXX` for the block, locked as a build folder (so no other run removes it while it
+    is in use) and removed at the end; first the TEMPORARY folders that runs killed before their end left are
+    removed."""
+    parent = tempfile.gettempdir()
+    sweep(parent, TEMPORARY + (prefix,), TEMP_STALE)
+    with build_folder(parent, prefix) as folder:
+        yield folder
+
+
+_PROCESS = contextlib.ExitStack()  # the folders of process_folder, removed at exit
+atexit.register(_PROCESS.close)
+
+
+def process_folder(prefix: str) -> str:
+    """A `temporary_folder` kept (and locked) until the process exits."""
+    return _PROCESS.enter_context(temporary_folder(prefix))
