@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -145,10 +146,14 @@ def test_two_signals_pending_together_are_taken_in_the_order_they_came():
         os.kill(os.getpid(), signal.SIGINT)
 
     a = torch.randn(1500, 1500)
-    with Interrupts(STOPPING) as interrupts, pytest.raises(KeyboardInterrupt):
-        sender = threading.Timer(0.05, terminate_then_interrupt)
-        sender.start()
-        for _ in range(200):  # one long C call after another: the handlers wait for its end
-            torch.mm(a, a)
-    sender.join()
-    assert interrupts.first == "SIGTERM" and interrupts.status(0) == 143
+    sender = threading.Timer(0.05, terminate_then_interrupt)
+    with Interrupts(STOPPING) as interrupts:
+        with pytest.raises(KeyboardInterrupt):
+            sender.start()
+            for _ in range(200):  # one long C call after another: the handlers wait for its end
+                torch.mm(a, a)
+        sender.join()  # both signals are ours: none may reach the test runner's own handlers after the block
+        deadline = time.monotonic() + 10
+        while interrupts.count < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert interrupts.count == 2 and interrupts.first == "SIGTERM" and interrupts.status(0) == 143
