@@ -79,9 +79,9 @@ def resize_bicubic(rgb: Image.Image, size: tuple[int, int]) -> np.ndarray:
     """Antialiased bicubic to size=(W, H), as Pillow's resize: torch's uint8 kernel (written to match Pillow's, within
     one grey level on about 0.1 % of values, and several times faster), else Pillow itself."""
     if rgb.size == size:
-        return np.asarray(rgb)
+        return np.array(rgb)  # writable (np.asarray's is read-only, which torch.from_numpy warns about)
     if not TORCH_RESIZE:
-        return np.asarray(rgb.resize(size, resample=Image.BICUBIC))
+        return np.array(rgb.resize(size, resample=Image.BICUBIC))
     x = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None]  # a writable copy (np.asarray's is read-only)
     y = torch.nn.functional.interpolate(x, size=(size[1], size[0]), mode="bicubic", antialias=True, align_corners=False)
     return y[0].permute(1, 2, 0).numpy()
@@ -111,7 +111,7 @@ def resized(rgb: Image.Image, size: tuple[int, int], decode: str) -> np.ndarray:
     of `nvjpeg`: the files it leaves to the CPU)."""
     if decode != "exact":
         return resize_bicubic(rgb, size)
-    return np.asarray(rgb if rgb.size == size else rgb.resize(size, resample=Image.BICUBIC))
+    return np.array(rgb if rgb.size == size else rgb.resize(size, resample=Image.BICUBIC))  # writable, as above
 
 
 def load_image(path: str, size: tuple[int, int], decode: str = "exact", clock: list[float] | None = None,
