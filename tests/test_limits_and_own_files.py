@@ -181,3 +181,19 @@ def test_a_cache_that_cannot_be_written_is_not_used_and_said_once(tmp_path, monk
     assert os.path.basename(folder).startswith("unet-sample-data-") and os.path.isdir(folder)
     utils.builds._PROCESS.close()  # what happens at exit
     assert not os.path.exists(folder)
+
+
+def test_an_output_folder_the_run_made_goes_when_it_is_stopped_before_its_first_file(small_set, tmp_path,
+                                                                                     monkeypatch):
+    import pipeline.run
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C once the output folder is made, before any row
+
+    out = tmp_path / "new" / "out"
+    argv = FAST + ["--image_path", small_set[0], "--mask_path", small_set[1], "--output", str(out)]
+    monkeypatch.setattr(pipeline.run, "engine_options", interrupted)
+    assert sample.main(argv) == 130
+    assert not (tmp_path / "new").exists()  # both levels were this run's, and empty
+    monkeypatch.undo()
+    assert sample.main(argv) == 0 and len(os.listdir(out)) == 3  # a run that wrote its masks keeps its folder

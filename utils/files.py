@@ -250,16 +250,22 @@ def check_destination(path: str, *, folder: bool, overwrite: bool, flag: str, lo
         if not os.access(target, os.W_OK | os.X_OK):
             raise SampleError(f"cannot write to {target} ({flag}): permission denied")
         if folder and locks is not None:
+            locks.callback(_remove_empty, list(created))  # after the lock's release (LIFO): a run that wrote nothing
             locks.enter_context(FolderLock(path, flag))
     except FolderInUse:
         raise  # the folder is another run's now, whoever made it: nothing of it is ours to remove
     except BaseException:
-        for made in reversed(created):  # only folders this run made, and only while empty
-            with contextlib.suppress(OSError):
-                os.rmdir(made)
+        _remove_empty(created)  # only folders this run made, and only while empty
         raise
     if folder and not overwrite and [f for f in os.listdir(path) if f != LOCK_NAME]:
         raise SampleError(f"{flag} folder {path} exists and is not empty; pass --overwrite or choose another folder")
+
+
+def _remove_empty(created: list[str]) -> None:
+    """Remove the folders a run made that are still empty at its end (interrupted before its first file)."""
+    for made in reversed(created):
+        with contextlib.suppress(OSError):
+            os.rmdir(made)
 
 
 def _make_folders(folder: str, created: list[str]) -> None:
