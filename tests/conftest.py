@@ -194,7 +194,10 @@ def pytest_configure(config):
     the libraries' own home folders all land in it, so a test never reads a cache that an earlier run (or a user)
     left in the home folder, and never writes one there.
     """
-    root = tempfile.mkdtemp(prefix="unet-sample-tests-")
+    from utils.builds import process_folder
+
+    # Locked while the session lives, like a run's temporary folders: one a killed session left is removed by the next.
+    root = process_folder("unet-sample-tests-")
     config._unet_sample_root = root
     os.environ.update(isolated_environment(root))
     tempfile.tempdir = root
