@@ -35,7 +35,7 @@ from utils.signals import Interrupts
 
 VISIBLE = {"cuda": "CUDA_VISIBLE_DEVICES", "npu": "ASCEND_RT_VISIBLE_DEVICES"}
 BACKENDS = {"cuda": "nccl", "npu": "hccl"}  # the device's own; the ranks' messages always go over gloo
-INTERRUPTED = "interrupted before any engine row finished; nothing was written"
+INTERRUPTED = "interrupted before any engine row finished{by}; nothing was written"
 
 
 def rank_device(text: str | None, local_rank: int) -> tuple[str, str | None]:
@@ -251,7 +251,7 @@ class World(Syncs, Gather):
         prints its own."""
         if exc is None:
             by = self.interrupts.first if self.interrupts is not None else None
-            message, status = INTERRUPTED.replace("finished", f"finished ({by})", 1) if by else INTERRUPTED, 130
+            message, status = INTERRUPTED.format(by=f" ({by})" if by else ""), 130
         elif isinstance(exc, SampleError):
             message, status = str(exc), exc.status if isinstance(exc, Stopped) else 1
         else:
