@@ -91,9 +91,8 @@ def _temporary_folder(stack: contextlib.ExitStack) -> str:
     """A temporary folder for inductor's cache, removed when `stack` closes. torch 2.0's inductor reads its folder
     once and keeps it, and more (its ISA probes' files) with it: there one folder serves every compile of the process
     and goes at exit (removed after the first compile, it broke the next: a second --no_cache row)."""
-    import torch._inductor.codecache as codecache
-
-    if not hasattr(codecache.cache_dir, "cache_clear"):  # read afresh at every use (torch >= 2.1)
+    # Told by the version, not by importing inductor: that import makes the cache folder the environment names now.
+    if torch.__version__ >= "2.1":  # read afresh at every use
         return stack.enter_context(temporary_folder(TEMPORARY))
     if not _PROCESS_FOLDER:
         _PROCESS_FOLDER.append(process_folder(TEMPORARY))
@@ -215,7 +214,6 @@ def compile_module(model: torch.nn.Module, example_shape: tuple, device: torch.d
     prepare, to_torch = torch_io(device, precision)
     example = prepare(torch.rand(example_shape))
     sync = synchronizer(device)
-    compiled = torch.compile(net, mode=mode, dynamic=False)  # lazy: it compiles on the first call, below
     # max-autotune on CUDA captures CUDA graphs itself, whose output buffer the next call overwrites: a copy keeps
     # Engine's contract (what run returns stays the caller's).
     own_graphs = device.type == "cuda" and mode == "max-autotune"
@@ -232,6 +230,8 @@ def compile_module(model: torch.nn.Module, example_shape: tuple, device: torch.d
     headers = usable(options.cache) is not None
     with inductor_cache(options.cache) as cache_dir, \
             inductor_options(freezing=device.type == "cpu", cpp_cache_precompile_headers=headers):
+        # Made here: torch.compile's imports make inductor's cache folder, which must be ours (or go with it).
+        compiled = torch.compile(net, mode=mode, dynamic=False)  # lazy: it compiles on the first call, just below
         run(example)
         sync()
     return Engine("inductor", device, precision, run, prepare, to_torch, sync,
