@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -15,6 +16,13 @@ import pytest
 import sample
 from tests.test_hostile import FAST, LOCK_NAME, SAMPLE, drive, finish, make_set, no_traceback, read_csv
 from utils.streams import Guarded
+
+
+def to_main_thread(signum: int) -> None:
+    """A signal for this process's main thread alone: os.kill may hand it to another thread a moment later, after the
+    test has put back the default handlers, and SIGTERM's default would kill the test runner's worker."""
+    signal.pthread_kill(threading.main_thread().ident, signum)
+
 
 # One thread each: the processes of a test run side by side. LOUD: the progress bars and notes reach stderr too.
 QUIET = FAST + ["--threads", "1"]
@@ -117,7 +125,7 @@ def test_a_signal_ignored_at_start_stays_ignored_and_one_after_the_report_change
 
     def finish_then_terminate(*args, **kwargs):
         code = finish_(*args, **kwargs)
-        os.kill(os.getpid(), signal.SIGTERM)
+        to_main_thread(signal.SIGTERM)
         return code
 
     monkeypatch.setattr(pipeline.passes, "measure", hang_up_then_measure)
@@ -135,15 +143,14 @@ def test_a_signal_ignored_at_start_stays_ignored_and_one_after_the_report_change
 def test_two_signals_pending_together_are_taken_in_the_order_they_came():
     """Python runs the handlers of signals pending together lowest number first: SIGTERM then Ctrl-C, both landing
     while the main thread is in C code, must still read as SIGTERM (143), the one that came first."""
-    import threading
 
     import torch
 
     from utils.signals import STOPPING, Interrupts
 
     def terminate_then_interrupt():
-        os.kill(os.getpid(), signal.SIGTERM)
-        os.kill(os.getpid(), signal.SIGINT)
+        to_main_thread(signal.SIGTERM)
+        to_main_thread(signal.SIGINT)
 
     a = torch.randn(1500, 1500)
     sender = threading.Timer(0.05, terminate_then_interrupt)
