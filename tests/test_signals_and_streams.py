@@ -14,7 +14,7 @@ import time
 import pytest
 
 import sample
-from tests.test_hostile import FAST, LOCK_NAME, SAMPLE, drive, finish, make_set, no_traceback, read_csv
+from tests.test_hostile import FAST, LOCK_NAME, ROOT, SAMPLE, drive, finish, make_set, no_traceback, read_csv
 from utils.streams import Guarded
 
 
@@ -109,35 +109,40 @@ def test_help_into_a_full_stdout_is_an_error_not_a_silent_exit_0(monkeypatch, ca
     assert "error: cannot write to stdout: No space left on device" in capsys.readouterr().err
 
 
-def test_a_signal_ignored_at_start_stays_ignored_and_one_after_the_report_changes_no_exit_status(small_set, tmp_path,
-                                                                                                  monkeypatch):
+LATE = """
+import json, os, signal, sys, threading
+sys.path.insert(0, sys.argv[1])
+import pipeline.passes, pipeline.run, sample
+measure, finish = pipeline.passes.measure, pipeline.run.finish
+
+def hang_up_then_measure(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGHUP)
+    return measure(*args, **kwargs)
+
+def finish_then_terminate(*args, **kwargs):
+    code = finish(*args, **kwargs)
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+    return code
+
+pipeline.passes.measure, pipeline.run.finish = hang_up_then_measure, finish_then_terminate
+signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup starts a process
+code = sample.main(sys.argv[2:])
+print(json.dumps({"code": code, "sigterm_default": signal.getsignal(signal.SIGTERM) is signal.SIG_DFL}))
+"""
+
+
+def test_a_signal_ignored_at_start_stays_ignored_and_one_after_the_report_changes_no_exit_status(small_set, tmp_path):
     """`nohup` starts a run with SIGHUP ignored: the run must outlive the terminal. A `timeout` SIGTERM that lands
-    once the report is out finds a complete run: exit 0, not 143."""
-    import pipeline.passes
-    import pipeline.run
-
+    once the report is out finds a complete run: exit 0, not 143. In a process of its own: a signal a test sends
+    itself must never reach the test runner's worker."""
     images, masks = small_set
-    measure, finish_ = pipeline.passes.measure, pipeline.run.finish
-
-    def hang_up_then_measure(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGHUP)
-        return measure(*args, **kwargs)
-
-    def finish_then_terminate(*args, **kwargs):
-        code = finish_(*args, **kwargs)
-        to_main_thread(signal.SIGTERM)
-        return code
-
-    monkeypatch.setattr(pipeline.passes, "measure", hang_up_then_measure)
-    monkeypatch.setattr(pipeline.run, "finish", finish_then_terminate)
-    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    try:
-        code = sample.main(QUIET + ["--image_path", images, "--mask_path", masks, "--json", str(tmp_path / "r.json")])
-    finally:
-        signal.signal(signal.SIGHUP, previous)
+    argv = QUIET + ["--image_path", images, "--mask_path", masks, "--json", str(tmp_path / "r.json")]
+    done = subprocess.run([sys.executable, "-c", LATE, ROOT] + argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and no_traceback(done.stderr), done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
     report = json.loads((tmp_path / "r.json").read_text())
-    assert code == 0 and report["partial"] is False and report["rows"][0]["images"] == 3
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # a library call puts the handlers back
+    assert result["code"] == 0 and report["partial"] is False and report["rows"][0]["images"] == 3
+    assert result["sigterm_default"]  # a library call puts the handlers back
 
 
 def test_two_signals_pending_together_are_taken_in_the_order_they_came():
