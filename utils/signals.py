@@ -22,7 +22,8 @@ def _main_thread() -> bool:
 
 class Arrivals:
     """The order signals came in. Python runs the handlers of signals pending together lowest number first (SIGINT
-    before an earlier SIGTERM), but its C-level handler writes each number to the wakeup fd the moment it lands."""
+    before an earlier SIGTERM), but its C-level handler writes each number to the wakeup fd the moment it lands. (Two
+    signals the kernel holds at once, while the process is not running, land lowest number first: no order is left.)"""
 
     def __init__(self):
         self.read, self.write = os.pipe()
