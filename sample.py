@@ -29,6 +29,7 @@ from pipeline.distributed import World
 from pipeline.run import run
 from utils.errors import SampleError
 from utils.files import escape_streams
+from utils.timing import PERCENTILES
 
 
 def whole_number(text: str) -> int:
@@ -119,12 +120,44 @@ def get_args_parser() -> argparse.ArgumentParser:
                      default=1800, metavar="S",
                      help="under torchrun: how long a rank waits for the others at a sync before the run ends with an "
                           "error (default 1800 s)")
+    add_timing_arguments(p.add_argument_group("timing"))
     add_engine_options(p.add_argument_group("engine options"))
     out = p.add_argument_group("output")
     out.add_argument("--json", metavar="PATH", help="write the report as JSON")
     out.add_argument("--quiet", action="store_true", help="no progress bars")
     add_result_arguments(p)
     return p
+
+
+def seconds(text: str) -> float:
+    """An argparse type: seconds from 0 to a day."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 86400 s (a day), got {text}")
+    return value
+
+
+def percentiles(text: str) -> tuple[float, ...]:
+    """An argparse type: a comma list of percentiles in (0, 100], sorted, each once."""
+    try:
+        values = sorted({float(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of numbers such as 50,90,99, got {text!r}") from None
+    if not values or not all(0 < v <= 100 for v in values):
+        raise argparse.ArgumentTypeError(f"percentiles lie in (0, 100], got {text!r}")
+    return tuple(values)
+
+
+def add_timing_arguments(timing) -> None:
+    timing.add_argument("--min_duration", type=seconds, metavar="S",
+                        help="time each engine until both --loop calls and S seconds of calls are done (default 0: "
+                             "exactly --loop calls, as the original sample timed)")
+    timing.add_argument("--percentiles", type=percentiles, default=PERCENTILES, metavar="P,P",
+                        help="latency percentiles to report (default 50,90,99); every median also carries its "
+                             "distribution-free 95 %% confidence interval")
 
 
 def add_data_arguments(data) -> None:

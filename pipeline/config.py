@@ -44,6 +44,8 @@ class RunConfig:
     batch_size: int
     loop: int
     warm_counter: int
+    min_duration: Optional[float]
+    percentiles: tuple
     threads: Optional[int]
     no_reference: bool
     reference: str

@@ -108,7 +108,9 @@ def _merge_timing(results: list[RowResult]) -> Timing | None:
         return None
     latencies = [ms for t in timed for ms in t.latencies_ms]
     per_call = max(1, round(timed[0].fps * timed[0].timed_s / timed[0].calls))
-    timing = summarize([ms / 1000.0 for ms in latencies], per_call)
+    percentiles = [p.percentile for p in timed[0].latency_percentiles]
+    loads = [t.load_average for t in timed if t.load_average is not None]
+    timing = summarize([ms / 1000.0 for ms in latencies], per_call, percentiles, max(loads) if loads else None)
     return dataclasses.replace(timing, latencies_ms=latencies, fps=sum(t.fps for t in timed))
 
 

@@ -17,7 +17,7 @@ from engines.base import Engine
 from report.metrics import Accuracy
 from utils.device import synchronizer
 from utils.signals import held
-from utils.timing import Split, Timing, measure, summarize
+from utils.timing import Split, Timing, load_average, measure, summarize
 
 
 def _reduced_fp32_flags(device: torch.device) -> list[tuple[object, str]]:
@@ -124,6 +124,16 @@ class PassResult:
     @property
     def e2e_fps(self) -> float | None:
         return self.images / self.e2e_s if self.e2e_s > 0 and self.images else None
+
+
+class Timed(Protocol):
+    """How a row is timed (pipeline.rows.Job): calls, warm-up, seconds at least, the percentiles to report."""
+
+    loop: int
+    warmup: int
+    min_duration_s: float
+    percentiles: tuple
+    show_progress: bool
 
 
 class BatchHook(Protocol):
@@ -233,12 +243,14 @@ def _logits(engine: Engine, output) -> torch.Tensor:
     return engine.to_torch(output)
 
 
-def timing_pass(engine: Engine, batch: torch.Tensor, loop: int, warmup: int, show_progress: bool = True) -> Timing:
-    """Warm up, then time `loop` engine calls on one batch already in the engine's native form."""
+def timing_pass(engine: Engine, batch: torch.Tensor, job: Timed) -> Timing:
+    """Warm up, then time the engine's calls on one batch already in its native form: `job.loop` calls, and more until
+    `job.min_duration_s` seconds are timed; the machine's load average is kept beside the figures."""
     native = engine.prepare(batch)
     engine.synchronize()
-    with tqdm(total=loop, desc=f"timing {engine.name} {engine.precision}", unit="call", disable=not show_progress,
-              leave=False) as bar:
+    with tqdm(total=job.loop, desc=f"timing {engine.name} {engine.precision}", unit="call",
+              disable=not job.show_progress, leave=False) as bar:
         call = engine.run_parallel or engine.run
-        latencies = measure(call, native, engine.synchronize, loop=loop, warmup=warmup, progress=bar.update)
-    return summarize(latencies, batch.shape[0] * engine.parallel)
+        latencies = measure(call, native, engine.synchronize, loop=job.loop, warmup=job.warmup, progress=bar.update,
+                            min_duration_s=job.min_duration_s)
+    return summarize(latencies, batch.shape[0] * engine.parallel, job.percentiles, load_average())

@@ -20,7 +20,7 @@ from report.outputs import Outputs, RowOutputs
 from report.results import FailedImage, PerImage, RankPart, Row, Skip
 from utils.device import torch_threads
 from utils.errors import SampleError, first_line
-from utils.timing import Timing
+from utils.timing import PERCENTILES, Timing
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
@@ -111,6 +111,8 @@ class Job:
     loop: int = 10
     warmup: int = 2
     show_progress: bool = True
+    min_duration_s: float = 0.0  # timed calls go on until both `loop` calls and this many seconds are done
+    percentiles: tuple = PERCENTILES
 
 
 @dataclass(frozen=True)
@@ -228,7 +230,7 @@ def run_row(row: PlannedRow, job: Job) -> RowResult:
         timing = None
         if not passed.interrupted and passed.timing_batch is not None:
             try:
-                timing = timing_pass(engine, passed.timing_batch, job.loop, job.warmup, job.show_progress)
+                timing = timing_pass(engine, passed.timing_batch, job)
             except KeyboardInterrupt:
                 passed.interrupted = True  # the accuracy pass finished: its figures are a result; the timing is lost
         if passed.interrupted and hook:

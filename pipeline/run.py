@@ -101,7 +101,8 @@ def prepare(config: RunConfig, world: World, locks: contextlib.ExitStack | None)
     loader = Loader(config.image_size, config.batch_size, config.workers, decode, device.type == "cuda",
                     device_decoder)
     job = Job(model, shape, device, lambda: iter_dataset(dataset, loader), len(dataset), options, outputs,
-              reference, config.loop, config.warm_counter, show_progress=not config.quiet)
+              reference, config.loop, config.warm_counter, show_progress=not config.quiet,
+              min_duration_s=config.min_duration or 0.0, percentiles=config.percentiles)
     return Prepared(job, plan, skipped, info, precisions, device_decoder)
 
 
@@ -115,7 +116,8 @@ def run_info(config: RunConfig, facts: dict, dataset: Dataset, data_label: str, 
         command=config.command, started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         batch_size=config.batch_size, loop=config.loop, warm_counter=config.warm_counter, torch=torch.__version__,
         threads=torch.get_num_threads(), host=describe_host(device),
-        artifact_cache=options.cache.root if options.cache else None)
+        artifact_cache=options.cache.root if options.cache else None, min_duration_s=config.min_duration or 0.0,
+        percentiles=list(config.percentiles))
     if options.calibration:
         info.calibration_images = options.calibration.images
         info.calibration = options.calibration.describe()

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from report.metrics import Agreement, NonFinite, Scores
-from utils.timing import Timing
+from utils.timing import PERCENTILES, Timing
 
 
 @dataclass(frozen=True)
@@ -144,6 +144,8 @@ class RunInfo:
     decode_fallbacks: Optional[list[str]] = None
     conversions: Optional[list[dict]] = None  # files not 8-bit RGB (or not plain mask bands), as dataset.modes says
     distributed: Optional[dict] = None
+    min_duration_s: float = 0.0  # timed calls go on until this many seconds are done too
+    percentiles: list[float] = field(default_factory=lambda: list(PERCENTILES))
 
 
 @dataclass(frozen=True)

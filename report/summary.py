@@ -9,9 +9,11 @@ from report.metrics import name_nonfinite
 from report.notes import config_notes
 from report.ranks import rank_lines
 from report.results import Report, Row, RunInfo
-from utils.timing import SPLIT_MAIN
+from utils.device import usable_cpus
+from utils.timing import PERCENTILES, SPLIT_MAIN, UNSTABLE, Timing, median_min_calls
 
-COLUMNS: list[tuple[str, Callable[[Row], object], str]] = [  # (header, figure, format)
+PERCENTILE_COLUMNS = ("p", None, "{:.1f}")
+COLUMNS: list[tuple[str, Callable[[Row], object] | None, str]] = [  # (header, figure, format)
     ("engine", lambda r: r.engine, "{}"),
     ("device", lambda r: r.device, "{}"),
     ("prec", lambda r: r.precision, "{}"),
@@ -24,8 +26,8 @@ COLUMNS: list[tuple[str, Callable[[Row], object], str]] = [  # (header, figure, 
     ("fidelity", lambda r: r.gate.fidelity, "{}"),
     ("dice delta", lambda r: r.gate.dice_delta, "{:+.4f}"),
     ("median ms", lambda r: r.timing and r.timing.latency_median_ms, "{:.1f}"),
-    ("p90 ms", lambda r: r.timing and r.timing.latency_p90_ms, "{:.1f}"),
-    ("p99 ms", lambda r: r.timing and r.timing.latency_p99_ms, "{:.1f}"),
+    ("±95%", lambda r: interval_cell(r.timing), "{}"),
+    PERCENTILE_COLUMNS,  # the run's --percentiles but the median: p90 ms, p99 ms by default
     ("fps", lambda r: r.timing and r.timing.fps, "{:.3f}"),
     ("e2e fps", lambda r: r.e2e_fps, "{:.3f}"),
     ("compile s", lambda r: r.compile_s, "{:.1f}"),
@@ -40,10 +42,37 @@ def cell(value, fmt: str) -> str:
     return fmt.format(value)
 
 
-def format_table(rows: list[Row]) -> str:
-    """Rows aligned under COLUMNS; '-' where a figure was not measured (no masks, no reference)."""
-    cells = [[h for h, _, _ in COLUMNS]] + [[cell(figure(r), f) for _, figure, f in COLUMNS] for r in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+def interval_cell(timing: Timing | None) -> str | None:
+    """The median's 95 % interval as ± a share of it, '!' past 5 % (unstable); 'n<6' with too few calls for one."""
+    if timing is None:
+        return None
+    half = timing.ci_half_width
+    if half is None:
+        return f"n<{median_min_calls()}"
+    return f"{half * 100:.1f}%" + ("!" if timing.unstable else "")
+
+
+def _percentile(p: float) -> Callable[[Row], float | None]:
+    def figure(row: Row) -> float | None:
+        found = [q.ms for q in row.timing.latency_percentiles if q.percentile == p] if row.timing else []
+        return found[0] if found else None
+    return figure
+
+
+def columns(percentiles: list[float]) -> list[tuple[str, Callable[[Row], object], str]]:
+    """COLUMNS with one column per reported percentile in place of PERCENTILE_COLUMNS (the median has its own)."""
+    shown = [(f"p{p:g} ms", _percentile(p), "{:.1f}") for p in percentiles if p != 50]
+    out = []
+    for column in COLUMNS:
+        out.extend(shown if column is PERCENTILE_COLUMNS else [column])
+    return out
+
+
+def format_table(rows: list[Row], percentiles: list[float] = PERCENTILES) -> str:
+    """Rows aligned under the columns; '-' where a figure was not measured (no masks, no reference)."""
+    table = columns(list(percentiles))
+    cells = [[h for h, _, _ in table]] + [[cell(figure(r), f) for _, figure, f in table] for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(table))]
     lines = ["  ".join(c.rjust(w) if i > 2 else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
              for line in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -67,10 +96,35 @@ def header_lines(c: RunInfo) -> list[str]:
         f"weights    {c.weights}",
         f"data       {c.data}",
         f"images     {c.images} at {c.image_size[0]}x{c.image_size[1]}, batch {c.batch_size}{unpaired}",
-        f"timing     {c.warm_counter} warm-up + {c.loop} timed calls per engine; torch {c.torch}, "
+        f"timing     {c.warm_counter} warm-up + {c.loop} timed calls per engine{_at_least(c)}; torch {c.torch}, "
         f"{c.threads} CPU threads",
         f"host       {describe(c.host)}",
     ]
+
+
+def _at_least(c: RunInfo) -> str:
+    return f", and more until {c.min_duration_s:g} s are timed" if c.min_duration_s else ""
+
+
+def stability_line(row: Row) -> str | None:
+    """Why a row's median is not to be trusted: its 95 % interval is wide (and how busy the machine was), or there
+    were too few calls for an interval at all."""
+    t = row.timing
+    if t is None or not t.calls:
+        return None
+    if t.latency_median_ci_ms is None:
+        return (f"{row.label}: {t.calls} timed call(s) are too few for a 95 % interval of the median (it takes "
+                f"{median_min_calls()}); raise --loop or set --min_duration")
+    if not t.unstable:
+        return None
+    low, high = t.latency_median_ci_ms
+    cpus = usable_cpus()
+    busy = ("the machine was busy" if t.load_average > cpus else "the machine was not busy: the engine's own "
+            "times spread (another process's bursts, frequency scaling, a bimodal engine)") \
+        if t.load_average is not None else "no load average on this platform"
+    load = f"load average {t.load_average:g} on {cpus} usable CPU(s): " if t.load_average is not None else ""
+    return (f"{row.label}: unstable: the median's 95 % interval is {low:.1f}-{high:.1f} ms (±{t.ci_half_width:.1%}, "
+            f"over {UNSTABLE:.0%}); {load}{busy}; rerun on a quiet machine, or raise --loop / --min_duration")
 
 
 def legend_lines(report: Report) -> list[str]:
@@ -87,6 +141,8 @@ def legend_lines(report: Report) -> list[str]:
     lines.append("fidelity: worst cosine vs the precision's bar (fp32 0.99999, fp16/bf16 0.999, int8 0.99; "
                  "LOW = below); dice delta = dice - eager fp32 dice on the same images (at model size); "
                  "artifact: compiled now or loaded from the cache")
+    lines.append("±95%: half the width of the median's distribution-free 95 % interval (order statistics), as a share "
+                 f"of the median; '!' past {UNSTABLE:.0%}: unstable; 'n<{median_min_calls()}': too few calls for one")
     return lines
 
 
@@ -98,6 +154,9 @@ def row_lines(row: Row, c: RunInfo) -> list[str]:
                      + ("" if row.timing else ", and it has no timing"))
     lines.append(f"{label}: timed region = {row.timed_region}; first call {cell(row.first_call_ms, '{:.1f}')} ms; "
                  f"compile / export {row.compile_s:.1f} s ({row.artifact})")
+    stability = stability_line(row)
+    if stability:
+        lines.append(stability)
     if row.split_s and row.images:
         lines.append(f"{label}: {format_split(row.split_s, row.images, c)}")
     if row.model_res is not None and row.model_res.dice is not None:
@@ -121,7 +180,7 @@ def format_report(report: Report, json_path: str | None = None, worst: str = "")
     """The human-readable report: what was run on what, the table, the notes that qualify the numbers, the `worst`
     images' lines, and where every file went (`json_path`: the JSON report, when it was written)."""
     c = report.info
-    lines = header_lines(c) + ["", format_table(report.rows), ""] + legend_lines(report)
+    lines = header_lines(c) + ["", format_table(report.rows, c.percentiles), ""] + legend_lines(report)
     for row in report.rows:
         lines.extend(row_lines(row, c))
     for skip in report.skipped:

@@ -180,11 +180,13 @@ def test_aliases_and_unknown_names():
 def test_openvino_throughput_hint_times_concurrent_requests():
     need("openvino")
     from pipeline.passes import timing_pass
+    from pipeline.rows import Job
 
     options = EngineOptions(openvino_hint="throughput")
     engine = engines.load("openvino", torch.nn.Conv2d(3, 2, 1), SHAPE, CPU, options=options)
     assert engine.parallel >= 1 and "async infer requests" in engine.timed
-    stats = timing_pass(engine, torch.rand(SHAPE), loop=2, warmup=1, show_progress=False)
+    stats = timing_pass(engine, torch.rand(SHAPE), Job(None, SHAPE, CPU, lambda: iter(()), 0, loop=2, warmup=1,
+                                                        show_progress=False))
     assert stats.fps == pytest.approx(2 * engine.parallel / stats.timed_s)
 
 
