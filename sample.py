@@ -27,6 +27,7 @@ from engines.levers import SETTINGS
 from pipeline.config import RunConfig, memory_problem, output_problem
 from pipeline.distributed import World
 from pipeline.run import run
+from pipeline.scenarios import SCENARIOS
 from utils.errors import SampleError
 from utils.files import escape_streams
 from utils.timing import PERCENTILES
@@ -151,10 +152,47 @@ def percentiles(text: str) -> tuple[float, ...]:
     return tuple(values)
 
 
+def scenarios(text: str) -> tuple[str, ...]:
+    """An argparse type: a comma list of loop and MLPerf LoadGen scenarios, each once, in the order given."""
+    names = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))
+    unknown = [n for n in names if n not in ("loop", *SCENARIOS)]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"unknown scenario(s) {', '.join(unknown) or text!r}; valid: loop, "
+                                         f"{', '.join(SCENARIOS)}")
+    return names
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 def add_timing_arguments(timing) -> None:
+    timing.add_argument("--scenario", type=scenarios, default=("loop",), metavar="S,S",
+                        help="comma list: loop (the timed loop, default), and MLPerf LoadGen's singlestream, "
+                             "multistream, offline, server (pip install mlcommons-loadgen; docs/scenarios.md)")
     timing.add_argument("--min_duration", type=seconds, metavar="S",
                         help="time each engine until both --loop calls and S seconds of calls are done (default 0: "
-                             "exactly --loop calls, as the original sample timed)")
+                             "exactly --loop calls, as the original sample timed); a LoadGen scenario's minimum "
+                             "duration (default 10 s)")
+    timing.add_argument("--min_queries", type=at_most(10_000_000, "LoadGen's own minimums are far below"),
+                        metavar="N", help="a LoadGen scenario's minimum query count (default 100)")
+    timing.add_argument("--target_latency_ms", type=positive_float, metavar="MS",
+                        help="Server: the p99 latency bound its highest rate must meet (default: 5x the row's own "
+                             "median call, said in the report)")
+    timing.add_argument("--mlperf_minimums", action="store_true",
+                        help="LoadGen's official minimums (600 s, its query counts, early stopping): the only runs "
+                             "the report calls submission grade")
+    timing.add_argument("--qsl_memory", type=positive_float, default=2.0, metavar="GiB",
+                        help="memory for LoadGen's query sample library: the decoded images it holds (default 2)")
+    timing.add_argument("--loadgen_logs", metavar="DIR",
+                        help="where LoadGen's logs go, per row and scenario (default: <--output>/loadgen, else "
+                             "./loadgen-logs)")
     timing.add_argument("--percentiles", type=percentiles, default=PERCENTILES, metavar="P,P",
                         help="latency percentiles to report (default 50,90,99); every median also carries its "
                              "distribution-free 95 %% confidence interval")

@@ -46,6 +46,12 @@ class RunConfig:
     warm_counter: int
     min_duration: Optional[float]
     percentiles: tuple
+    scenario: tuple
+    min_queries: Optional[int]
+    target_latency_ms: Optional[float]
+    mlperf_minimums: bool
+    qsl_memory: float
+    loadgen_logs: Optional[str]
     threads: Optional[int]
     no_reference: bool
     reference: str

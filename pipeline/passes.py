@@ -212,7 +212,7 @@ def _score_batch(engine: Engine, batch: Batch, result: PassResult, reference: Re
     if result.first_call_s is None:
         result.first_call_s = call_s
     with split("d2h"):
-        logits = _logits(engine, output)[: batch.n]
+        logits = output_logits(engine, output)[: batch.n]
         host_logits = logits.cpu() if on_batch is not None else None
     ref = None
     if reference is not None:
@@ -235,7 +235,7 @@ def _score_batch(engine: Engine, batch: Batch, result: PassResult, reference: Re
                 on_batch.add(batch, host_logits)
 
 
-def _logits(engine: Engine, output) -> torch.Tensor:
+def output_logits(engine: Engine, output) -> torch.Tensor:
     """The engine's output as float32 logits where the scores will be computed (`metrics_device`): a torch output on
     the CPU or a GPU stays there (no copy back), anything else goes through the engine's own `to_torch` (host)."""
     if isinstance(output, torch.Tensor) and metrics_device(output.device) == output.device:

@@ -16,6 +16,7 @@ from dataset.batches import Batch
 from engines.base import Engine, EngineOptions, Unsupported
 from pipeline.fidelity import gate
 from pipeline.passes import PassResult, Reference, accuracy_pass, timing_pass
+from pipeline.scenario_rows import ScenarioPlan, ScenarioRow, run_scenarios
 from report.outputs import Outputs, RowOutputs
 from report.results import FailedImage, PerImage, RankPart, Row, Skip
 from utils.device import torch_threads
@@ -113,6 +114,7 @@ class Job:
     show_progress: bool = True
     min_duration_s: float = 0.0  # timed calls go on until both `loop` calls and this many seconds are done
     percentiles: tuple = PERCENTILES
+    scenarios: Optional[ScenarioPlan] = None  # --scenario's LoadGen scenarios, run after the timing pass
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,7 @@ class RowResult:
     timing: Optional[Timing]
     outputs: Optional[RowOutputs]
     ranks: Optional[list[RankPart]] = None
+    scenarios: list[ScenarioRow] = field(default_factory=list)
 
 
 @dataclass
@@ -233,11 +236,18 @@ def run_row(row: PlannedRow, job: Job) -> RowResult:
                 timing = timing_pass(engine, passed.timing_batch, job)
             except KeyboardInterrupt:
                 passed.interrupted = True  # the accuracy pass finished: its figures are a result; the timing is lost
+        scenarios = []
+        if job.scenarios is not None and timing is not None and not passed.interrupted:
+            try:
+                scenarios = run_scenarios(engine, job.scenarios, passed.accuracy, timing.latency_median_ms,
+                                          f"{engine.name} {row.precision}")
+            except KeyboardInterrupt:
+                passed.interrupted = True  # the loop's figures stand; the scenarios finished so far are lost
         if passed.interrupted and hook:
             outputs.wait(keep_errors=True)  # the batches already handed over get their files (MAX_PENDING at most)
         row_outputs = outputs.finish(engine.name, row.precision) if hook else None
     passed.timing_batch = None  # the row keeps its figures, not a device batch
-    return RowResult(EngineFacts.of(engine), compile_s, passed, timing, row_outputs)
+    return RowResult(EngineFacts.of(engine), compile_s, passed, timing, row_outputs, scenarios=scenarios)
 
 
 def to_row(result: RowResult) -> Row:
@@ -267,4 +277,4 @@ def to_row(result: RowResult) -> Row:
         e2e_s=passed.e2e_s, e2e_fps=passed.e2e_fps, timed_region=facts.timed, levers=list(facts.levers),
         split_s={k: round(v, 6) for k, v in passed.split.seconds.items()}, timing=result.timing,
         per_image=per_image, outputs_s=None if result.outputs is None else result.outputs.seconds,
-        ranks=result.ranks, nonfinite=list(model_res.nonfinite))
+        ranks=result.ranks, nonfinite=list(model_res.nonfinite), scenarios=list(result.scenarios))

@@ -29,6 +29,7 @@ from pipeline.distributed import World
 from pipeline.finish import finish
 from pipeline.passes import Reference
 from pipeline.rows import Job, PlannedRow, parse_precisions, plan_rows, run_rows, to_row
+from pipeline.scenario_rows import scenario_plan
 from report.outputs import Outputs
 from report.results import Report, RunInfo, Skip
 from utils.device import describe_host, parse_device, precision_hints
@@ -100,9 +101,15 @@ def prepare(config: RunConfig, world: World, locks: contextlib.ExitStack | None)
     # On CUDA batches are assembled in page-locked memory: their upload is a non-blocking DMA.
     loader = Loader(config.image_size, config.batch_size, config.workers, decode, device.type == "cuda",
                     device_decoder)
+    scenarios = scenario_plan(config, dataset, decode, facts["n_classes"], world.active)
+    if scenarios is not None:
+        info.loadgen = scenarios.describe()
+    if "loop" not in config.scenario:
+        info.min_duration_s = 0.0  # --min_duration is the LoadGen scenarios'
     job = Job(model, shape, device, lambda: iter_dataset(dataset, loader), len(dataset), options, outputs,
               reference, config.loop, config.warm_counter, show_progress=not config.quiet,
-              min_duration_s=config.min_duration or 0.0, percentiles=config.percentiles)
+              min_duration_s=(config.min_duration or 0.0) if "loop" in config.scenario else 0.0,
+              percentiles=config.percentiles, scenarios=scenarios)
     return Prepared(job, plan, skipped, info, precisions, device_decoder)
 
 

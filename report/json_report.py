@@ -11,7 +11,8 @@ from utils.files import shown, write_atomic
 
 VERSION = 1
 # config keys written only when the run has them (an int8 row, --engine auto, nvJPEG fallbacks, torchrun)
-OPTIONAL_CONFIG = ("calibration_images", "calibration", "auto", "decode_fallbacks", "distributed", "conversions")
+OPTIONAL_CONFIG = ("calibration_images", "calibration", "auto", "decode_fallbacks", "distributed", "conversions",
+                   "loadgen")
 
 
 def _present(obj, prefix: str = "") -> dict:
@@ -49,6 +50,11 @@ def row_dict(row: Row) -> dict:
         out["outputs_s"] = row.outputs_s
     if row.ranks is not None:
         out["ranks"] = [dataclasses.asdict(r) for r in row.ranks]
+    if row.scenarios:
+        out["scenarios"] = [{**dataclasses.asdict(s.result), "reasons": list(s.result.reasons),
+                             "server_runs": [dataclasses.asdict(r) for r in s.result.server_runs],
+                             "accuracy": dataclasses.asdict(s.accuracy),
+                             "target_latency_source": s.target_latency_source} for s in row.scenarios]
     return out
 
 

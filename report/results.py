@@ -103,6 +103,7 @@ class Row:
     outputs_s: Optional[float] = None
     ranks: Optional[list[RankPart]] = None
     nonfinite: list[NonFinite] = field(default_factory=list)  # images with NaN / inf logits: the row is LOW
+    scenarios: list = field(default_factory=list)  # pipeline.scenario_rows.ScenarioRow, one per LoadGen scenario
 
     @property
     def label(self) -> str:
@@ -145,6 +146,7 @@ class RunInfo:
     conversions: Optional[list[dict]] = None  # files not 8-bit RGB (or not plain mask bands), as dataset.modes says
     distributed: Optional[dict] = None
     min_duration_s: float = 0.0  # timed calls go on until this many seconds are done too
+    loadgen: Optional[dict] = None  # --scenario's LoadGen scenarios (pipeline.scenario_rows.ScenarioPlan)
     percentiles: list[float] = field(default_factory=lambda: list(PERCENTILES))
 
 

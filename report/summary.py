@@ -9,6 +9,7 @@ from report.metrics import name_nonfinite
 from report.notes import config_notes
 from report.ranks import rank_lines
 from report.results import Report, Row, RunInfo
+from report.scenario_table import scenario_lines
 from utils.device import usable_cpus
 from utils.timing import PERCENTILES, SPLIT_MAIN, UNSTABLE, Timing, median_min_calls
 
@@ -183,6 +184,7 @@ def format_report(report: Report, json_path: str | None = None, worst: str = "")
     lines = header_lines(c) + ["", format_table(report.rows, c.percentiles), ""] + legend_lines(report)
     for row in report.rows:
         lines.extend(row_lines(row, c))
+    lines.extend(scenario_lines(report))
     for skip in report.skipped:
         lines.append(f"{'FAILED' if skip.failed else 'skipped'} {skip.engine} {skip.precision}: {skip.reason}")
     lines.extend(rank_lines(report))  # runs across ranks (torchrun) only

@@ -18,7 +18,7 @@ from dataset.decode import TORCH_RESIZE, load_image, resize_bicubic
 from dataset.nvjpeg import DeviceJpeg
 from dataset.pairs import find_pairs
 from engines.base import Engine
-from pipeline.passes import Reference, _logits, accuracy_pass, batch_input, exact_fp32, metrics_device
+from pipeline.passes import Reference, accuracy_pass, batch_input, exact_fp32, metrics_device, output_logits
 from pipeline.run import choose_decode
 from report.metrics import dice_from_counts, overlap_counts, predict
 from tests.conftest import CPU, write_pair
@@ -140,10 +140,10 @@ def test_reference_keeps_nothing_unless_a_second_pass_will_use_it(small_set):
 def test_scores_are_computed_where_the_logits_are():
     logits, to_torch_calls = torch.randn(2, 2, 8, 8), []
     engine = Engine("fake", CPU, "fp16", lambda x: x, lambda b: b, lambda y: to_torch_calls.append(1) or y.float())
-    out = _logits(engine, logits.half())
+    out = output_logits(engine, logits.half())
     assert out.dtype == torch.float32 and out.device == CPU and to_torch_calls == []  # no detour through to_torch
     host = Engine("fake", CPU, "fp32", lambda x: x, lambda b: b, lambda y: to_torch_calls.append(1) or torch.tensor(y))
-    assert torch.equal(_logits(host, logits.numpy()), logits) and to_torch_calls == [1]  # numpy: the engine's way
+    assert torch.equal(output_logits(host, logits.numpy()), logits) and to_torch_calls == [1]  # numpy: the engine's way
     assert metrics_device(CPU) == CPU and metrics_device(CUDA) == CUDA
     assert metrics_device(torch.device("npu", 0) if hasattr(torch, "npu") else torch.device("meta")) == CPU
 

@@ -13,6 +13,8 @@ from pipeline.distributed import World
 from pipeline.passes import PassResult
 from pipeline.probe import ProbeInput, Target, measure
 from pipeline.rows import EngineFacts, RowResult, to_row
+from pipeline.scenario_rows import AccuracyCheck, Library, ScenarioPlan, ScenarioRow
+from pipeline.scenarios import ScenarioResult, ScenarioSettings, ServerRun
 from report.json_report import report_dict
 from report.metrics import Accuracy
 from report.outputs import RowOutputs
@@ -55,7 +57,24 @@ def _row() -> RowResult:
                         batch_ms=[5.0, 5.0], sizes=[(8, 8), (8, 8)])
     facts = EngineFacts("torch", "cpu x2", "fp32", "compiled", "", "model call", ("channels_last",))
     part = RankPart(0, "host", "cpu", 2, 1.0, "compiled", 100.0, 2.0, 5.0, 1.0, 2.0, 0.0)
-    return RowResult(facts, 1.0, passed, summarize([0.005, 0.006], 2), RowOutputs(0.5, original), [part])
+    return RowResult(facts, 1.0, passed, summarize([0.005, 0.006], 2), RowOutputs(0.5, original), [part],
+                     scenarios=[_scenario()])
+
+
+def _plan() -> ScenarioPlan:
+    library = Library(["a"], torch.zeros(1, 16, 16, 3, dtype=torch.uint8), None, 2**30, 2)
+    return ScenarioPlan(("server",), library, ScenarioSettings(), None, "logs", 2, 2)
+
+
+def _scenario() -> ScenarioRow:
+    """A Server scenario with its search's runs and a failed accuracy check: every scenario key."""
+    run = ServerRun(target_qps=10.0, scheduled_qps=9.9, completed_qps=9.8, latency_p99_ms=4.0, met=True,
+                    validity="VALID", log_dir="logs/server/run1")
+    result = ScenarioResult("server", "queries/s at p99 under target", 9.9, "INVALID", ("early stopping not met",),
+                            performance_sample_count=2, batch_size=2, queries=10, samples=10, duration_s=1.0,
+                            latency_p50_ms=2.0, latency_p90_ms=3.0, latency_p99_ms=4.0, early_stopping="not met",
+                            log_dir="logs/server", target_latency_ms=25.0, server_runs=(run,))
+    return ScenarioRow(result, AccuracyCheck(2, 0.5, 0.5, 0.0, True), "--target_latency_ms")
 
 
 def full_report() -> Report:
@@ -71,7 +90,8 @@ def full_report() -> Report:
                    calibration_images=calibration.images, calibration=calibration.describe(), decode="nvjpeg",
                    decode_note="nvJPEG", workers=2, reference="cpu", auto=_auto(), hints=["try bf16"],
                    decode_fallbacks=["x.jpg: RuntimeError"], distributed=world.facts(),
-                   conversions=describe_conversions([Conversion("image", "x.png", "I;16", "16-bit grey")]))
+                   conversions=describe_conversions([Conversion("image", "x.png", "I;16", "16-bit grey")]),
+                   loadgen=_plan().describe())
     lost = [{"path": "out/c_mask.png", "error": "cannot write out/c_mask.png: No space left on device"}]
     outputs = WrittenFiles("original", "out", True, 2, "sub.csv", 2, "per.csv", 2, lost, 1)
     return Report(info, [to_row(_row())], [Skip("tensorrt", "fp32", "absent", failed=True)], False, outputs,

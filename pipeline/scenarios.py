@@ -1,0 +1,394 @@
+"""MLPerf LoadGen scenarios over one engine: SingleStream, MultiStream, Offline and Server, each judged by LoadGen.
+
+LoadGen decides when queries arrive and measures every latency itself; this module is its system under test (SUT) and
+query sample library (QSL). The QSL holds images already decoded and resized as the accuracy pass feeds them; the SUT
+gathers waiting samples into the engine's compiled batch, runs it, and answers each sample with its real class mask.
+The package is imported on use: the rest of the project runs without it.
+"""
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from dataset.batches import Batch
+from engines.base import Engine
+from pipeline.loadgen_log import LoadGenLog, read_accuracy, read_log
+from pipeline.passes import batch_input, output_logits
+from report.metrics import predict
+from utils.errors import SampleError, first_line
+
+SCENARIOS = ("singlestream", "multistream", "offline", "server")
+LOADGEN_NAMES = {"singlestream": "SingleStream", "multistream": "MultiStream", "offline": "Offline", "server": "Server"}
+INSTALL = "pip install mlcommons-loadgen"
+# mlperf.conf's '*' entries (seeds, percentiles, the 600 s minimums) apply to a model it does not name.
+MODEL = "unet"
+METRICS = {"singlestream": "p90 latency (ms)", "multistream": "p99 per-query latency (ms)",
+           "offline": "samples/s", "server": "queries/s at p99 under target"}
+# LoadGen pre-generates queries from the expected latency / rate: a guess on the fast side (half the measured call)
+# keeps it from running out of queries before the minimum duration; the run then just lasts longer.
+EXPECT_FASTER = 2.0
+# Offline's one query holds expected rate x min duration x 1.1 samples, so there a faster guess lengthens the run;
+# full batches run at the measured rate, and a small margin covers a machine that speeds up after the timing calls.
+OFFLINE_MARGIN = 1.2
+_ONE_TEST = threading.Lock()  # LoadGen's StartTest is process-wide: one test at a time
+
+
+def loadgen():
+    """The `mlperf_loadgen` module, or a SampleError that says how to install it."""
+    try:
+        import mlperf_loadgen
+    except ImportError:
+        raise SampleError(f"the MLPerf scenarios need MLCommons LoadGen, which is not installed: {INSTALL}") from None
+    return mlperf_loadgen
+
+
+def images_within(budget_bytes: int, h: int, w: int, count: int, channels: int = 3) -> int:
+    """How many of `count` HxWxC uint8 images the QSL may hold in `budget_bytes` (LoadGen's performance sample count);
+    at least one when `count` > 0, since LoadGen cannot run without a sample."""
+    per_image = max(1, h * w * channels)
+    return min(count, max(1, budget_bytes // per_image)) if count > 0 else 0
+
+
+def hold_images(arrays: Sequence[np.ndarray]) -> torch.Tensor:
+    """Stack decoded HWC uint8 images (dataset.decode.load_image's) into the QSL's (N, H, W, C) tensor."""
+    if not arrays:
+        raise SampleError("the MLPerf scenarios need at least one decoded image")
+    shapes = {tuple(a.shape) for a in arrays}
+    if len(shapes) != 1 or any(a.dtype != np.uint8 or a.ndim != 3 for a in arrays):
+        raise SampleError(f"the QSL needs HWC uint8 images of one size; got shapes {sorted(shapes)}")
+    return torch.from_numpy(np.stack(arrays))
+
+
+@dataclass(frozen=True)
+class ScenarioSettings:
+    """One scenario's run. Short runs (`min_duration_s`, `min_queries`) are for comparing engines; `mlperf_minimums`
+    keeps LoadGen's official minimums (mlperf.conf: 600 s, its query counts, early stopping), the only runs called
+    submission grade. `target_latency_ms` is Server's p99 bound; `search_runs` the LoadGen runs its rate search takes.
+    Logs go to `log_dir/<scenario>` (Server: one folder per rate tried; accuracy: `<scenario>-accuracy`)."""
+
+    scenario: str = "singlestream"
+    min_duration_s: float = 10.0
+    min_queries: int = 100
+    target_latency_ms: float = 100.0
+    mlperf_minimums: bool = False
+    log_dir: str = "mlperf_logs"
+    search_runs: int = 5
+
+    def __post_init__(self):
+        if self.scenario not in SCENARIOS:
+            raise SampleError(f"unknown MLPerf scenario {self.scenario!r}; valid scenarios: {', '.join(SCENARIOS)}")
+        if not (self.min_duration_s > 0 and self.min_queries >= 1 and self.target_latency_ms > 0
+                and self.search_runs >= 1):
+            raise SampleError("MLPerf settings need min_duration_s > 0, min_queries >= 1, target_latency_ms > 0 and "
+                              f"search_runs >= 1; got {self}")
+
+
+@dataclass(frozen=True)
+class ServerRun:
+    """One LoadGen Server run of the search: the rate asked for, what LoadGen measured, and whether p99 met the
+    target."""
+
+    target_qps: float
+    scheduled_qps: float
+    completed_qps: float  # the summary's headline: samples completed per second
+    latency_p99_ms: float
+    met: bool
+    validity: str
+    log_dir: str
+
+
+@dataclass(frozen=True)
+class ScenarioResult:
+    """What LoadGen measured and judged for one scenario. `metric` is the scenario's figure (METRICS names it; None
+    when Server found no rate under the target); latencies are LoadGen's, in ms (MultiStream: per query).
+    `submission_grade` is true only for a VALID run under LoadGen's official minimums."""
+
+    scenario: str
+    metric_name: str
+    metric: Optional[float]
+    validity: str
+    reasons: tuple = ()
+    mlperf_minimums: bool = False
+    submission_grade: bool = False
+    performance_sample_count: int = 0
+    batch_size: int = 1
+    queries: int = 0
+    samples: int = 0
+    duration_s: float = 0.0
+    latency_p50_ms: Optional[float] = None
+    latency_p90_ms: Optional[float] = None
+    latency_p99_ms: Optional[float] = None
+    early_stopping: str = ""
+    log_dir: str = ""
+    target_latency_ms: Optional[float] = None  # Server
+    server_runs: tuple = ()  # Server: every ServerRun of the search, in order
+
+
+def predict_masks(engine: Engine, pixels: torch.Tensor, n: int) -> np.ndarray:
+    """Class masks (n, H, W) uint8 of the first `n` rows of a padded (B, H, W, C) uint8 batch, fed to the engine as the
+    accuracy pass feeds it (uploaded as uint8 for a device-input engine, else float NCHW in [0, 1])."""
+    batch = Batch([str(k) for k in range(n)], pixels, None, n, [])
+    upload = engine.device_input and engine.device.type != "cpu"
+    native = engine.prepare(batch_input(batch, engine.device) if upload else batch.images)
+    output = engine.run(native)
+    engine.synchronize()
+    return predict(output_logits(engine, output)[:n], torch.uint8).cpu().numpy()
+
+
+def gather(images: torch.Tensor, indices: list[int], batch_size: int) -> torch.Tensor:
+    """The samples at `indices` as one (batch_size, H, W, C) batch, a short one padded by repeating its last image
+    (as dataset/batches.py's _assemble does: static-shape engines need full batches)."""
+    return images[indices + [indices[-1]] * (batch_size - len(indices))]
+
+
+def bind_device(engine: Engine) -> None:
+    """Make the engine's device current in this thread: a new thread starts on device 0 (and, on Ascend, without the
+    context its runtime set up in the thread that built the engine), and the SUT calls the engine from its own."""
+    device = engine.device
+    if device.type == "cuda":
+        torch.cuda.set_device(device.index or 0)
+    elif device.type == "npu" and engine.name == "torch_aie":
+        import torch_aie
+
+        torch_aie.set_device(device.index or 0)
+    elif device.type == "npu":
+        torch.npu.set_device(device.index or 0)  # torch.npu exists once torch_npu built the engine
+
+
+class Harness:
+    """LoadGen's SUT and QSL over one engine. Issued samples wait in one queue; a worker thread takes whatever is
+    waiting, up to `batch_size`, runs it as one engine call and completes those samples. So SingleStream runs one
+    padded call per query, MultiStream ceil(8 / batch) calls, Offline full batches, and Server batches the queries
+    that arrived while the last call ran.
+
+    The QSL's load / unload are bookkeeping: the images are in host memory already, as the accuracy pass has them.
+    An engine error stops the engine work, completes what is left without data (so LoadGen can finish) and is raised
+    once the test returns."""
+
+    def __init__(self, lg, engine: Engine, images: torch.Tensor, batch_size: int):
+        self.lg, self.engine, self.images, self.batch_size = lg, engine, images, batch_size
+        self.waiting: deque = deque()
+        self.ready = threading.Condition()
+        self.stopping = False
+        self.error: Optional[BaseException] = None
+        self.worker = threading.Thread(target=self._work, name="loadgen-sut", daemon=True)
+
+    def __enter__(self):
+        n = self.images.shape[0]
+        self.sut = self.lg.ConstructSUT(self.issue, self.flush)
+        self.qsl = self.lg.ConstructQSL(n, n, self.load, self.unload)
+        self.worker.start()
+        return self
+
+    def __exit__(self, *exc):
+        with self.ready:
+            self.stopping = True
+            self.ready.notify()
+        self.worker.join()
+        self.lg.DestroyQSL(self.qsl)
+        self.lg.DestroySUT(self.sut)
+
+    def issue(self, samples) -> None:
+        with self.ready:
+            self.waiting.extend(samples)
+            self.ready.notify()
+
+    def flush(self) -> None:
+        """Nothing is held back: every waiting sample is run as soon as the worker is free."""
+
+    def load(self, indices) -> None:
+        """Held already (see the class docstring)."""
+
+    def unload(self, indices) -> None:
+        """Held for the next test (see the class docstring)."""
+
+    def _work(self) -> None:
+        try:
+            bind_device(self.engine)
+        except Exception as exc:  # noqa: BLE001  raised in the caller's thread once LoadGen returns
+            self.error = exc
+        while True:
+            with self.ready:
+                while not self.waiting and not self.stopping:
+                    self.ready.wait()
+                if not self.waiting:
+                    return
+                taken = [self.waiting.popleft() for _ in range(min(self.batch_size, len(self.waiting)))]
+            self._serve(taken)
+
+    def _serve(self, taken: list) -> None:
+        lg, masks = self.lg, None
+        if self.error is None:
+            try:
+                masks = predict_masks(self.engine, gather(self.images, [s.index for s in taken], self.batch_size),
+                                      len(taken))
+            except Exception as exc:  # noqa: BLE001  raised in the caller's thread once LoadGen returns
+                self.error = exc
+        if masks is None:
+            lg.QuerySamplesComplete([lg.QuerySampleResponse(s.id, 0, 0) for s in taken])
+            return
+        # LoadGen copies a response's bytes (when it logs them) before QuerySamplesComplete returns.
+        lg.QuerySamplesComplete([lg.QuerySampleResponse(s.id, m.ctypes.data, m.nbytes) for s, m in zip(taken, masks)])
+
+    def start(self, test, folder: str) -> LoadGenLog:
+        """Run one LoadGen test with its logs (summary, detail, trace, accuracy) in `folder`, none on stdout."""
+        lg = self.lg
+        os.makedirs(folder, exist_ok=True)
+        output = lg.LogOutputSettings()
+        output.outdir = folder
+        output.copy_summary_to_stdout = False
+        output.copy_detail_to_stdout = False
+        logs = lg.LogSettings()
+        logs.log_output = output
+        logs.enable_trace = True
+        with _ONE_TEST:
+            lg.StartTestWithLogSettings(self.sut, self.qsl, test, logs)
+        if self.error is not None:
+            raise SampleError(f"engine {self.engine.name} failed during a LoadGen test: {first_line(self.error)}")
+        return read_log(folder)
+
+
+def call_seconds(engine: Engine, images: torch.Tensor, batch_size: int, calls: int = 3) -> float:
+    """The fastest of `calls` full-batch engine calls (after one untimed), which sets LoadGen's expected latency / rate
+    and the Server search's range."""
+    pixels = gather(images, [0], batch_size)
+    predict_masks(engine, pixels, 1)
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        predict_masks(engine, pixels, 1)
+        times.append(time.perf_counter() - start)
+    return max(min(times), 1e-6)
+
+
+def loadgen_settings(lg, settings: ScenarioSettings, mode, call_s: float, batch_size: int,
+                     server_qps: Optional[float] = None):
+    """LoadGen's TestSettings: mlperf.conf's built-in values (seeds, percentiles, minimums), our short minimums unless
+    `mlperf_minimums`, expected latency / rate from the measured call, Server's target rate and latency bound."""
+    test = lg.TestSettings()
+    name = LOADGEN_NAMES[settings.scenario]
+    if test.FromConfig("", MODEL, name, 0) != 0:
+        raise SampleError(f"LoadGen did not load its built-in mlperf.conf; it needs mlcommons-loadgen >= 5.0: "
+                          f"{INSTALL} --upgrade")
+    test.scenario = getattr(lg.TestScenario, name)
+    test.mode = mode
+    if not settings.mlperf_minimums:
+        test.min_duration_ms = max(1, round(settings.min_duration_s * 1000))
+        test.min_query_count = settings.min_queries
+    calls_per_query = math.ceil(test.multi_stream_samples_per_query / batch_size)
+    test.single_stream_expected_latency_ns = max(1, int(call_s * 1e9 / EXPECT_FASTER))
+    test.multi_stream_expected_latency_ns = max(1, int(calls_per_query * call_s * 1e9 / EXPECT_FASTER))
+    test.offline_expected_qps = batch_size / call_s * OFFLINE_MARGIN
+    test.server_target_latency_ns = max(1, int(settings.target_latency_ms * 1e6))
+    test.server_target_qps = server_qps if server_qps else batch_size / call_s
+    return test
+
+
+def _check(images: torch.Tensor, batch_size: int) -> None:
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[0] < 1:
+        raise SampleError(f"the QSL needs (N, H, W, C) uint8 images, N >= 1; got {images.dtype} {tuple(images.shape)}")
+    if batch_size < 1:
+        raise SampleError(f"batch_size must be >= 1; got {batch_size}")
+
+
+def _result(settings: ScenarioSettings, log: LoadGenLog, folder: str, metric: Optional[float], images: int,
+            batch_size: int, **extra) -> ScenarioResult:
+    multi = settings.scenario == "multistream"
+    queries = int(log.get("result_query_count", 0))
+    per_query = int(log.get("generated_samples_per_query", 1))
+    samples = per_query if settings.scenario == "offline" else queries * per_query
+    validity = str(log.get("result_validity", "INVALID"))
+    return ScenarioResult(
+        scenario=settings.scenario, metric_name=METRICS[settings.scenario], metric=metric, validity=validity,
+        reasons=extra.pop("reasons", log.reasons()), mlperf_minimums=settings.mlperf_minimums,
+        submission_grade=settings.mlperf_minimums and validity == "VALID", performance_sample_count=images,
+        batch_size=batch_size, queries=queries, samples=samples, duration_s=log.duration_s(),
+        latency_p50_ms=log.latency_ms("50.00", multi), latency_p90_ms=log.latency_ms("90.00", multi),
+        latency_p99_ms=log.latency_ms("99.00", multi),
+        early_stopping=" ".join(str(log.get("early_stopping_result", "")).split()), log_dir=folder, **extra)
+
+
+def run_scenario(engine: Engine, images: torch.Tensor, batch_size: int, settings: ScenarioSettings) -> ScenarioResult:
+    """Run `settings.scenario` under LoadGen in PerformanceOnly mode over the held `images` (N, H, W, C uint8, at the
+    model's size) and return LoadGen's verdict and figures; Server searches for its rate (`search_server`)."""
+    lg = loadgen()
+    _check(images, batch_size)
+    call_s = call_seconds(engine, images, batch_size)
+    with Harness(lg, engine, images, batch_size) as harness:
+        if settings.scenario == "server":
+            return search_server(harness, settings, call_s)
+        folder = os.path.join(settings.log_dir, settings.scenario)
+        log = harness.start(loadgen_settings(lg, settings, lg.TestMode.PerformanceOnly, call_s, batch_size), folder)
+    if settings.scenario == "offline":
+        metric = log.get("result_samples_per_second")
+    else:
+        metric = log.latency_ms("90.00" if settings.scenario == "singlestream" else "99.00",
+                                settings.scenario == "multistream")
+    return _result(settings, log, folder, None if metric is None else float(metric), images.shape[0], batch_size)
+
+
+def search_server(harness: Harness, settings: ScenarioSettings, call_s: float) -> ScenarioResult:
+    """Bisect LoadGen's server_target_qps over (0, 1.25 x the full-batch rate] in `settings.search_runs` runs: a rate
+    whose measured p99 stays under `target_latency_ms` raises the floor, any other lowers the ceiling. The result is
+    the best such run (its completed samples/s, LoadGen's headline, is the metric), or the last run with metric
+    None."""
+    lg, batch_size = harness.lg, harness.batch_size
+    target = settings.target_latency_ms
+    root = os.path.join(settings.log_dir, "server")
+    extra = {"target_latency_ms": target}
+    if call_s * 1000.0 >= target:  # every query waits for at least one call: no rate can meet the bound
+        reason = f"one engine call takes {call_s * 1000.0:.3g} ms, not under the {target:g} ms target at any rate"
+        return ScenarioResult("server", METRICS["server"], None, "INVALID", (reason,), settings.mlperf_minimums,
+                              performance_sample_count=harness.images.shape[0], batch_size=batch_size,
+                              log_dir=root, **extra)
+    low, high = 0.0, 1.25 * batch_size / call_s
+    runs, best, last = [], None, None
+    for k in range(settings.search_runs):
+        rate = (low + high) / 2
+        folder = os.path.join(root, f"run{k + 1}-{rate:.6g}qps")
+        test = loadgen_settings(lg, settings, lg.TestMode.PerformanceOnly, call_s, batch_size, server_qps=rate)
+        log = harness.start(test, folder)
+        p99 = log.latency_ms("99.00")
+        met = p99 is not None and p99 < target
+        runs.append(ServerRun(rate, float(log.get("result_scheduled_samples_per_sec", 0.0)),
+                              float(log.get("result_completed_samples_per_sec", 0.0)),
+                              math.inf if p99 is None else p99, met, str(log.get("result_validity", "INVALID")),
+                              folder))
+        last = (log, folder)
+        if met:
+            low, best = rate, (log, folder)
+        else:
+            high = rate
+    log, folder = best or last
+    extra["server_runs"] = tuple(runs)
+    if best is None:
+        extra["reasons"] = (f"no rate tried kept p99 under {target:g} ms", *log.reasons())
+        return _result(settings, log, folder, None, harness.images.shape[0], batch_size, **extra)
+    metric = float(log.get("result_completed_samples_per_sec", 0.0))
+    return _result(settings, log, folder, metric, harness.images.shape[0], batch_size, **extra)
+
+
+def run_accuracy(engine: Engine, images: torch.Tensor, batch_size: int,
+                 settings: ScenarioSettings) -> list[np.ndarray]:
+    """LoadGen's AccuracyOnly mode in `settings.scenario`: every sample issued (MultiStream fills its last query of 8
+    with repeats, which keep their first answer); the masks are read back from the
+    mlperf_log_accuracy.json LoadGen wrote (in `log_dir/<scenario>-accuracy`), in sample order, (H, W) uint8 each,
+    for the caller to score with report.metrics at the model's resolution."""
+    lg = loadgen()
+    _check(images, batch_size)
+    folder = os.path.join(settings.log_dir, f"{settings.scenario}-accuracy")
+    # No timing calls: in accuracy mode LoadGen issues each sample once, whatever it expects; only Server paces its
+    # queries by the rate, which a nominal 1 ms call sets high enough to keep the engine busy.
+    test = loadgen_settings(lg, settings, lg.TestMode.AccuracyOnly, 1e-3, batch_size)
+    with Harness(lg, engine, images, batch_size) as harness:
+        harness.start(test, folder)
+    return read_accuracy(folder, images.shape[0], tuple(images.shape[1:3]))

@@ -1,0 +1,67 @@
+"""The report's second table: one line per row x MLPerf LoadGen scenario, with LoadGen's verdict and the accuracy
+check of its logged masks; then what qualifies those figures."""
+from __future__ import annotations
+
+from report.results import Report, Row
+
+
+def _ms(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _metric(s) -> str:
+    if s.metric is None:
+        return "-"
+    return f"{s.metric:.2f} /s" if s.scenario == "offline" else \
+        f"{s.metric:.2f} q/s" if s.scenario == "server" else f"{s.metric:.1f} ms"
+
+
+def _agrees(check) -> str:
+    if check.identical is None:
+        return "-" if check.dice is None else "no pass"
+    return "identical" if check.identical else f"max diff {check.max_abs_dice_diff:.2e}"
+
+
+def _reasons(reasons) -> str:
+    """LoadGen's lines as one sentence: its '* ' bullets continue the line before them."""
+    text = ""
+    for reason in reasons[:4]:
+        bullet = reason.startswith("* ")
+        text += (" " if bullet else "; ") + reason.removeprefix("* ") if text else reason.removeprefix("* ")
+    return text
+
+
+def scenario_lines(report: Report) -> list[str]:
+    """The table and its notes, or nothing when no row ran a LoadGen scenario."""
+    rows: list[tuple[Row, object]] = [(row, s) for row in report.rows for s in row.scenarios]
+    if not rows:
+        return []
+    head = ["engine", "prec", "scenario", "metric", "value", "p50 ms", "p90 ms", "p99 ms", "queries", "samples",
+            "s", "LoadGen", "dice", "vs pass"]
+    cells = [head] + [[row.engine, row.precision, s.result.scenario, s.result.metric_name, _metric(s.result),
+                       _ms(s.result.latency_p50_ms), _ms(s.result.latency_p90_ms), _ms(s.result.latency_p99_ms),
+                       str(s.result.queries), str(s.result.samples), f"{s.result.duration_s:.1f}", s.result.validity,
+                       "-" if s.accuracy.dice is None else f"{s.accuracy.dice:.4f}", _agrees(s.accuracy)]
+                      for row, s in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(head))]
+    table = ["  ".join(c.rjust(w) if i > 3 else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
+             for line in cells]
+    table.insert(1, "  ".join("-" * w for w in widths))
+    lines = ["", "MLPerf LoadGen scenarios (docs/scenarios.md)"] + table
+    loadgen = report.info.loadgen or {}
+    grade = "LoadGen's official minimums" if loadgen.get("mlperf_minimums") else \
+        f"short runs (at least {loadgen.get('min_duration_s', 0):g} s, {loadgen.get('min_queries', 0)} queries): " \
+        "not submission grade (--mlperf_minimums)"
+    lines.append(f"scenarios: {grade}; {loadgen.get('performance_sample_count')} of "
+                 f"{loadgen.get('images_available')} images held decoded in the query sample library; "
+                 f"vs pass: per-image dice of LoadGen's accuracy-mode masks against the row's accuracy pass; logs in "
+                 f"{loadgen.get('log_root')}")
+    for row, s in rows:
+        r = s.result
+        if r.scenario == "server" and r.target_latency_ms is not None:
+            found = f"{r.metric:.2f} q/s" if r.metric is not None else "no rate"
+            lines.append(f"{row.label} server: highest rate with p99 under {r.target_latency_ms:.1f} ms "
+                         f"({s.target_latency_source}): {found}, searched in {len(r.server_runs)} LoadGen run(s)")
+        if r.validity != "VALID" and r.reasons:
+            lines.append(f"{row.label} {r.scenario}: LoadGen says {r.validity}: {_reasons(r.reasons)}")
+    return lines

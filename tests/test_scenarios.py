@@ -1,0 +1,228 @@
+"""The MLPerf LoadGen harness (pipeline/scenarios.py): accuracy mode's logged masks are the engine's own, each scenario
+runs and is judged by LoadGen, Server finds a rate under its target, and a missing package is named with its install."""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import engines
+from dataset.batches import Batch, to_float
+from dataset.decode import load_image, load_mask
+from pipeline.passes import accuracy_pass
+from pipeline.scenarios import (
+    SCENARIOS,
+    ScenarioSettings,
+    images_within,
+    loadgen,
+    loadgen_settings,
+    run_accuracy,
+    run_scenario,
+)
+from report.metrics import dice_from_counts, overlap_counts, predict
+from tests.conftest import CPU, small_model
+from utils.errors import SampleError
+
+# Every test but the last two needs the package; those check what happens without it and need nothing.
+needs_loadgen = pytest.mark.skipif(importlib.util.find_spec("mlperf_loadgen") is None,
+                                   reason="mlcommons-loadgen is not installed (requirements-dev.txt)")
+
+SIZE = (64, 64)
+BATCH = 3  # 5 images, 8 samples per MultiStream query: short batches are padded
+
+
+@pytest.fixture(scope="module")
+def engine():
+    """The SMALL network (a real UNet++), for the runs timed by LoadGen."""
+    return engines.load("torch", small_model(), (BATCH, 3, *SIZE[::-1]), CPU)
+
+
+def brightness_model() -> torch.nn.Module:
+    """Foreground where a pixel's mean brightness passes one half: a one-layer 'segmenter' whose masks differ between
+    images (the random SMALL network paints every pixel one class), so a mix-up of samples or pixels shows."""
+    conv = torch.nn.Conv2d(3, 2, 1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[-1.0] * 3, [1.0] * 3]).view(2, 3, 1, 1) / 3)
+        conv.bias.copy_(torch.tensor([0.5, -0.5]))
+    return conv.eval()
+
+
+@pytest.fixture(scope="module")
+def bright():
+    return engines.load("torch", brightness_model(), (BATCH, 3, *SIZE[::-1]), CPU)
+
+
+def counting(engine):
+    """The engine with a counter of its `run` calls."""
+    calls = []
+
+    def run(native):
+        calls.append(native.shape[0])
+        return engine.run(native)
+
+    return dataclasses.replace(engine, run=run), calls
+
+
+def read_pairs(images_dir: str, masks_dir: str, count: int = 5):
+    """The first `count` pairs at SIZE as the accuracy pass decodes them: (N, H, W, C) uint8 images, (N, H, W) masks."""
+    images, masks = [], []
+    masks_by_stem = {name.rsplit("_mask", 1)[0]: name for name in os.listdir(masks_dir)}
+    for name in sorted(os.listdir(images_dir))[:count]:
+        image, upright = load_image(os.path.join(images_dir, name), SIZE, "exact")
+        images.append(image)
+        masks.append(load_mask(os.path.join(masks_dir, masks_by_stem[os.path.splitext(name)[0]]), SIZE, upright))
+    return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks))
+
+
+@pytest.fixture(params=["carvana", "small_set"])
+def pairs(request):
+    """Real Carvana pairs (skipped without ../shared) and the generated small set, whose boxes all sit in one place:
+    each pair is shifted by its own step, so that no two images share a mask."""
+    images, masks = read_pairs(*request.getfixturevalue(request.param))
+    if request.param == "small_set":
+        for k in range(images.shape[0]):
+            images[k], masks[k] = images[k].roll(5 * k, dims=1), masks[k].roll(5 * k, dims=1)
+    return images, masks
+
+
+def direct(engine, images: torch.Tensor, masks: torch.Tensor):
+    """Masks and mean dice without LoadGen: engine calls on padded batches, scored by the project's accuracy pass."""
+    batches, predicted = [], []
+    for start in range(0, images.shape[0], BATCH):
+        n = min(BATCH, images.shape[0] - start)
+        rows = list(range(start, start + n)) + [start + n - 1] * (BATCH - n)
+        batch = Batch([str(k) for k in range(start, start + n)], images[rows], masks[rows], n, [SIZE] * n)
+        batches.append(batch)
+        logits = engine.to_torch(engine.run(engine.prepare(to_float(images[rows]))))
+        predicted.extend(predict(logits[:n], torch.uint8).numpy())
+    result = accuracy_pass(engine, batches, images.shape[0], None, show_progress=False)
+    return predicted, result.accuracy.scores().dice
+
+
+def check_accuracy(engine, images: torch.Tensor, masks: torch.Tensor, scenario: str, log_dir) -> float:
+    """LoadGen's logged masks are the engine's, image by image, and score the same mean dice; returns that dice."""
+    settings = ScenarioSettings(scenario, log_dir=str(log_dir), target_latency_ms=1000.0)
+    logged = run_accuracy(engine, images, BATCH, settings)
+    expected, dice = direct(engine, images, masks)
+    assert len(logged) == images.shape[0]
+    for got, want in zip(logged, expected):
+        assert got.shape == SIZE[::-1] and got.dtype == np.uint8
+        np.testing.assert_array_equal(got, want)
+    assert len({m.tobytes() for m in logged}) > 1  # the images' masks differ: a mix-up of samples would show
+    counts = overlap_counts(torch.from_numpy(np.stack(logged)).long(), masks.long(), 2)
+    assert abs(dice_from_counts(counts).mean().item() - dice) < 1e-9
+    assert os.path.exists(os.path.join(str(log_dir), f"{scenario}-accuracy", "mlperf_log_accuracy.json"))
+    return dice
+
+
+@needs_loadgen
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_accuracy_mode_reads_back_the_engines_masks(bright, pairs, scenario, tmp_path):
+    check_accuracy(bright, *pairs, scenario, tmp_path)
+
+
+@needs_loadgen
+@pytest.mark.slow
+def test_accuracy_mode_with_the_real_checkpoint_on_carvana(carvana, checkpoint, tmp_path):
+    import models
+
+    model, _ = models.create_model("unet", checkpoint=checkpoint)
+    engine = engines.load("torch", model, (BATCH, 3, *SIZE[::-1]), CPU)
+    dice = check_accuracy(engine, *read_pairs(*carvana, count=4), "offline", tmp_path)
+    assert dice > 0.5  # trained at 256 px, it still finds the cars at 64
+
+
+@pytest.fixture(scope="module")
+def held():
+    return torch.from_numpy(np.random.default_rng(0).integers(0, 256, (5, *SIZE[::-1], 3), dtype=np.uint8))
+
+
+@needs_loadgen
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_each_scenario_runs_and_is_judged(engine, held, scenario, tmp_path, capfd):
+    counted, calls = counting(engine)
+    settings = ScenarioSettings(scenario, min_duration_s=0.15, min_queries=1, target_latency_ms=1000.0,
+                                log_dir=str(tmp_path), search_runs=3)
+    result = run_scenario(counted, held, BATCH, settings)
+    assert capfd.readouterr().out == ""  # LoadGen writes its logs to files only: stdout is the report's
+    assert result.scenario == scenario and result.validity in ("VALID", "INVALID")
+    assert result.validity == "VALID" or result.reasons
+    assert result.metric is not None and result.metric > 0
+    assert not result.submission_grade and not result.mlperf_minimums
+    assert result.performance_sample_count == 5 and result.queries > 0 and result.duration_s > 0
+    assert 0 < result.latency_p50_ms <= result.latency_p90_ms <= result.latency_p99_ms
+    assert os.path.exists(os.path.join(result.log_dir, "mlperf_log_summary.txt"))
+    assert os.path.exists(os.path.join(result.log_dir, "mlperf_log_detail.txt"))
+    served = len(calls) - 4 * (3 if scenario == "server" else 1)  # each LoadGen run follows 4 calls that time it
+    assert all(size == BATCH for size in calls)  # every call is a full compiled batch
+    if scenario == "singlestream":
+        assert served == result.queries
+    elif scenario == "multistream":
+        assert served == result.queries * math.ceil(8 / BATCH)
+    elif scenario == "offline":
+        assert served == math.ceil(result.samples / BATCH)
+    else:
+        best = max((r for r in result.server_runs if r.met), key=lambda r: r.target_qps)
+        assert result.metric == best.completed_qps and result.latency_p99_ms == best.latency_p99_ms
+        assert result.log_dir == best.log_dir
+        assert result.latency_p99_ms < settings.target_latency_ms
+        assert len(result.server_runs) == 3 and any(r.met for r in result.server_runs)
+        assert all(r.met == (r.latency_p99_ms < 1000.0) for r in result.server_runs)
+
+
+@needs_loadgen
+def test_server_reports_no_rate_when_one_call_misses_the_target(bright, held, tmp_path):
+    settings = ScenarioSettings("server", target_latency_ms=1e-6, log_dir=str(tmp_path))
+    result = run_scenario(bright, held, BATCH, settings)
+    assert result.metric is None and result.validity == "INVALID" and "target" in result.reasons[0]
+
+
+@needs_loadgen
+def test_mlperf_minimums_keep_loadgens_official_settings():
+    lg = loadgen()
+    for scenario in SCENARIOS:
+        settings = ScenarioSettings(scenario, min_duration_s=0.2, min_queries=1, mlperf_minimums=True)
+        test = loadgen_settings(lg, settings, lg.TestMode.PerformanceOnly, 0.01, BATCH)
+        assert test.min_duration_ms == 600_000
+        assert test.min_query_count == (662 if scenario == "multistream" else 100)
+    short = loadgen_settings(lg, ScenarioSettings("offline", min_duration_s=0.2, min_queries=1),
+                             lg.TestMode.PerformanceOnly, 0.01, BATCH)
+    assert (short.min_duration_ms, short.min_query_count) == (200, 1)
+
+
+@needs_loadgen
+def test_an_engine_error_ends_the_test_and_is_raised(engine, held, tmp_path):
+    calls = []
+
+    def run(native):
+        calls.append(1)
+        if len(calls) > 6:  # after the 4 timing calls and two queries
+            raise RuntimeError("device lost")
+        return engine.run(native)
+
+    broken = dataclasses.replace(engine, run=run)
+    settings = ScenarioSettings("singlestream", min_duration_s=0.1, min_queries=1, log_dir=str(tmp_path))
+    with pytest.raises(SampleError, match="device lost"):
+        run_scenario(broken, held, BATCH, settings)
+
+
+def test_settings_and_budget():
+    with pytest.raises(SampleError, match="valid scenarios: singlestream"):
+        ScenarioSettings("streaming")
+    assert images_within(10 * 64 * 64 * 3, 64, 64, 100) == 10
+    assert images_within(10 * 64 * 64 * 3, 64, 64, 4) == 4
+    assert images_within(1, 64, 64, 4) == 1  # LoadGen needs one sample
+    assert images_within(1 << 30, 64, 64, 0) == 0
+
+
+def test_without_loadgen_the_error_names_its_install(monkeypatch, held):
+    monkeypatch.setitem(sys.modules, "mlperf_loadgen", None)  # `import mlperf_loadgen` raises ImportError
+    for call in (run_scenario, run_accuracy):
+        with pytest.raises(SampleError, match="pip install mlcommons-loadgen"):
+            call(None, held, BATCH, ScenarioSettings())
