@@ -172,10 +172,25 @@ def positive_float(text: str) -> float:
     return value
 
 
+def concurrency(text: str) -> tuple[int, ...]:
+    """An argparse type: a comma list of requests in flight (1 to 64), sorted, each once."""
+    try:
+        values = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of whole numbers (1,2,4), got {text!r}") from None
+    if not values or not all(1 <= v <= 64 for v in values):
+        raise argparse.ArgumentTypeError(f"requests in flight run from 1 to 64 (threads of their own), got {text!r}")
+    return tuple(values)
+
+
 def add_timing_arguments(timing) -> None:
     timing.add_argument("--scenario", type=scenarios, default=("loop",), metavar="S,S",
                         help="comma list: loop (the timed loop, default), and MLPerf LoadGen's singlestream, "
                              "multistream, offline, server (pip install mlcommons-loadgen; docs/scenarios.md)")
+    timing.add_argument("--concurrency", type=concurrency, default=(1,), metavar="N,N",
+                        help="requests in flight: a list sweeps them (1,2,4), each level timed with N threads on the "
+                             "resident batch, throughput and p50 / p99 per level; LoadGen's offline and server use the "
+                             "best (default 1: the timed loop alone)")
     timing.add_argument("--min_duration", type=seconds, metavar="S",
                         help="time each engine until both --loop calls and S seconds of calls are done (default 0: "
                              "exactly --loop calls, as the original sample timed); a LoadGen scenario's minimum "

@@ -73,6 +73,10 @@ class Engine:
     # for engines that read host arrays (ONNX Runtime, OpenVINO).
     device_input: bool = False
     levers: tuple = ()  # e.g. ("channels_last", "cudnn.benchmark", "CUDA graph")
+    # One more request in flight (--concurrency): a factory of callables like `run` with state of their own (an
+    # OpenVINO infer request). None: `run` may be called from several threads at once on the CPU; on an
+    # accelerator an engine without one is timed one request at a time.
+    request: Optional[Callable[[], Callable[[Any], Any]]] = None
 
 
 def torch_io(device: torch.device, precision: str, memory_format: torch.memory_format = torch.contiguous_format):

@@ -102,17 +102,21 @@ def load(model: torch.nn.Module, example_shape: tuple, device: torch.device, pre
                   lambda tmp: build(tmp, model, example_shape, stored, calibration), **extra) as built:
         compiled = compile_ir(core, os.path.join(built.folder, "model.xml"), ov_device, precision, hint,
                               options.threads)
-    request = compiled.create_infer_request()
+    def new_request():
+        request = compiled.create_infer_request()  # one per caller: an infer request is not for two threads at once
 
-    def run(x: np.ndarray):
-        return request.infer({0: x}, share_inputs=True)[0]
+        def run(x: np.ndarray):
+            return request.infer({0: x}, share_inputs=True)[0]
+        return run
+
+    run = new_request()
 
     parallel = async_runner(compiled) if hint == "throughput" else {}
     timed = f"infer request on a host array (OpenVINO {ov_device}, {hint} hint)"
     if parallel:
         timed = f"{parallel['parallel']} async infer requests of the batch in flight per timed call (THROUGHPUT hint)"
     return Engine("openvino", device, precision, run, host_array, lambda y: torch.from_numpy(np.array(y)).float(),
-                  timed=timed, artifact=built.state, artifact_path=built.path, **parallel)
+                  timed=timed, artifact=built.state, artifact_path=built.path, request=new_request, **parallel)
 
 
 def async_runner(compiled) -> dict:

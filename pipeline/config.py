@@ -47,6 +47,7 @@ class RunConfig:
     min_duration: Optional[float]
     percentiles: tuple
     scenario: tuple
+    concurrency: tuple
     min_queries: Optional[int]
     target_latency_ms: Optional[float]
     mlperf_minimums: bool

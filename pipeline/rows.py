@@ -14,6 +14,7 @@ import torch
 import engines
 from dataset.batches import Batch
 from engines.base import Engine, EngineOptions, Unsupported
+from pipeline.concurrency import Sweep, sweep
 from pipeline.fidelity import gate
 from pipeline.passes import PassResult, Reference, accuracy_pass, timing_pass
 from pipeline.scenario_rows import ScenarioPlan, ScenarioRow, run_scenarios
@@ -115,6 +116,7 @@ class Job:
     min_duration_s: float = 0.0  # timed calls go on until both `loop` calls and this many seconds are done
     percentiles: tuple = PERCENTILES
     scenarios: Optional[ScenarioPlan] = None  # --scenario's LoadGen scenarios, run after the timing pass
+    concurrency: tuple = (1,)  # --concurrency: a sweep of requests in flight after the timing pass, unless (1,)
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,7 @@ class RowResult:
     outputs: Optional[RowOutputs]
     ranks: Optional[list[RankPart]] = None
     scenarios: list[ScenarioRow] = field(default_factory=list)
+    concurrency: Optional[Sweep] = None
 
 
 @dataclass
@@ -236,18 +239,29 @@ def run_row(row: PlannedRow, job: Job) -> RowResult:
                 timing = timing_pass(engine, passed.timing_batch, job)
             except KeyboardInterrupt:
                 passed.interrupted = True  # the accuracy pass finished: its figures are a result; the timing is lost
-        scenarios = []
-        if job.scenarios is not None and timing is not None and not passed.interrupted:
-            try:
+        swept, scenarios = None, []
+        try:
+            if job.concurrency != (1,) and timing is not None and not passed.interrupted:
+                swept = sweep_row(engine, passed.timing_batch, job, row.threads)
+            if job.scenarios is not None and timing is not None and not passed.interrupted:
                 scenarios = run_scenarios(engine, job.scenarios, passed.accuracy, timing.latency_median_ms,
-                                          f"{engine.name} {row.precision}")
-            except KeyboardInterrupt:
-                passed.interrupted = True  # the loop's figures stand; the scenarios finished so far are lost
+                                          f"{engine.name} {row.precision}", swept.best if swept else 1)
+        except KeyboardInterrupt:
+            passed.interrupted = True  # the loop's figures stand; a sweep or scenarios cut short are lost
         if passed.interrupted and hook:
             outputs.wait(keep_errors=True)  # the batches already handed over get their files (MAX_PENDING at most)
         row_outputs = outputs.finish(engine.name, row.precision) if hook else None
     passed.timing_batch = None  # the row keeps its figures, not a device batch
-    return RowResult(EngineFacts.of(engine), compile_s, passed, timing, row_outputs, scenarios=scenarios)
+    return RowResult(EngineFacts.of(engine), compile_s, passed, timing, row_outputs, scenarios=scenarios,
+                     concurrency=swept)
+
+
+def sweep_row(engine, batch: torch.Tensor, job: Job, threads: int | None) -> Sweep:
+    """The row's --concurrency sweep on the timing pass's batch: each level times `job.loop` calls per request (and
+    `job.min_duration_s`)."""
+    native = engine.prepare(batch)
+    engine.synchronize()
+    return sweep(engine, native, job.concurrency, job.loop, job.warmup, job.min_duration_s, batch.shape[0], threads)
 
 
 def to_row(result: RowResult) -> Row:
@@ -277,4 +291,5 @@ def to_row(result: RowResult) -> Row:
         e2e_s=passed.e2e_s, e2e_fps=passed.e2e_fps, timed_region=facts.timed, levers=list(facts.levers),
         split_s={k: round(v, 6) for k, v in passed.split.seconds.items()}, timing=result.timing,
         per_image=per_image, outputs_s=None if result.outputs is None else result.outputs.seconds,
-        ranks=result.ranks, nonfinite=list(model_res.nonfinite), scenarios=list(result.scenarios))
+        ranks=result.ranks, nonfinite=list(model_res.nonfinite), scenarios=list(result.scenarios),
+        concurrency=result.concurrency)

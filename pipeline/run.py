@@ -101,6 +101,8 @@ def prepare(config: RunConfig, world: World, locks: contextlib.ExitStack | None)
     # On CUDA batches are assembled in page-locked memory: their upload is a non-blocking DMA.
     loader = Loader(config.image_size, config.batch_size, config.workers, decode, device.type == "cuda",
                     device_decoder)
+    if world.active and config.concurrency != (1,):
+        raise SampleError("--concurrency sweeps run in one process; under torchrun every rank times one request")
     scenarios = scenario_plan(config, dataset, decode, facts["n_classes"], world.active)
     if scenarios is not None:
         info.loadgen = scenarios.describe()
@@ -109,7 +111,7 @@ def prepare(config: RunConfig, world: World, locks: contextlib.ExitStack | None)
     job = Job(model, shape, device, lambda: iter_dataset(dataset, loader), len(dataset), options, outputs,
               reference, config.loop, config.warm_counter, show_progress=not config.quiet,
               min_duration_s=(config.min_duration or 0.0) if "loop" in config.scenario else 0.0,
-              percentiles=config.percentiles, scenarios=scenarios)
+              percentiles=config.percentiles, scenarios=scenarios, concurrency=config.concurrency)
     return Prepared(job, plan, skipped, info, precisions, device_decoder)
 
 

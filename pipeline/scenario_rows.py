@@ -5,6 +5,7 @@ the figures relate to MLPerf's rules and to the original sample's fps."""
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Optional
 
@@ -14,11 +15,10 @@ import torch
 from dataset.decode import load_image, load_mask
 from dataset.pairs import Dataset
 from engines.base import Engine
+from pipeline.concurrency import shared_threads
 from pipeline.scenarios import (
     ScenarioResult,
     ScenarioSettings,
-    hold_images,
-    images_within,
     loadgen,
     run_accuracy,
     run_scenario,
@@ -83,6 +83,23 @@ class ScenarioRow:
     target_latency_source: Optional[str] = None  # Server: "--target_latency_ms" or "5x the row's median call"
 
 
+def images_within(budget_bytes: int, h: int, w: int, count: int, channels: int = 3) -> int:
+    """How many of `count` HxWxC uint8 images the QSL may hold in `budget_bytes` (LoadGen's performance sample count);
+    at least one when `count` > 0, since LoadGen cannot run without a sample."""
+    per_image = max(1, h * w * channels)
+    return min(count, max(1, budget_bytes // per_image)) if count > 0 else 0
+
+
+def hold_images(arrays: Sequence[np.ndarray]) -> torch.Tensor:
+    """Stack decoded HWC uint8 images (dataset.decode.load_image's) into the QSL's (N, H, W, C) tensor."""
+    if not arrays:
+        raise SampleError("the MLPerf scenarios need at least one decoded image")
+    shapes = {tuple(a.shape) for a in arrays}
+    if len(shapes) != 1 or any(a.dtype != np.uint8 or a.ndim != 3 for a in arrays):
+        raise SampleError(f"the QSL needs HWC uint8 images of one size; got shapes {sorted(shapes)}")
+    return torch.from_numpy(np.stack(arrays))
+
+
 def load_library(dataset: Dataset, size: tuple[int, int], decode: str, budget_bytes: int) -> Library:
     """Decode the data set's first images that fit `budget_bytes` (a file that cannot be decoded is left out: the
     accuracy pass names it)."""
@@ -122,8 +139,9 @@ def check_accuracy(library: Library, masks: list[np.ndarray], accuracy: Accuracy
 
 
 def run_scenarios(engine: Engine, plan: ScenarioPlan, accuracy: Accuracy, median_ms: Optional[float],
-                  label: str) -> list[ScenarioRow]:
-    """Every scenario of `plan` on one row's engine: accuracy mode, then performance mode (Server: its search)."""
+                  label: str, concurrency: int = 1) -> list[ScenarioRow]:
+    """Every scenario of `plan` on one row's engine: accuracy mode, then performance mode (Server: its search), Offline
+    and Server with `concurrency` calls in flight."""
     rows = []
     given = plan.target_latency_ms
     target = given or TARGET_TIMES_MEDIAN * (median_ms or 1.0)
@@ -134,7 +152,10 @@ def run_scenarios(engine: Engine, plan: ScenarioPlan, accuracy: Accuracy, median
         settings = replace(plan.settings, scenario=name, log_dir=folder, target_latency_ms=target)
         masks = run_accuracy(engine, library.images, plan.batch_size, settings)
         check = check_accuracy(library, masks, accuracy, plan.n_classes)
-        result = run_scenario(engine, library.images, plan.batch_size, settings)
+        inflight = concurrency if name in ("offline", "server") else 1
+        with shared_threads(engine, inflight, None):  # torch's CPU threads shared out, as the sweep measured them
+            result = replace(run_scenario(engine, library.images, plan.batch_size, settings, inflight),
+                             concurrency=inflight)
         rows.append(ScenarioRow(result, check, source if name == "server" else None))
     return rows
 

@@ -12,15 +12,15 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from dataset.batches import Batch
 from engines.base import Engine
+from pipeline.concurrency import bind_device
 from pipeline.loadgen_log import LoadGenLog, read_accuracy, read_log
 from pipeline.passes import batch_input, output_logits
 from report.metrics import predict
@@ -49,23 +49,6 @@ def loadgen():
     except ImportError:
         raise SampleError(f"the MLPerf scenarios need MLCommons LoadGen, which is not installed: {INSTALL}") from None
     return mlperf_loadgen
-
-
-def images_within(budget_bytes: int, h: int, w: int, count: int, channels: int = 3) -> int:
-    """How many of `count` HxWxC uint8 images the QSL may hold in `budget_bytes` (LoadGen's performance sample count);
-    at least one when `count` > 0, since LoadGen cannot run without a sample."""
-    per_image = max(1, h * w * channels)
-    return min(count, max(1, budget_bytes // per_image)) if count > 0 else 0
-
-
-def hold_images(arrays: Sequence[np.ndarray]) -> torch.Tensor:
-    """Stack decoded HWC uint8 images (dataset.decode.load_image's) into the QSL's (N, H, W, C) tensor."""
-    if not arrays:
-        raise SampleError("the MLPerf scenarios need at least one decoded image")
-    shapes = {tuple(a.shape) for a in arrays}
-    if len(shapes) != 1 or any(a.dtype != np.uint8 or a.ndim != 3 for a in arrays):
-        raise SampleError(f"the QSL needs HWC uint8 images of one size; got shapes {sorted(shapes)}")
-    return torch.from_numpy(np.stack(arrays))
 
 
 @dataclass(frozen=True)
@@ -131,15 +114,17 @@ class ScenarioResult:
     log_dir: str = ""
     target_latency_ms: Optional[float] = None  # Server
     server_runs: tuple = ()  # Server: every ServerRun of the search, in order
+    concurrency: int = 1  # calls kept in flight (Offline, Server: --concurrency's best)
 
 
-def predict_masks(engine: Engine, pixels: torch.Tensor, n: int) -> np.ndarray:
+def predict_masks(engine: Engine, pixels: torch.Tensor, n: int, run: Optional[Callable] = None) -> np.ndarray:
     """Class masks (n, H, W) uint8 of the first `n` rows of a padded (B, H, W, C) uint8 batch, fed to the engine as the
-    accuracy pass feeds it (uploaded as uint8 for a device-input engine, else float NCHW in [0, 1])."""
+    accuracy pass feeds it (uploaded as uint8 for a device-input engine, else float NCHW in [0, 1]); `run`: a request
+    of the engine's own (engines.base.Engine.request), else `engine.run`."""
     batch = Batch([str(k) for k in range(n)], pixels, None, n, [])
     upload = engine.device_input and engine.device.type != "cpu"
     native = engine.prepare(batch_input(batch, engine.device) if upload else batch.images)
-    output = engine.run(native)
+    output = (run or engine.run)(native)
     engine.synchronize()
     return predict(output_logits(engine, output)[:n], torch.uint8).cpu().numpy()
 
@@ -148,20 +133,6 @@ def gather(images: torch.Tensor, indices: list[int], batch_size: int) -> torch.T
     """The samples at `indices` as one (batch_size, H, W, C) batch, a short one padded by repeating its last image
     (as dataset/batches.py's _assemble does: static-shape engines need full batches)."""
     return images[indices + [indices[-1]] * (batch_size - len(indices))]
-
-
-def bind_device(engine: Engine) -> None:
-    """Make the engine's device current in this thread: a new thread starts on device 0 (and, on Ascend, without the
-    context its runtime set up in the thread that built the engine), and the SUT calls the engine from its own."""
-    device = engine.device
-    if device.type == "cuda":
-        torch.cuda.set_device(device.index or 0)
-    elif device.type == "npu" and engine.name == "torch_aie":
-        import torch_aie
-
-        torch_aie.set_device(device.index or 0)
-    elif device.type == "npu":
-        torch.npu.set_device(device.index or 0)  # torch.npu exists once torch_npu built the engine
 
 
 class Harness:
@@ -174,26 +145,31 @@ class Harness:
     An engine error stops the engine work, completes what is left without data (so LoadGen can finish) and is raised
     once the test returns."""
 
-    def __init__(self, lg, engine: Engine, images: torch.Tensor, batch_size: int):
+    def __init__(self, lg, engine: Engine, images: torch.Tensor, batch_size: int, workers: int = 1):
         self.lg, self.engine, self.images, self.batch_size = lg, engine, images, batch_size
         self.waiting: deque = deque()
         self.ready = threading.Condition()
         self.stopping = False
         self.error: Optional[BaseException] = None
-        self.worker = threading.Thread(target=self._work, name="loadgen-sut", daemon=True)
+        # --concurrency's best for Offline and Server: that many calls in flight, each worker with its own request
+        runs = [engine.request() for _ in range(workers)] if engine.request is not None else [None] * workers
+        self.workers = [threading.Thread(target=self._work, args=(run,), name=f"loadgen-sut-{k}", daemon=True)
+                        for k, run in enumerate(runs)]
 
     def __enter__(self):
         n = self.images.shape[0]
         self.sut = self.lg.ConstructSUT(self.issue, self.flush)
         self.qsl = self.lg.ConstructQSL(n, n, self.load, self.unload)
-        self.worker.start()
+        for worker in self.workers:
+            worker.start()
         return self
 
     def __exit__(self, *exc):
         with self.ready:
             self.stopping = True
-            self.ready.notify()
-        self.worker.join()
+            self.ready.notify_all()
+        for worker in self.workers:
+            worker.join()
         self.lg.DestroyQSL(self.qsl)
         self.lg.DestroySUT(self.sut)
 
@@ -211,7 +187,7 @@ class Harness:
     def unload(self, indices) -> None:
         """Held for the next test (see the class docstring)."""
 
-    def _work(self) -> None:
+    def _work(self, run: Optional[Callable]) -> None:
         try:
             bind_device(self.engine)
         except Exception as exc:  # noqa: BLE001  raised in the caller's thread once LoadGen returns
@@ -223,14 +199,14 @@ class Harness:
                 if not self.waiting:
                     return
                 taken = [self.waiting.popleft() for _ in range(min(self.batch_size, len(self.waiting)))]
-            self._serve(taken)
+            self._serve(taken, run)
 
-    def _serve(self, taken: list) -> None:
+    def _serve(self, taken: list, run: Optional[Callable]) -> None:
         lg, masks = self.lg, None
         if self.error is None:
             try:
                 masks = predict_masks(self.engine, gather(self.images, [s.index for s in taken], self.batch_size),
-                                      len(taken))
+                                      len(taken), run)
             except Exception as exc:  # noqa: BLE001  raised in the caller's thread once LoadGen returns
                 self.error = exc
         if masks is None:
@@ -317,13 +293,16 @@ def _result(settings: ScenarioSettings, log: LoadGenLog, folder: str, metric: Op
         early_stopping=" ".join(str(log.get("early_stopping_result", "")).split()), log_dir=folder, **extra)
 
 
-def run_scenario(engine: Engine, images: torch.Tensor, batch_size: int, settings: ScenarioSettings) -> ScenarioResult:
+def run_scenario(engine: Engine, images: torch.Tensor, batch_size: int, settings: ScenarioSettings,
+                 concurrency: int = 1) -> ScenarioResult:
     """Run `settings.scenario` under LoadGen in PerformanceOnly mode over the held `images` (N, H, W, C uint8, at the
-    model's size) and return LoadGen's verdict and figures; Server searches for its rate (`search_server`)."""
+    model's size) and return LoadGen's verdict and figures; Server searches for its rate (`search_server`). Offline and
+    Server keep `concurrency` calls in flight (--concurrency's best); the stream scenarios one."""
     lg = loadgen()
     _check(images, batch_size)
     call_s = call_seconds(engine, images, batch_size)
-    with Harness(lg, engine, images, batch_size) as harness:
+    workers = concurrency if settings.scenario in ("offline", "server") else 1
+    with Harness(lg, engine, images, batch_size, workers) as harness:
         if settings.scenario == "server":
             return search_server(harness, settings, call_s)
         folder = os.path.join(settings.log_dir, settings.scenario)
@@ -350,7 +329,7 @@ def search_server(harness: Harness, settings: ScenarioSettings, call_s: float) -
         return ScenarioResult("server", METRICS["server"], None, "INVALID", (reason,), settings.mlperf_minimums,
                               performance_sample_count=harness.images.shape[0], batch_size=batch_size,
                               log_dir=root, **extra)
-    low, high = 0.0, 1.25 * batch_size / call_s
+    low, high = 0.0, 1.25 * batch_size * len(harness.workers) / call_s
     runs, best, last = [], None, None
     for k in range(settings.search_runs):
         rate = (low + high) / 2

@@ -50,6 +50,8 @@ def row_dict(row: Row) -> dict:
         out["outputs_s"] = row.outputs_s
     if row.ranks is not None:
         out["ranks"] = [dataclasses.asdict(r) for r in row.ranks]
+    if row.concurrency is not None:
+        out["concurrency"] = dataclasses.asdict(row.concurrency)
     if row.scenarios:
         out["scenarios"] = [{**dataclasses.asdict(s.result), "reasons": list(s.result.reasons),
                              "server_runs": [dataclasses.asdict(r) for r in s.result.server_runs],

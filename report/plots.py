@@ -10,7 +10,8 @@ import sys
 from utils.errors import SampleError
 from utils.files import check_destination, write_atomic
 
-PLOT_FILES = ("latency.png", "dice_histogram.png", "fps_vs_dice.png")  # what write_plots may write into its folder
+# what write_plots may write into its folder
+PLOT_FILES = ("latency.png", "dice_histogram.png", "fps_vs_dice.png", "concurrency.png")
 
 
 def require_matplotlib() -> None:
@@ -78,6 +79,23 @@ def plot_fps_vs_dice(rows: list[dict], path: str) -> str:
     return _save(fig, path)
 
 
+def plot_concurrency(rows: list[dict], path: str) -> str:
+    """Throughput against median latency per --concurrency level, one curve per engine row, each point labelled with
+    its requests in flight: where the curve turns up, more requests only add latency."""
+    fig, ax = _figure()
+    for r in rows:
+        levels = r["concurrency"]["levels"]
+        xs, ys = [lv["latency_p50_ms"] for lv in levels], [lv["images_per_s"] for lv in levels]
+        ax.plot(xs, ys, "o-", label=_label(r))
+        for lv, x, y in zip(levels, xs, ys):
+            ax.annotate(str(lv["concurrency"]), (x, y), textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel("median latency per call (ms)")
+    ax.set_ylabel("images / s")
+    ax.set_title("throughput vs latency per requests in flight")
+    ax.legend(loc="lower right")
+    return _save(fig, path)
+
+
 def write_plots(report: dict, folder: str) -> list[str]:
     """Write the plots the report has data for into `folder`; returns their paths."""
     require_matplotlib()
@@ -93,6 +111,9 @@ def write_plots(report: dict, folder: str) -> list[str]:
     both = [r for r in scored if r.get("fps") and r.get("dice") is not None]
     if len(both) >= 2:  # a single point says nothing; the plot is for side-by-side runs
         written.append(plot_fps_vs_dice(both, os.path.join(folder, PLOT_FILES[2])))
+    swept = [r for r in rows if (r.get("concurrency") or {}).get("levels")]
+    if swept:
+        written.append(plot_concurrency(swept, os.path.join(folder, PLOT_FILES[3])))
     return written
 
 

@@ -104,6 +104,7 @@ class Row:
     ranks: Optional[list[RankPart]] = None
     nonfinite: list[NonFinite] = field(default_factory=list)  # images with NaN / inf logits: the row is LOW
     scenarios: list = field(default_factory=list)  # pipeline.scenario_rows.ScenarioRow, one per LoadGen scenario
+    concurrency: Optional[object] = None  # pipeline.concurrency.Sweep: --concurrency's levels
 
     @property
     def label(self) -> str:

@@ -31,6 +31,18 @@ def _reasons(reasons) -> str:
     return text
 
 
+def concurrency_lines(row: Row) -> list[str]:
+    """A row's --concurrency sweep in one line: throughput and latency per level, and where throughput stops growing."""
+    swept = row.concurrency
+    if swept is None:
+        return []
+    levels = ", ".join(f"{lv.concurrency}: {lv.images_per_s:.2f} img/s (p50 {lv.latency_p50_ms:.1f} ms, p99 "
+                       f"{lv.latency_p99_ms:.1f})" for lv in swept.levels)
+    lines = [f"{row.label}: requests in flight {levels}; best {swept.best}, throughput stops growing at "
+             f"{swept.plateau} (within 5 % of the best)"] if swept.levels else []
+    return lines + [f"{row.label}: {why}" for why in swept.skipped]
+
+
 def scenario_lines(report: Report) -> list[str]:
     """The table and its notes, or nothing when no row ran a LoadGen scenario."""
     rows: list[tuple[Row, object]] = [(row, s) for row in report.rows for s in row.scenarios]

@@ -9,7 +9,7 @@ from report.metrics import name_nonfinite
 from report.notes import config_notes
 from report.ranks import rank_lines
 from report.results import Report, Row, RunInfo
-from report.scenario_table import scenario_lines
+from report.scenario_table import concurrency_lines, scenario_lines
 from utils.device import usable_cpus
 from utils.timing import PERCENTILES, SPLIT_MAIN, UNSTABLE, Timing, median_min_calls
 
@@ -158,6 +158,7 @@ def row_lines(row: Row, c: RunInfo) -> list[str]:
     stability = stability_line(row)
     if stability:
         lines.append(stability)
+    lines.extend(concurrency_lines(row))
     if row.split_s and row.images:
         lines.append(f"{label}: {format_split(row.split_s, row.images, c)}")
     if row.model_res is not None and row.model_res.dice is not None:
