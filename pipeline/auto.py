@@ -102,7 +102,8 @@ def choose(target: Target, first_input: Callable[[], ProbeInput], mode: str = "m
     if record is not None:
         return Choice(record["engine"], target.precision, "cached", record.get("threads"),
                       record.get("candidates", []), f"measured on {record.get('measured', '?')}: "
-                      f"{record.get('reason', '')}", record=path or "")
+                      f"{record.get('reason', '')}", record=path or "", near_tie=record.get("near_tie", False),
+                      runner_up=record.get("runner_up"))
     if not names:
         return static_choice(target, f"no installed engine runs {target.precision} on {target.device.type}")
     try:
@@ -119,7 +120,8 @@ def choose(target: Target, first_input: Callable[[], ProbeInput], mode: str = "m
 def _keep(path: str, key: dict, choice: Choice) -> None:
     """Keep a measured choice for the next run (which then decides at once)."""
     record = {"key": key, "engine": choice.engine, "threads": choice.threads, "reason": choice.reason,
-              "candidates": choice.candidates, "measured": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+              "candidates": choice.candidates, "near_tie": choice.near_tie, "runner_up": choice.runner_up,
+              "measured": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         write_atomic(path, json.dumps(record, indent=1).encode())

@@ -1,7 +1,9 @@
 """The probe behind `--engine auto`: each candidate compiled, its first call on the run's first batch checked against
 the eager fp32 reference and one call timed; the finalists (within GIVE_UP of the fastest) then timed in turn,
-PROBE_ROUNDS rounds, and the lowest median wins. Where the CPU has SMT, the winner is also timed with one thread per
-physical core."""
+PROBE_ROUNDS rounds, and those whose medians' intervals still overlap the leader's are timed on, interleaved, until
+they separate or the tie budget is spent. The lowest median wins, but a candidate whose calls spread widely never wins
+over a steady one it cannot be told apart from; a choice still inside the noise is reported as a near tie.
+Where the CPU has SMT, the winner is also timed with one thread per physical core."""
 from __future__ import annotations
 
 import gc
@@ -21,12 +23,21 @@ from pipeline.rows import Built
 from report.metrics import cosine_per_sample
 from utils.device import physical_cores, torch_threads, usable_cpus
 from utils.errors import first_line
+from utils.timing import UNSTABLE, median_interval, median_min_calls
 
 PROBE_WARMUP = 2  # untimed calls first: TorchScript's profiling executor optimises on its second call
-PROBE_ROUNDS = 4  # interleaved calls per finalist after its first timed one
+# interleaved calls per finalist after its first timed one: 6 in all, the fewest whose median has a 95 % interval, so
+# no finalist is judged (spread, tied) on calls too few to say
+PROBE_ROUNDS = median_min_calls() - 1
 GIVE_UP = 1.5  # a candidate whose first timed call is this many times the fastest one's is not a finalist
 # ... nor one whose first call (one-time work included: 2x a steady call is common) took this many times the fastest
 FIRST_CALL_GIVE_UP = 4.0
+TIE_BUDGET_S = 5.0
+"""Seconds of interleaved tie rounds at least: two engines within a few % of each other (ONNX Runtime and OpenVINO on
+a 2-core CPU) need a dozen calls each before a 95 % interval of a median is narrow enough to part them."""
+TIE_ROUNDS = 8
+"""... or this many rounds of the tied finalists' calls, if longer: the budget scales with the call time, so a slow
+model (UNet 512 on 2 cores, ~2 s a call) still gets the calls an interval needs (13 calls: the 3rd to the 11th)."""
 
 
 @dataclass
@@ -42,12 +53,16 @@ class Choice:
     record: str = ""  # the cache file that keeps the choice
     probe_s: float = 0.0
     built: Optional[Built] = None  # the probe's compiled winner and its first call, handed to the row (not reported)
+    near_tie: bool = False  # the winner's and the runner-up's median intervals still overlapped when the probe ended
+    runner_up: Optional[dict] = None  # the runner-up's candidates entry
 
     def describe(self) -> dict:
         """The report's entry (config.auto)."""
+        runner = self.runner_up or {}
         return {"precision": self.precision, "engine": self.engine, "threads": self.threads, "source": self.source,
                 "reason": self.reason, "candidates": self.candidates, "probe_s": round(self.probe_s, 2),
-                "record": self.record}
+                "record": self.record, "near_tie": self.near_tie, "runner_up": runner.get("engine"),
+                "runner_up_threads": runner.get("threads"), "runner_up_median_ms": runner.get("median_ms")}
 
 
 @dataclass(frozen=True)
@@ -81,6 +96,24 @@ class _Finalist:
     threads: Optional[int]
     times: list = field(default_factory=list)
 
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def interval(self) -> list[float]:
+        """The median's 95 % interval (utils.timing.median_interval); with too few calls for one (a lone finalist's
+        one call), the calls' range."""
+        return median_interval(self.times) or [min(self.times), max(self.times)]
+
+    @property
+    def spread(self) -> bool | None:
+        """Whether the calls spread too widely for their median to be trusted: the median's 95 % interval is wider
+        than UNSTABLE of it each way (rows[].unstable's rule). Two modes (OpenVINO at 630 or 1,200 ms by turns) do
+        that as soon as both appear in the middle of the calls; one busy spell does not. None: too few calls."""
+        interval = median_interval(self.times)
+        return None if interval is None else (interval[1] - interval[0]) / 2.0 > UNSTABLE * self.median
+
 
 def _timed_call(engine: Engine, inputs, threads: int | None) -> float:
     """Milliseconds per batch of one call, timed as the row's timing pass times it (`run_parallel` where the engine
@@ -100,8 +133,8 @@ def probe(name: str, target: Target, given: ProbeInput, best_ms: float | None = 
     A candidate whose first call already took FIRST_CALL_GIVE_UP x `best_ms` (the fastest timed call so far) stops
     there: a first call carries one-time work, hence the wider margin than GIVE_UP."""
     options, precision = target.options, target.precision
-    entry: dict = {"engine": name, "threads": options.threads, "median_ms": None, "cosine_min": None,
-                   "compile_s": 0.0, "first_call_ms": None, "note": ""}
+    entry: dict = {"engine": name, "threads": options.threads, "median_ms": None, "median_ci_ms": None, "spread": None,
+                   "cosine_min": None, "compile_s": 0.0, "first_call_ms": None, "note": ""}
     with torch_threads(options.threads):
         try:
             start = time.perf_counter()
@@ -190,46 +223,128 @@ def _probe_all(target: Target, names: list[str], given: ProbeInput, log: Callabl
 
 
 def _time_finalists(finalists: list[_Finalist], log: Callable[[str], None], precision: str) -> None:
-    """Time the finalists round-robin, PROBE_ROUNDS calls each, so a busy spell on a shared machine hits them all;
-    fastest median first."""
+    """Time the finalists round-robin, PROBE_ROUNDS calls each, so a busy spell on a shared machine hits them all."""
     if len(finalists) > 1:
         log(f"auto {precision}: timing {', '.join(f.entry['engine'] for f in finalists)} in turn ...")
         for _ in range(PROBE_ROUNDS):
             for f in finalists:
                 f.times.append(_timed_call(f.engine, f.inputs, f.threads))
+
+
+def _overlap(a: list[float], b: list[float]) -> bool:
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+def _ranked(finalists: list[_Finalist]) -> list[_Finalist]:
+    """Lowest median first, except that a leader whose calls spread widely goes behind the fastest steady finalist
+    whose median lies inside the leader's 95 % interval: a lucky run of calls in its fast mode must not win against a
+    steady engine the calls cannot tell apart from it (the row would time both modes). A steady median above that
+    interval is slower whatever the spread (trial 4 of issue 18's check, under load: a spread OpenVINO at 175 ms,
+    [158, 186], against a steady ONNX Runtime at 189 ms, whose row then ran 0.87x of OpenVINO's)."""
+    ranked = sorted(finalists, key=lambda f: f.median)
+    lead = ranked[0]
+    if lead.spread:
+        steady = [f for f in ranked[1:] if f.spread is False and f.median <= lead.interval[1]]
+        if steady:
+            ranked.remove(steady[0])
+            ranked.insert(0, steady[0])
+    return ranked
+
+
+def _tied(finalists: list[_Finalist]) -> list[_Finalist]:
+    """The leader and the finalists whose medians' intervals overlap its own (just the leader when none does)."""
+    ranked = _ranked(finalists)
+    return [ranked[0]] + [f for f in ranked[1:] if _overlap(f.interval, ranked[0].interval)]
+
+
+def _settle(finalists: list[_Finalist], budget_s: float | None, log: Callable[[str], None], precision: str) -> int:
+    """Time the leader and the finalists tied with it interleaved, one call each a round, until no interval overlaps
+    the leader's or the next round would overrun `budget_s` seconds (None: TIE_BUDGET_S, or TIE_ROUNDS rounds if
+    longer); the rounds made. Interleaving puts a busy spell or a turbo step on every contender alike."""
+    tied, rounds, start = _tied(finalists) if finalists else [], 0, time.perf_counter()
+    if len(tied) < 2:
+        return 0
+    next_s = sum(f.median * f.engine.parallel for f in tied) / 1000.0  # the first round's cost, from the medians
+    budget_s = max(TIE_BUDGET_S, TIE_ROUNDS * next_s) if budget_s is None else budget_s
+    log(f"auto {precision}: {', '.join(f.entry['engine'] for f in tied)} within each other's noise: timing them "
+        f"interleaved for up to {budget_s:.0f} s ...")
+    while len(tied) > 1 and time.perf_counter() - start + next_s <= budget_s:
+        began = time.perf_counter()
+        for f in tied:
+            f.times.append(_timed_call(f.engine, f.inputs, f.threads))
+        next_s, rounds = time.perf_counter() - began, rounds + 1
+        tied = _tied(finalists)
+    return rounds
+
+
+def _describe(finalists: list[_Finalist]) -> None:
+    """Each finalist's figures in its report entry."""
     for f in finalists:
-        f.entry["median_ms"] = statistics.median(f.times)
-        f.entry["calls"] = len(f.times)
-    finalists.sort(key=lambda f: f.entry["median_ms"])
+        spread = f.spread
+        f.entry.update(median_ms=f.median, calls=len(f.times), spread=spread,
+                       median_ci_ms=None if spread is None else [round(v, 2) for v in f.interval])
 
 
-def measure(target: Target, names: list[str], given: ProbeInput,
-            log: Callable[[str], None] = lambda line: None) -> Choice:
-    """Probe the candidate engines `names`, time the finalists in turn; the lowest median that passed the bar wins
-    (the static order when none did)."""
+def _runner_up(ranked: list[_Finalist], entries: list[dict]) -> dict | None:
+    """The best-ranked finalist still tied with the winner, else the second finalist, else the fastest other candidate
+    that was timed at all (its one call)."""
+    if len(ranked) > 1:
+        return next((f for f in ranked[1:] if _overlap(f.interval, ranked[0].interval)), ranked[1]).entry
+    others = [e for e in entries if e["median_ms"] is not None and e is not ranked[0].entry]
+    return min(others, key=lambda e: e["median_ms"], default=None)
+
+
+def _name(entry: dict, threads: int | None) -> str:
+    """The engine, with its thread count where that is not the winner's."""
+    return entry["engine"] + (f" with {entry['threads'] or 'default'} threads" if entry["threads"] != threads else "")
+
+
+def _reason(ranked: list[_Finalist], runner: dict | None, near_tie: bool, precision: str) -> str:
+    """Why the winner won, in words: by how much, over how many interleaved calls; a spread leader passed over; a
+    near tie named as one, with both medians."""
+    best, lowest = ranked[0], min(ranked, key=lambda f: f.median)
+    ms = best.median
+    if lowest is best:
+        reason = f"fastest that passed the {precision} bar: {ms:,.1f} ms per batch"
+    else:
+        low, high = lowest.interval
+        reason = (f"steadiest of the fastest that passed the {precision} bar: {ms:,.1f} ms per batch; "
+                  f"{_name(lowest.entry, best.threads)} had a lower median but its calls spread widely "
+                  f"({low:,.1f}-{high:,.1f} ms holds its median, 95 %)")
+    if runner is not None and near_tie:
+        reason += (f"; near tie: {best.entry['engine']} {ms:,.1f} ms vs {_name(runner, best.threads)} "
+                   f"{runner['median_ms']:,.1f} ms, their medians' 95 % intervals still overlap after "
+                   f"{len(best.times)} interleaved calls each")
+    elif runner is not None:
+        reason += f", {runner['median_ms'] / ms:.2f}x faster than {_name(runner, best.threads)}"
+    if len(ranked) > 1 and not near_tie:
+        reason += f" (medians of {len(best.times)} interleaved calls)"
+    return reason
+
+
+def measure(target: Target, names: list[str], given: ProbeInput, log: Callable[[str], None] = lambda line: None,
+            budget_s: float | None = None) -> Choice:
+    """Probe the candidate engines `names`, time the finalists in turn, then the tied ones interleaved for up to
+    `budget_s` seconds (None: the default tie budget, see _settle); the lowest median that passed the bar wins, a
+    steady engine over a spread one it ties with (the static order when none passed)."""
     start = time.perf_counter()
     entries, finalists = _probe_all(target, names, given, log)
     _time_finalists(finalists, log, target.precision)
-    winner = finalists[0].entry["engine"] if finalists else engines.default_engine(target.device, target.precision)
+    _settle(finalists, budget_s, log, target.precision)
+    _describe(finalists)
+    ranked = _ranked(finalists) if finalists else []
+    winner = ranked[0].entry["engine"] if ranked else engines.default_engine(target.device, target.precision)
     _discard_losers(entries, winner, target.options)
     probe_s = time.perf_counter() - start
-    if not finalists:
+    if not ranked:
         return static_choice(target, "no candidate passed the probe", entries, probe_s)
-    best = finalists[0]
-    best_ms = best.entry["median_ms"]
-    reason = f"fastest that passed the {target.precision} bar: {best_ms:,.1f} ms per batch"
-    others = sorted((e for e in entries if e["median_ms"] is not None and e is not best.entry),
-                    key=lambda e: e["median_ms"])
-    if others:
-        runner = others[0]
-        threads = f" with {runner['threads'] or 'default'} threads" if runner["threads"] != best.threads else ""
-        reason += f", {runner['median_ms'] / best_ms:.2f}x faster than {runner['engine']}{threads}"
-    if len(finalists) > 1:
-        reason += f" (medians of {best.entry['calls']} interleaved calls)"
+    best, runner = ranked[0], _runner_up(ranked, entries)
+    near_tie = any(_overlap(best.interval, f.interval) for f in ranked[1:])
     handed = best.threads == target.options.threads  # else the row builds its engine with the chosen thread count
     built = Built(best.engine, best.entry["compile_s"], best.first_call_s) if handed else None
-    return Choice(best.entry["engine"], target.precision, "measured", best.threads, entries, reason,
-                  probe_s=probe_s, built=built)
+    return Choice(best.entry["engine"], target.precision, "measured", best.threads, entries,
+                  _reason(ranked, runner, near_tie, target.precision), probe_s=probe_s, built=built,
+                  near_tie=near_tie, runner_up=runner)
 
 
 def _discard_losers(entries: list[dict], winner: str | None, options: EngineOptions) -> None:

@@ -9,7 +9,7 @@ from report.results import RunInfo
 def _candidate(entry: dict) -> str:
     threads = f" x{entry['threads']} threads" if entry.get("threads") else ""
     if entry.get("median_ms") is not None:
-        text = f"{entry['engine']}{threads} {entry['median_ms']:,.1f} ms"
+        text = f"{entry['engine']}{threads} {entry['median_ms']:,.1f} ms" + (" spread" if entry.get("spread") else "")
         return text + (f" ({entry['note']})" if entry.get("note") else "")
     return f"{entry['engine']}{threads}: {entry.get('note') or 'not timed'}"
 
