@@ -190,7 +190,7 @@ def add_timing_arguments(timing) -> None:
     timing.add_argument("--concurrency", type=concurrency, default=(1,), metavar="N,N",
                         help="requests in flight: a list sweeps them (1,2,4), each level timed with N threads on the "
                              "resident batch, throughput and p50 / p99 per level; LoadGen's offline and server use the "
-                             "best (default 1: the timed loop alone)")
+                             "fewest requests that reach the best throughput (default 1: the timed loop alone)")
     timing.add_argument("--min_duration", type=seconds, metavar="S",
                         help="time each engine until both --loop calls and S seconds of calls are done (default 0: "
                              "exactly --loop calls, as the original sample timed); a LoadGen scenario's minimum "

@@ -245,7 +245,7 @@ def run_row(row: PlannedRow, job: Job) -> RowResult:
                 swept = sweep_row(engine, passed.timing_batch, job, row.threads)
             if job.scenarios is not None and timing is not None and not passed.interrupted:
                 scenarios = run_scenarios(engine, job.scenarios, passed.accuracy, timing.latency_median_ms,
-                                          f"{engine.name} {row.precision}", swept.best if swept else 1)
+                                          f"{engine.name} {row.precision}", swept.plateau if swept else 1)
         except KeyboardInterrupt:
             passed.interrupted = True  # the loop's figures stand; a sweep or scenarios cut short are lost
         if passed.interrupted and hook:

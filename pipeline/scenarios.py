@@ -114,7 +114,7 @@ class ScenarioResult:
     log_dir: str = ""
     target_latency_ms: Optional[float] = None  # Server
     server_runs: tuple = ()  # Server: every ServerRun of the search, in order
-    concurrency: int = 1  # calls kept in flight (Offline, Server: --concurrency's best)
+    concurrency: int = 1  # calls kept in flight (Offline, Server: --concurrency's plateau)
 
 
 def predict_masks(engine: Engine, pixels: torch.Tensor, n: int, run: Optional[Callable] = None) -> np.ndarray:
@@ -151,7 +151,7 @@ class Harness:
         self.ready = threading.Condition()
         self.stopping = False
         self.error: Optional[BaseException] = None
-        # --concurrency's best for Offline and Server: that many calls in flight, each worker with its own request
+        # --concurrency's plateau for Offline and Server: that many calls in flight, each worker with its own request
         runs = [engine.request() for _ in range(workers)] if engine.request is not None else [None] * workers
         self.workers = [threading.Thread(target=self._work, args=(run,), name=f"loadgen-sut-{k}", daemon=True)
                         for k, run in enumerate(runs)]
@@ -176,7 +176,8 @@ class Harness:
     def issue(self, samples) -> None:
         with self.ready:
             self.waiting.extend(samples)
-            self.ready.notify()
+            # one worker per batch waiting: Offline's one query of every sample must reach all of them
+            self.ready.notify(-(-len(self.waiting) // self.batch_size))
 
     def flush(self) -> None:
         """Nothing is held back: every waiting sample is run as soon as the worker is free."""
@@ -297,7 +298,7 @@ def run_scenario(engine: Engine, images: torch.Tensor, batch_size: int, settings
                  concurrency: int = 1) -> ScenarioResult:
     """Run `settings.scenario` under LoadGen in PerformanceOnly mode over the held `images` (N, H, W, C uint8, at the
     model's size) and return LoadGen's verdict and figures; Server searches for its rate (`search_server`). Offline and
-    Server keep `concurrency` calls in flight (--concurrency's best); the stream scenarios one."""
+    Server keep `concurrency` calls in flight (--concurrency's plateau); the stream scenarios one."""
     lg = loadgen()
     _check(images, batch_size)
     call_s = call_seconds(engine, images, batch_size)

@@ -9,6 +9,7 @@ import torch
 from dataset.calibration import random_calibration
 from dataset.modes import Conversion, describe_conversions
 from engines.base import EngineOptions
+from pipeline.concurrency import Level, Sweep
 from pipeline.distributed import World
 from pipeline.passes import PassResult
 from pipeline.probe import ProbeInput, Target, measure
@@ -57,8 +58,9 @@ def _row() -> RowResult:
                         batch_ms=[5.0, 5.0], sizes=[(8, 8), (8, 8)])
     facts = EngineFacts("torch", "cpu x2", "fp32", "compiled", "", "model call", ("channels_last",))
     part = RankPart(0, "host", "cpu", 2, 1.0, "compiled", 100.0, 2.0, 5.0, 1.0, 2.0, 0.0)
+    swept = Sweep([Level(2, 12, 1.0, 24.0, 80.0, 90.0, [70.0, 85.0], 1)], 2, 2, ["concurrency 4: one at a time"])
     return RowResult(facts, 1.0, passed, summarize([0.005, 0.006], 2), RowOutputs(0.5, original), [part],
-                     scenarios=[_scenario()])
+                     scenarios=[_scenario()], concurrency=swept)
 
 
 def _plan() -> ScenarioPlan:
