@@ -43,6 +43,7 @@ class Sweep:
     best: int
     plateau: int
     skipped: list[str] = field(default_factory=list)
+    failed: Optional[str] = None  # the engine's error when it failed with requests side by side (no level kept)
 
 
 @contextmanager

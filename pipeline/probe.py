@@ -110,7 +110,9 @@ class _Finalist:
     def spread(self) -> bool | None:
         """Whether the calls spread too widely for their median to be trusted: the median's 95 % interval is wider
         than UNSTABLE of it each way (rows[].unstable's rule). Two modes (OpenVINO at 630 or 1,200 ms by turns) do
-        that as soon as both appear in the middle of the calls; one busy spell does not. None: too few calls."""
+        that as soon as both appear in the middle of the calls. With 6 to 8 calls the interval is their whole range, so
+        one slow call marks a finalist spread until the tie rounds add calls; a spread finalist only gives way to a
+        steady one inside its interval. None: too few calls."""
         interval = median_interval(self.times)
         return None if interval is None else (interval[1] - interval[0]) / 2.0 > UNSTABLE * self.median
 

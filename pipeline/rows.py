@@ -151,6 +151,12 @@ class RowResult:
     scenarios: list[ScenarioRow] = field(default_factory=list)
     concurrency: Optional[Sweep] = None
 
+    @property
+    def extra_failed(self) -> bool:
+        """The engine failed in the --concurrency sweep or a LoadGen scenario (the row's own figures stand)."""
+        return any(s.result.validity == "ERROR" for s in self.scenarios) or \
+            (self.concurrency is not None and self.concurrency.failed is not None)
+
 
 @dataclass
 class RowsResult:
@@ -163,7 +169,7 @@ class RowsResult:
     @property
     def status(self) -> int:
         """1 when a row failed, a row lost images, or nothing ran; else 0 (130 for Ctrl-C is the caller's)."""
-        failed = any(s.failed for s in self.skipped) or any(r.passed.failed for r in self.results)
+        failed = any(s.failed for s in self.skipped) or any(r.passed.failed or r.extra_failed for r in self.results)
         return 1 if failed or not self.results else 0
 
 
@@ -244,10 +250,10 @@ def run_row(row: PlannedRow, job: Job) -> RowResult:
             if job.concurrency != (1,) and timing is not None and not passed.interrupted:
                 swept = sweep_row(engine, passed.timing_batch, job, row.threads)
             if job.scenarios is not None and timing is not None and not passed.interrupted:
-                scenarios = run_scenarios(engine, job.scenarios, passed.accuracy, timing.latency_median_ms,
-                                          f"{engine.name} {row.precision}", swept.plateau if swept else 1)
+                run_scenarios(engine, job.scenarios, passed.accuracy, timing.latency_median_ms,
+                              f"{engine.name} {row.precision}", swept.plateau if swept else 1, done=scenarios)
         except KeyboardInterrupt:
-            passed.interrupted = True  # the loop's figures stand; a sweep or scenarios cut short are lost
+            passed.interrupted = True  # the loop's figures and the scenarios that finished stand
         if passed.interrupted and hook:
             outputs.wait(keep_errors=True)  # the batches already handed over get their files (MAX_PENDING at most)
         row_outputs = outputs.finish(engine.name, row.precision) if hook else None
@@ -261,7 +267,11 @@ def sweep_row(engine, batch: torch.Tensor, job: Job, threads: int | None) -> Swe
     `job.min_duration_s`)."""
     native = engine.prepare(batch)
     engine.synchronize()
-    return sweep(engine, native, job.concurrency, job.loop, job.warmup, job.min_duration_s, batch.shape[0], threads)
+    try:
+        return sweep(engine, native, job.concurrency, job.loop, job.warmup, job.min_duration_s, batch.shape[0],
+                     threads)
+    except Exception as exc:  # noqa: BLE001  the engine failed with requests side by side: said, the row stands
+        return Sweep([], 1, 1, failed=f"{type(exc).__name__}: {first_line(exc)}")
 
 
 def to_row(result: RowResult) -> Row:

@@ -17,6 +17,7 @@ from dataset.pairs import Dataset
 from engines.base import Engine
 from pipeline.concurrency import shared_threads
 from pipeline.scenarios import (
+    METRICS,
     ScenarioResult,
     ScenarioSettings,
     loadgen,
@@ -139,25 +140,38 @@ def check_accuracy(library: Library, masks: list[np.ndarray], accuracy: Accuracy
 
 
 def run_scenarios(engine: Engine, plan: ScenarioPlan, accuracy: Accuracy, median_ms: Optional[float],
-                  label: str, concurrency: int = 1) -> list[ScenarioRow]:
+                  label: str, concurrency: int = 1, done: Optional[list] = None) -> list[ScenarioRow]:
     """Every scenario of `plan` on one row's engine: accuracy mode, then performance mode (Server: its search), Offline
-    and Server with `concurrency` calls in flight."""
-    rows = []
+    and Server with `concurrency` calls in flight. Each finished scenario is appended to `done` as it ends (a signal
+    keeps those); an engine failure in one is that scenario's ERROR, and the others still run."""
+    rows = [] if done is None else done
     given = plan.target_latency_ms
     target = given or TARGET_TIMES_MEDIAN * (median_ms or 1.0)
     source = "--target_latency_ms" if given else f"{TARGET_TIMES_MEDIAN:g}x the row's median call"
-    library = plan.library
     for name in plan.names:
         folder = os.path.join(plan.log_root, label.replace(" ", "-"))  # LoadGen's logs: <folder>/<scenario>[-accuracy]
         settings = replace(plan.settings, scenario=name, log_dir=folder, target_latency_ms=target)
-        masks = run_accuracy(engine, library.images, plan.batch_size, settings)
-        check = check_accuracy(library, masks, accuracy, plan.n_classes)
-        inflight = concurrency if name in ("offline", "server") else 1
-        with shared_threads(engine, inflight, None):  # torch's CPU threads shared out, as the sweep measured them
-            result = replace(run_scenario(engine, library.images, plan.batch_size, settings, inflight),
-                             concurrency=inflight)
-        rows.append(ScenarioRow(result, check, source if name == "server" else None))
+        try:
+            rows.append(_one_scenario(engine, plan, settings, accuracy, median_ms, concurrency))
+        except SampleError as exc:  # the engine failed inside LoadGen: said in the scenario, the row's figures stand
+            failed = ScenarioResult(name, METRICS[name], None, "ERROR", (str(exc),), settings.mlperf_minimums)
+            rows.append(ScenarioRow(failed, AccuracyCheck(0, None, None, None, None)))
+            continue
+        if name == "server":
+            rows[-1] = replace(rows[-1], target_latency_source=source)
     return rows
+
+
+def _one_scenario(engine: Engine, plan: ScenarioPlan, settings: ScenarioSettings, accuracy: Accuracy,
+                  median_ms: Optional[float], concurrency: int) -> ScenarioRow:
+    library = plan.library
+    masks = run_accuracy(engine, library.images, plan.batch_size, settings)
+    check = check_accuracy(library, masks, accuracy, plan.n_classes)
+    inflight = concurrency if settings.scenario in ("offline", "server") else 1
+    with shared_threads(engine, inflight, None):  # torch's CPU threads shared out, as the sweep measured them
+        result = run_scenario(engine, library.images, plan.batch_size, settings, inflight,
+                              None if median_ms is None else median_ms / 1000.0)
+    return ScenarioRow(replace(result, concurrency=inflight), check)
 
 
 def scenario_plan(config, dataset: Dataset, decode: str, n_classes: int, distributed: bool) -> ScenarioPlan | None:

@@ -40,6 +40,9 @@ def concurrency_lines(row: Row) -> list[str]:
                        f"{lv.latency_p99_ms:.1f})" for lv in swept.levels)
     lines = [f"{row.label}: requests in flight {levels}; best {swept.best}, throughput stops growing at "
              f"{swept.plateau} (within 5 % of the best)"] if swept.levels else []
+    if swept.failed:
+        lines.append(f"{row.label}: error: the requests-in-flight sweep failed: {swept.failed}; the row's other "
+                     "figures stand")
     return lines + [f"{row.label}: {why}" for why in swept.skipped]
 
 
@@ -74,6 +77,8 @@ def scenario_lines(report: Report) -> list[str]:
             found = f"{r.metric:.2f} q/s" if r.metric is not None else "no rate"
             lines.append(f"{row.label} server: highest rate with p99 under {r.target_latency_ms:.1f} ms "
                          f"({s.target_latency_source}): {found}, searched in {len(r.server_runs)} LoadGen run(s)")
-        if r.validity != "VALID" and r.reasons:
+        if r.validity == "ERROR":
+            lines.append(f"{row.label} {r.scenario}: error: {_reasons(r.reasons)}; the row's other figures stand")
+        elif r.validity != "VALID" and r.reasons:
             lines.append(f"{row.label} {r.scenario}: LoadGen says {r.validity}: {_reasons(r.reasons)}")
     return lines

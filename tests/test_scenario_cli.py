@@ -2,19 +2,28 @@
 masks against the accuracy pass's; the report's second table; LoadGen absent or refused by name."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
+import torch
 
 import pipeline.scenarios
 import sample
-from tests.test_hostile import FAST
+from tests.test_hostile import FAST, ROOT
 from utils.errors import SampleError
 
-pytest.importorskip("mlperf_loadgen", reason="mlcommons-loadgen is not installed (requirements-dev.txt)")
+needs_loadgen = pytest.mark.skipif(importlib.util.find_spec("mlperf_loadgen") is None,
+                                   reason="mlcommons-loadgen is not installed (requirements-dev.txt)")
 
 
+@needs_loadgen
 @pytest.mark.slow
 def test_every_scenario_runs_beside_the_loop_and_feeds_the_engine_as_the_accuracy_pass(carvana, tmp_path, capsys):
     images, masks = carvana
@@ -56,3 +65,90 @@ def test_without_loadgen_a_scenario_is_one_error_line_before_anything_compiles(s
     err = capsys.readouterr().err
     assert "error: the MLPerf scenarios need MLCommons LoadGen" in err and "pip install mlcommons-loadgen" in err
     assert "compiling" not in err and "Traceback" not in err
+
+
+INTERRUPTED = """
+import sys, threading
+sys.path.insert(0, sys.argv[1])
+import sample
+import pipeline.scenarios as scenarios
+start, tests = scenarios.Harness.start, []
+def announced(self, test, folder):
+    tests.append(folder)
+    if folder.endswith("singlestream"):  # the performance test (after accuracy mode): tell the driver, then run it
+        print("LOADGEN-STARTED", flush=True)
+    return start(self, test, folder)
+scenarios.Harness.start = announced
+sys.exit(sample.main(sys.argv[2:]))
+"""
+
+
+@needs_loadgen
+@pytest.mark.slow
+def test_a_signal_inside_a_loadgen_test_ends_it_at_once_with_a_partial_report(small_set, tmp_path):
+    """Ctrl-C 1 s into a 30 s SingleStream test: the SUT answers the rest at once, the test ends, and the run writes
+    its partial report (exit 130), never a crash inside LoadGen's threads (a signal raised inside LoadGen's callbacks
+    left its test running and the process died: no report)."""
+    images, masks = small_set
+    report = tmp_path / "r.json"
+    argv = FAST + ["--image_path", images, "--mask_path", masks, "--scenario", "singlestream",
+                   "--min_duration", "30", "--min_queries", "1", "--loadgen_logs", str(tmp_path / "logs"),
+                   "--json", str(report)]
+    proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED, ROOT] + argv, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 120
+    while not any("LOADGEN-STARTED" in line for line in lines) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    err = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, (proc.returncode, err[-2000:])
+    assert time.monotonic() - sent < 25  # the test ended when its queries were answered, not at its 30 s minimum
+    data = json.loads(report.read_text())
+    (row,) = data["rows"]
+    assert data["partial"] and row["interrupted"] and row["calls"] >= 1 and "scenarios" not in row
+
+
+def test_an_engine_failure_in_the_sweep_keeps_the_row_and_exits_1(small_set, tmp_path, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise RuntimeError("device lost with two requests in flight")
+
+    monkeypatch.setattr("pipeline.concurrency.run_level", broken)
+    images, masks = small_set
+    report = tmp_path / "r.json"
+    assert sample.main(FAST + ["--image_path", images, "--mask_path", masks, "--concurrency", "1,2",
+                               "--json", str(report)]) == 1
+    (row,) = json.loads(report.read_text())["rows"]
+    assert row["images"] == 3 and row["calls"] >= 1 and "device lost" in row["concurrency"]["failed"]
+    assert "the requests-in-flight sweep failed: RuntimeError: device lost" in capsys.readouterr().out
+
+
+@needs_loadgen
+def test_offline_keeps_its_requests_in_flight(tmp_path):
+    """Offline's one query of every sample reaches every worker: with 3 requests, calls overlap (the SUT once woke one
+    worker per query, and Offline ran one call at a time at half the loop's fps)."""
+    from engines.base import Engine
+    from pipeline.scenarios import ScenarioSettings, run_scenario
+    from tests.conftest import CPU
+
+    lock, state = threading.Lock(), {"now": 0, "peak": 0}
+
+    def run(x):
+        with lock:
+            state["now"] += 1
+            state["peak"] = max(state["peak"], state["now"])
+        time.sleep(0.01)
+        with lock:
+            state["now"] -= 1
+        return torch.zeros(x.shape[0], 2, *x.shape[2:])
+
+    engine = Engine("fake", CPU, "fp32", run, lambda b: b, lambda y: y)
+    images = torch.zeros(4, 16, 16, 3, dtype=torch.uint8)
+    settings = ScenarioSettings("offline", min_duration_s=0.2, min_queries=12, log_dir=str(tmp_path))
+    result = run_scenario(engine, images, 1, settings, concurrency=3)
+    assert result.samples >= 12 and state["peak"] >= 2, (result.samples, state)

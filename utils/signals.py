@@ -211,6 +211,13 @@ def exit_until_run() -> None:
             signal.signal(signum, _exit_now)
 
 
+def pending() -> bool:
+    """Whether the run in progress has been told to stop (a signal raised, or kept by a held section): for work that
+    other threads do while the main thread waits inside one (a LoadGen test), so they can wind down."""
+    run = _active
+    return run is not None and (run.stopping or run.pending is not None)
+
+
 @contextmanager
 def held(deliver: bool = True) -> Iterator[Section]:
     """`Interrupts.held` of the run in progress; outside one (a library call, a test), a SIGINT in the block is kept
