@@ -130,26 +130,39 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def seconds(text: str) -> float:
-    """An argparse type: seconds from 0 to a day."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not 0 <= value <= 86400:
-        raise argparse.ArgumentTypeError(f"must be from 0 to 86400 s (a day), got {text}")
-    return value
+def number_in(inside, bounds: str, what: str = "a number"):
+    """An argparse type: a float for which `inside` holds, else a usage error that says `bounds`."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not inside(value):
+            raise argparse.ArgumentTypeError(f"{bounds}, got {text}")
+        return value
+    return parse
 
 
-def percentiles(text: str) -> tuple[float, ...]:
-    """An argparse type: a comma list of percentiles in (0, 100], sorted, each once."""
-    try:
-        values = sorted({float(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a comma list of numbers such as 50,90,99, got {text!r}") from None
-    if not values or not all(0 < v <= 100 for v in values):
-        raise argparse.ArgumentTypeError(f"percentiles lie in (0, 100], got {text!r}")
-    return tuple(values)
+seconds = number_in(lambda v: 0 <= v <= 86400, "must be from 0 to 86400 s (a day)", "seconds")
+positive_float = number_in(lambda v: 0 < v < float("inf"), "must be > 0")
+
+
+def sorted_list(convert, example: str, inside, bounds: str):
+    """An argparse type: a comma list of `convert`ed values, sorted, each once, each `inside` (else `bounds`)."""
+    def parse(text: str) -> tuple:
+        try:
+            values = sorted({convert(part) for part in text.split(",") if part.strip()})
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma list such as {example}, got {text!r}") from None
+        if not values or not all(inside(v) for v in values):
+            raise argparse.ArgumentTypeError(f"{bounds}, got {text!r}")
+        return tuple(values)
+    return parse
+
+
+percentiles = sorted_list(float, "50,90,99", lambda v: 0 < v <= 100, "percentiles lie in (0, 100]")
+concurrency = sorted_list(int, "1,2,4", lambda v: 1 <= v <= 64, "requests in flight run from 1 to 64 (threads of their "
+                          "own)")
 
 
 def scenarios(text: str) -> tuple[str, ...]:
@@ -160,27 +173,6 @@ def scenarios(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(f"unknown scenario(s) {', '.join(unknown) or text!r}; valid: loop, "
                                          f"{', '.join(SCENARIOS)}")
     return names
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def concurrency(text: str) -> tuple[int, ...]:
-    """An argparse type: a comma list of requests in flight (1 to 64), sorted, each once."""
-    try:
-        values = sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a comma list of whole numbers (1,2,4), got {text!r}") from None
-    if not values or not all(1 <= v <= 64 for v in values):
-        raise argparse.ArgumentTypeError(f"requests in flight run from 1 to 64 (threads of their own), got {text!r}")
-    return tuple(values)
 
 
 def add_timing_arguments(timing) -> None:

@@ -325,8 +325,8 @@ def run_scenario(engine: Engine, images: torch.Tensor, batch_size: int, settings
 def search_server(harness: Harness, settings: ScenarioSettings, call_s: float) -> ScenarioResult:
     """Bisect LoadGen's server_target_qps over (0, 1.25 x the full-batch rate] in `settings.search_runs` runs: a rate
     whose measured p99 stays under `target_latency_ms` raises the floor, any other lowers the ceiling. The result is
-    the best such run (its completed samples/s, LoadGen's headline, is the metric), or the last run with metric
-    None."""
+    the best such run that LoadGen also called VALID, else the best such run (its completed samples/s, LoadGen's
+    headline, is the metric), or the last run with metric None."""
     lg, batch_size = harness.lg, harness.batch_size
     target = settings.target_latency_ms
     root = os.path.join(settings.log_dir, "server")
@@ -337,7 +337,7 @@ def search_server(harness: Harness, settings: ScenarioSettings, call_s: float) -
                               performance_sample_count=harness.images.shape[0], batch_size=batch_size,
                               log_dir=root, **extra)
     low, high = 0.0, 1.25 * batch_size * len(harness.workers) / call_s
-    runs, best, last = [], None, None
+    runs, best, valid, last = [], None, None, None
     for k in range(settings.search_runs):
         rate = (low + high) / 2
         folder = os.path.join(root, f"run{k + 1}-{rate:.6g}qps")
@@ -352,9 +352,10 @@ def search_server(harness: Harness, settings: ScenarioSettings, call_s: float) -
         last = (log, folder)
         if met:
             low, best = rate, (log, folder)
+            valid = (log, folder) if runs[-1].validity == "VALID" else valid  # LoadGen's early stopping agrees too
         else:
             high = rate
-    log, folder = best or last
+    log, folder = valid or best or last
     extra["server_runs"] = tuple(runs)
     if best is None:
         extra["reasons"] = (f"no rate tried kept p99 under {target:g} ms", *log.reasons())

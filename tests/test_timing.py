@@ -132,7 +132,7 @@ def test_a_noisy_engine_is_flagged_unstable_on_stdout_and_in_the_json(small_set,
     assert "and more until 0.01 s are timed" in out
 
 
-@pytest.mark.parametrize("flag, value, message", [("--percentiles", "50,abc", "expected a comma list of numbers"),
+@pytest.mark.parametrize("flag, value, message", [("--percentiles", "50,abc", "expected a comma list such as 50,90,99"),
                                                   ("--percentiles", "0,50", "percentiles lie in (0, 100]"),
                                                   ("--min_duration", "-1", "must be from 0 to 86400 s")])
 def test_bad_timing_flags_are_a_usage_error(flag, value, message, capsys):
