@@ -39,8 +39,9 @@ def test_requests_in_flight_multiply_throughput_until_the_engine_is_full():
     assert rates[1] == pytest.approx(2 / 0.01, rel=0.35)  # images per call / call time
     full = sweep(sleeper(0.02, threading.Lock()), None, [1, 2, 4], calls_each=4, warmup=1, min_duration_s=0.0,
                  images_per_call=1)
-    assert full.plateau == 1  # one call at a time: more requests only wait
-    assert all(lv.images_per_s == pytest.approx(50.0, rel=0.3) for lv in full.levels), full.levels
+    locked = {lv.concurrency: lv.images_per_s for lv in full.levels}
+    assert locked[4] < 1.3 * locked[1] and locked[2] < 1.3 * locked[1], locked  # one call at a time: requests only wait
+    assert all(rate == pytest.approx(50.0, rel=0.4) for rate in locked.values()), locked
 
 
 def test_a_level_runs_for_its_minimum_duration_and_an_engine_error_is_raised():
