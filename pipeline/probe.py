@@ -32,6 +32,10 @@ PROBE_ROUNDS = median_min_calls() - 1
 GIVE_UP = 1.5  # a candidate whose first timed call is this many times the fastest one's is not a finalist
 # ... nor one whose first call (one-time work included: 2x a steady call is common) took this many times the fastest
 FIRST_CALL_GIVE_UP = 4.0
+SETTLE_S = 0.05
+"""A pause before each timed probe call: ONNX Runtime's intra-op threads spin for a while after its call returns, and
+OpenVINO timed right after it ran 24 % slower here (76 vs 61 ms, UNet 128 px, 2-core Xeon); a 20 ms pause cut that
+to 7 %, 50 ms to 4 %. The probe interleaves engines; a row is timed alone."""
 TIE_BUDGET_S = 5.0
 """Seconds of interleaved tie rounds at least: two engines within a few % of each other (ONNX Runtime and OpenVINO on
 a 2-core CPU) need a dozen calls each before a 95 % interval of a median is narrow enough to part them."""
@@ -121,6 +125,7 @@ def _timed_call(engine: Engine, inputs, threads: int | None) -> float:
     """Milliseconds per batch of one call, timed as the row's timing pass times it (`run_parallel` where the engine
     has one: `parallel` batches per call), the device synchronised, torch's intra-op threads at `threads`."""
     call = engine.run_parallel or engine.run
+    time.sleep(SETTLE_S)  # the engine timed before this one may still spin its threads
     with torch_threads(threads):
         start = time.perf_counter()
         call(inputs)
