@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from engines.base import Engine
+from utils.device import torch_threads
 from utils.timing import median_interval
 
 PLATEAU = 0.05  # a level within this share of the best throughput: more requests no longer pay
@@ -53,13 +54,9 @@ def shared_threads(engine: Engine, n: int, total: int | None) -> Any:
     if engine.name not in ("torch", "torchscript", "inductor", "torch_npu") or engine.device.type != "cpu":
         yield None
         return
-    before = torch.get_num_threads()
-    each = max(1, (total or before) // n)
-    torch.set_num_threads(each)
-    try:
+    each = max(1, (total or torch.get_num_threads()) // n)
+    with torch_threads(each):
         yield each
-    finally:
-        torch.set_num_threads(before)
 
 
 def bind_device(engine: Engine) -> None:

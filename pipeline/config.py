@@ -84,6 +84,12 @@ class RunConfig:
         return cls(**values, command=command)
 
     @property
+    def loop_min_duration(self) -> float:
+        """The timed loop's --min_duration: 0 unless asked, and the LoadGen scenarios' alone when `loop` is not among
+        --scenario's (the loop still runs: its median sets LoadGen's expected latency)."""
+        return (self.min_duration or 0.0) if "loop" in self.scenario else 0.0
+
+    @property
     def auto_mode(self) -> str:
         """How `--engine auto` decides: as asked, else measure, or static with --no_cache (no choice could be kept)."""
         return self.auto or ("static" if self.no_cache else "measure")

@@ -194,16 +194,27 @@ def accuracy_pass(engine: Engine, batches: Iterable[Batch], total: int, referenc
     return result
 
 
+def uploads(engine: Engine) -> bool:
+    """Whether the pipeline uploads a batch's uint8 pixels to the engine's device itself (torch engines on an
+    accelerator), rather than handing the engine the host float batch."""
+    return engine.device_input and engine.device.type != "cpu"
+
+
+def engine_inputs(engine: Engine, batch: Batch):
+    """`batch` in the engine's native form, fed as every pass feeds it (uploaded as uint8 where `uploads`, else the
+    host NCHW float batch)."""
+    return engine.prepare(batch_input(batch, engine.device) if uploads(engine) else batch.images)
+
+
 def _score_batch(engine: Engine, batch: Batch, result: PassResult, reference: Reference | None,
                  on_batch: BatchHook | None) -> None:
     """One batch of the accuracy pass: upload, engine call, logits, reference, scores and the hook, each part timed."""
     split = result.split
-    upload = engine.device_input and engine.device.type != "cpu"
     with split("h2d"):
-        inputs = engine.prepare(batch_input(batch, engine.device) if upload else batch.images)
+        inputs = engine_inputs(engine, batch)
         engine.synchronize()
         if result.timing_batch is None:  # on an accelerator the uploaded batch, else the host one
-            result.timing_batch = inputs if upload else batch.images
+            result.timing_batch = inputs if uploads(engine) else batch.images
     start = time.perf_counter()
     output = engine.run(inputs)
     engine.synchronize()

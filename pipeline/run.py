@@ -106,11 +106,9 @@ def prepare(config: RunConfig, world: World, locks: contextlib.ExitStack | None)
     scenarios = scenario_plan(config, dataset, decode, facts["n_classes"], world.active)
     if scenarios is not None:
         info.loadgen = scenarios.describe()
-    if "loop" not in config.scenario:
-        info.min_duration_s = 0.0  # --min_duration is the LoadGen scenarios'
     job = Job(model, shape, device, lambda: iter_dataset(dataset, loader), len(dataset), options, outputs,
               reference, config.loop, config.warm_counter, show_progress=not config.quiet,
-              min_duration_s=(config.min_duration or 0.0) if "loop" in config.scenario else 0.0,
+              min_duration_s=config.loop_min_duration,
               percentiles=config.percentiles, scenarios=scenarios, concurrency=config.concurrency)
     return Prepared(job, plan, skipped, info, precisions, device_decoder)
 
@@ -125,7 +123,7 @@ def run_info(config: RunConfig, facts: dict, dataset: Dataset, data_label: str, 
         command=config.command, started=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         batch_size=config.batch_size, loop=config.loop, warm_counter=config.warm_counter, torch=torch.__version__,
         threads=torch.get_num_threads(), host=describe_host(device),
-        artifact_cache=options.cache.root if options.cache else None, min_duration_s=config.min_duration or 0.0,
+        artifact_cache=options.cache.root if options.cache else None, min_duration_s=config.loop_min_duration,
         percentiles=list(config.percentiles))
     if options.calibration:
         info.calibration_images = options.calibration.images

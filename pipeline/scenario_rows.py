@@ -24,7 +24,7 @@ from pipeline.scenarios import (
     run_accuracy,
     run_scenario,
 )
-from report.metrics import Accuracy, dice_from_counts, overlap_counts
+from report.metrics import Accuracy
 from utils.errors import SampleError
 
 TARGET_TIMES_MEDIAN = 5.0  # Server's default p99 bound: this many times the row's own median call
@@ -128,8 +128,9 @@ def check_accuracy(library: Library, masks: list[np.ndarray], accuracy: Accuracy
     """Score LoadGen's logged masks and hold them against the accuracy pass's per-image dice (model size)."""
     if library.masks is None:
         return AccuracyCheck(len(masks), None, None, None, None)
-    predicted = torch.from_numpy(np.stack(masks)).long()
-    dice = dice_from_counts(overlap_counts(predicted, library.masks.long(), n_classes)).tolist()
+    scored = Accuracy()  # the accuracy pass's own scoring of class maps
+    scored.score(library.ids[: len(masks)], torch.from_numpy(np.stack(masks)).long(), library.masks.long(), n_classes)
+    dice = scored.dice
     by_id = dict(zip(accuracy.ids, accuracy.dice))
     pass_dice = [by_id.get(i) for i in library.ids[: len(dice)]]
     if any(d is None for d in pass_dice):  # an image the pass did not score (interrupted): nothing to hold against

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -22,10 +21,11 @@ from dataset.batches import Batch
 from engines.base import Engine
 from pipeline.concurrency import bind_device
 from pipeline.loadgen_log import LoadGenLog, read_accuracy, read_log
-from pipeline.passes import batch_input, output_logits
+from pipeline.passes import engine_inputs, output_logits
 from report.metrics import predict
 from utils.errors import SampleError, first_line
 from utils.signals import held, pending
+from utils.timing import measure
 
 SCENARIOS = ("singlestream", "multistream", "offline", "server")
 LOADGEN_NAMES = {"singlestream": "SingleStream", "multistream": "MultiStream", "offline": "Offline", "server": "Server"}
@@ -122,9 +122,7 @@ def predict_masks(engine: Engine, pixels: torch.Tensor, n: int, run: Optional[Ca
     """Class masks (n, H, W) uint8 of the first `n` rows of a padded (B, H, W, C) uint8 batch, fed to the engine as the
     accuracy pass feeds it (uploaded as uint8 for a device-input engine, else float NCHW in [0, 1]); `run`: a request
     of the engine's own (engines.base.Engine.request), else `engine.run`."""
-    batch = Batch([str(k) for k in range(n)], pixels, None, n, [])
-    upload = engine.device_input and engine.device.type != "cpu"
-    native = engine.prepare(batch_input(batch, engine.device) if upload else batch.images)
+    native = engine_inputs(engine, Batch([str(k) for k in range(n)], pixels, None, n, []))
     output = (run or engine.run)(native)
     engine.synchronize()
     return predict(output_logits(engine, output)[:n], torch.uint8).cpu().numpy()
@@ -241,13 +239,8 @@ class Harness:
 def call_seconds(engine: Engine, images: torch.Tensor, batch_size: int, calls: int = 3) -> float:
     """The fastest of `calls` full-batch engine calls (after one untimed), which sets LoadGen's expected latency / rate
     and the Server search's range."""
-    pixels = gather(images, [0], batch_size)
-    predict_masks(engine, pixels, 1)
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        predict_masks(engine, pixels, 1)
-        times.append(time.perf_counter() - start)
+    times = measure(lambda pixels: predict_masks(engine, pixels, 1), gather(images, [0], batch_size),
+                    engine.synchronize, loop=calls, warmup=1)
     return max(min(times), 1e-6)
 
 

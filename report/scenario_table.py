@@ -3,6 +3,7 @@ check of its logged masks; then what qualifies those figures."""
 from __future__ import annotations
 
 from report.results import Report, Row
+from report.table import aligned
 
 
 def _ms(value) -> str:
@@ -58,11 +59,7 @@ def scenario_lines(report: Report) -> list[str]:
                        str(s.result.queries), str(s.result.samples), f"{s.result.duration_s:.1f}", s.result.validity,
                        "-" if s.accuracy.dice is None else f"{s.accuracy.dice:.4f}", _agrees(s.accuracy)]
                       for row, s in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(head))]
-    table = ["  ".join(c.rjust(w) if i > 3 else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
-             for line in cells]
-    table.insert(1, "  ".join("-" * w for w in widths))
-    lines = ["", "MLPerf LoadGen scenarios (docs/scenarios.md)"] + table
+    lines = ["", "MLPerf LoadGen scenarios (docs/scenarios.md)", aligned(cells, left=4)]  # engine ... metric
     loadgen = report.info.loadgen or {}
     grade = "LoadGen's official minimums" if loadgen.get("mlperf_minimums") else \
         f"short runs (at least {loadgen.get('min_duration_s', 0):g} s, {loadgen.get('min_queries', 0)} queries): " \

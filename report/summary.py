@@ -10,6 +10,7 @@ from report.notes import config_notes
 from report.ranks import rank_lines
 from report.results import Report, Row, RunInfo
 from report.scenario_table import concurrency_lines, scenario_lines
+from report.table import aligned
 from utils.device import usable_cpus
 from utils.timing import PERCENTILES, SPLIT_MAIN, UNSTABLE, Timing, median_min_calls
 
@@ -73,11 +74,7 @@ def format_table(rows: list[Row], percentiles: list[float] = PERCENTILES) -> str
     """Rows aligned under the columns; '-' where a figure was not measured (no masks, no reference)."""
     table = columns(list(percentiles))
     cells = [[h for h, _, _ in table]] + [[cell(figure(r), f) for _, figure, f in table] for r in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(table))]
-    lines = ["  ".join(c.rjust(w) if i > 2 else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
-             for line in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return aligned(cells, left=3)  # engine, device, precision
 
 
 def describe(host: dict | None) -> str:
