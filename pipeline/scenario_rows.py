@@ -26,6 +26,7 @@ from pipeline.scenarios import (
 )
 from report.metrics import Accuracy
 from utils.errors import SampleError
+from utils.files import folder_problem
 
 TARGET_TIMES_MEDIAN = 5.0  # Server's default p99 bound: this many times the row's own median call
 
@@ -154,7 +155,7 @@ def run_scenarios(engine: Engine, plan: ScenarioPlan, accuracy: Accuracy, median
         settings = replace(plan.settings, scenario=name, log_dir=folder, target_latency_ms=target)
         try:
             rows.append(_one_scenario(engine, plan, settings, accuracy, median_ms, concurrency))
-        except SampleError as exc:  # the engine failed inside LoadGen: said in the scenario, the row's figures stand
+        except (SampleError, OSError) as exc:  # the engine failed inside LoadGen, or its logs could not be written
             failed = ScenarioResult(name, METRICS[name], None, "ERROR", (str(exc),), settings.mlperf_minimums)
             rows.append(ScenarioRow(failed, AccuracyCheck(0, None, None, None, None)))
             continue
@@ -184,11 +185,15 @@ def scenario_plan(config, dataset: Dataset, decode: str, n_classes: int, distrib
     if distributed:
         raise SampleError("the MLPerf LoadGen scenarios run in one process; under torchrun use --scenario loop")
     loadgen()  # a clear error now, not after the first row's compile
+    root = os.path.abspath(config.loadgen_logs or (os.path.join(config.output, "loadgen") if config.output
+                                                   else "loadgen-logs"))
+    problem = folder_problem(root)
+    if problem:
+        raise SampleError(f"--loadgen_logs: LoadGen's logs cannot be written to {problem}; point --loadgen_logs at a "
+                          "writable folder")
     library = load_library(dataset, config.image_size, decode, int(config.qsl_memory * 2**30))
     defaults = ScenarioSettings()
     settings = ScenarioSettings(min_duration_s=config.min_duration or defaults.min_duration_s,
                                 min_queries=config.min_queries or defaults.min_queries,
                                 mlperf_minimums=config.mlperf_minimums)
-    root = config.loadgen_logs or (os.path.join(config.output, "loadgen") if config.output else "loadgen-logs")
-    return ScenarioPlan(names, library, settings, config.target_latency_ms, os.path.abspath(root), config.batch_size,
-                        n_classes)
+    return ScenarioPlan(names, library, settings, config.target_latency_ms, root, config.batch_size, n_classes)

@@ -152,3 +152,16 @@ def test_offline_keeps_its_requests_in_flight(tmp_path):
     settings = ScenarioSettings("offline", min_duration_s=0.2, min_queries=12, log_dir=str(tmp_path))
     result = run_scenario(engine, images, 1, settings, concurrency=3)
     assert result.samples >= 12 and state["peak"] >= 2, (result.samples, state)
+
+
+def test_an_unwritable_log_folder_is_one_error_line_before_anything_compiles(small_set, tmp_path, monkeypatch,
+                                                                             capsys):
+    """LoadGen's logs under a regular file: said before any row runs, never a row lost to an engine 'failure'."""
+    monkeypatch.setattr("pipeline.scenario_rows.loadgen", lambda: None)  # the package is not what is tested
+    (tmp_path / "file").write_text("")
+    images, masks = small_set
+    assert sample.main(FAST + ["--image_path", images, "--mask_path", masks, "--scenario", "offline",
+                               "--loadgen_logs", str(tmp_path / "file" / "logs")]) == 1
+    err = capsys.readouterr().err
+    assert "error: --loadgen_logs: LoadGen's logs cannot be written to" in err and "writable folder" in err
+    assert "compiling" not in err and "Traceback" not in err and "failed" not in err
