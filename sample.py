@@ -24,12 +24,14 @@ import models
 from dataset.batches import default_workers
 from dataset.decode import DECODES, parse_size
 from engines.levers import SETTINGS
+from pipeline import cache_folders
 from pipeline.config import RunConfig, memory_problem, output_problem
 from pipeline.distributed import World
+from pipeline.probe import AUTO_BUDGET_S
 from pipeline.run import run
 from pipeline.scenarios import SCENARIOS
 from utils.errors import SampleError
-from utils.files import escape_streams
+from utils.files import default_cache_dir, escape_streams
 from utils.timing import PERCENTILES
 
 
@@ -73,8 +75,17 @@ def image_size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+EXAMPLES = """examples:
+  python sample.py                                     # the default job: random weights, a generated set, auto
+  python sample.py --image_path data/imgs --mask_path data/masks --pth unet_carvana_scale0.5_epoch2.pth \\
+      --model_name unet --batch_size 1 --device 0 --loop 100 --warm_counter 10   # the original sample's flags
+  python sample.py --image_path data/imgs --mask_path data/masks --pth unet.pth --engine all \\
+      --precision fp32,int8 --json report.json --html report.html    # every engine side by side, as a page
+"""
+
+
 def get_args_parser() -> argparse.ArgumentParser:
-    p = Parser(description=__doc__)
+    p = Parser(description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_arguments(p.add_argument_group("data"))
     model = p.add_argument_group("model")
     model.add_argument("--model_name", default="unet", help="unet (default) or unet++ (also unetpp, nested_unet)")
@@ -121,11 +132,16 @@ def get_args_parser() -> argparse.ArgumentParser:
                      default=1800, metavar="S",
                      help="under torchrun: how long a rank waits for the others at a sync before the run ends with an "
                           "error (default 1800 s)")
+    run.add_argument("--auto_budget", type=seconds, default=AUTO_BUDGET_S, metavar="S",
+                     help=f"--engine auto's probe stops trying engines after S seconds (default {AUTO_BUDGET_S:g}); "
+                          "the engines whose builds were cheapest here go first, and the report names those not tried")
+    run.add_argument("--profile", action="store_true",
+                     help="per-operator self time, profiled over up to 10 calls after the timed ones, top 15 with "
+                          "their share of a call (torch.profiler, OpenVINO's performance counters, ONNX Runtime's "
+                          "profiler)")
     add_timing_arguments(p.add_argument_group("timing"))
     add_engine_options(p.add_argument_group("engine options"))
-    out = p.add_argument_group("output")
-    out.add_argument("--json", metavar="PATH", help="write the report as JSON")
-    out.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_output_arguments(p.add_argument_group("output"))
     add_result_arguments(p)
     return p
 
@@ -255,6 +271,25 @@ def add_engine_options(group) -> None:
                             "for CUDA fp16 / bf16 at batch 1)")
 
 
+def add_output_arguments(out) -> None:
+    """Flags for the report: JSON, HTML, the trace, a comparison with saved reports, and the cache."""
+    out.add_argument("--json", metavar="PATH", help="write the report as JSON")
+    out.add_argument("--quiet", action="store_true", help="no progress bars")
+    out.add_argument("--html", metavar="PATH", help="write the report as one self-contained HTML page (charts, worst "
+                                                   "images, comparison)")
+    out.add_argument("--trace", metavar="PATH", help="write the run's timeline in the Chrome trace-event format (opens "
+                                                    "in Perfetto or chrome://tracing)")
+    out.add_argument("--compare", nargs="+", metavar="BASE.json",
+                     help="compare this run's rows with one or more saved --json reports: speed ratio with a verdict "
+                          "beyond the noise, dice and cosine change, new and gone rows")
+    out.add_argument("--fail_on_regression", type=number_in(lambda v: 0 <= v < float("inf"), "must be >= 0"),
+                     metavar="PCT", help="with --compare: exit 1 when a matched row is slower by more than PCT %% "
+                                         "beyond the noise, or its dice drops by more than 0.003")
+    out.add_argument("--clear_cache", action="store_true",
+                     help="empty the cache (engines, auto's choices, generated data, inductor's files), say what it "
+                          "freed, and exit")
+
+
 def add_result_arguments(p: argparse.ArgumentParser) -> None:
     """Flags for per-image results (docs/outputs.md): masks, overlays, submission, per-image CSV, plots."""
     res = p.add_argument_group("per-image results (files are written for the first engine row)")
@@ -277,6 +312,8 @@ def parse_config(parser: argparse.ArgumentParser, argv: list[str]) -> RunConfig:
     args = parser.parse_args(argv)
     if args.mask_path and not args.image_path:
         parser.error("--mask_path needs --image_path")
+    if args.fail_on_regression is not None and not args.compare:
+        parser.error("--fail_on_regression needs --compare BASE.json")
     if args.overlay and not args.output:
         parser.error("--overlay needs --output DIR")
     try:
@@ -294,6 +331,18 @@ def parse_config(parser: argparse.ArgumentParser, argv: list[str]) -> RunConfig:
     return config
 
 
+def clear_cache(cache_dir: str | None) -> int:
+    """--clear_cache: remove what the sample keeps between runs, say what each removal freed; 1 when one failed."""
+    done = cache_folders.clear(cache_dir)
+    for path, freed, why in done:
+        said = f"removed {path} ({freed / cache_folders.MB:,.1f} MB)" if why is None else \
+            f"error: could not remove all of {path}: {why} (freed {freed / cache_folders.MB:,.1f} MB)"
+        print(said, file=sys.stdout if why is None else sys.stderr)
+    if not done:
+        print(f"the cache is empty: nothing kept under {cache_dir or default_cache_dir()} nor inductor's headers")
+    return 1 if any(why for _, _, why in done) else 0
+
+
 def main(argv=None, command_line: bool = False) -> int:
     """Run the sample on `argv` (default: sys.argv). `command_line`: the process ends with this call (`python
     sample.py`), so a signal after the report is ignored, never a traceback at exit, and --help's stdout is checked."""
@@ -305,6 +354,8 @@ def main(argv=None, command_line: bool = False) -> int:
         if from_cli and not exc.code:
             raise SystemExit(exit_status(0)) from None
         raise
+    if config.clear_cache:
+        return clear_cache(config.cache_dir)
     world = World.from_env(config.dist_timeout)  # one process (inactive) unless torchrun started this one
     config = world.rank_config(config)
     if config.threads:

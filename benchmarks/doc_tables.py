@@ -192,7 +192,24 @@ def render_output(report: dict, output: str) -> str:
     return "\n".join([head, "", "```", output, "```", ""])
 
 
-KINDS = ("engines", "fastest", "output")
+def render_first_run(report: dict) -> str:
+    """What auto's probe cost the run, in words: the figures the prose around a default run's output quotes."""
+    c = report["config"]
+    lines = []
+    for choice in c.get("auto") or []:
+        if choice["source"] != "measured":
+            lines.append(f"This run reused the `auto {choice['precision']}` choice kept by an earlier one "
+                         f"({choice['engine']}): no probe.")
+            continue
+        budget = f", within its `--auto_budget` of {choice['budget_s']:g} s" if choice.get("budget_s") else ""
+        left = f"; it did not try {', '.join(choice['not_tried'])}" if choice.get("not_tried") else ""
+        lines.append(f"A first run also probes the installed engines for `--engine auto`{budget}: "
+                     f"{choice['probe_s']:.0f} s of this run's {c['run_s']:.0f} s (the `auto {choice['precision']}` "
+                     f"line{left}); later runs reuse the choice and decide at once.")
+    return fill(" ".join(lines) or f"This run chose no engine automatically; it took {c['run_s']:.0f} s.") + "\n"
+
+
+KINDS = ("engines", "fastest", "output", "first_run")
 
 
 def render(kind: str, name: str, root: str) -> str:
@@ -203,6 +220,8 @@ def render(kind: str, name: str, root: str) -> str:
     try:
         if kind == "output":
             return render_output(report, read_output(root, name))
+        if kind == "first_run":
+            return render_first_run(report)
         return render_engines(report) if kind == "engines" else render_fastest(report)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise DocTablesError(f"report {name} lacks a field or holds one of the wrong type ({e!r}): "

@@ -13,6 +13,7 @@ from PIL import Image, UnidentifiedImageError
 from dataset.modes import PILLOW_RGB, Conversion, mask_band, orientation, rgb8, upright, upright_size
 from utils.errors import SampleError, first_line
 from utils.files import open_regular
+from utils.trace import TRACE
 
 MAX_SIDE = 16384  # --image_size: past this no UNet fits any machine's memory (pipeline/config.py's memory check)
 
@@ -114,6 +115,14 @@ def resized(rgb: Image.Image, size: tuple[int, int], decode: str) -> np.ndarray:
     return np.array(rgb if rgb.size == size else rgb.resize(size, resample=Image.BICUBIC))  # writable, as above
 
 
+def _count(clock: list[float], start: float, decoded: float, end: float, path: str) -> None:
+    """A file's decode and resize seconds added to a decode thread's `clock`, and the same two spans in --trace."""
+    clock[0] += decoded - start
+    clock[1] += end - decoded
+    TRACE.record("decode", start, decoded, file=path)
+    TRACE.record("resize", decoded, end, file=path)
+
+
 def load_image(path: str, size: tuple[int, int], decode: str = "exact", clock: list[float] | None = None,
                conversions: list[Conversion] | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode to upright RGB and resize to size=(W, H) with bicubic; return the HWC uint8 array and the upright (W, H)
@@ -131,8 +140,7 @@ def load_image(path: str, size: tuple[int, int], decode: str = "exact", clock: l
         decoded = time.perf_counter()
         array = resized(rgb, size, decode)
         if clock is not None:
-            clock[0] += decoded - start
-            clock[1] += time.perf_counter() - decoded
+            _count(clock, start, decoded, time.perf_counter(), path)
         return array, rgb.size  # the upright size: a viewer's, the mask's and --eval_resolution original's
     except Exception as exc:  # noqa: BLE001  one file's failure, named; decode_error keeps its message
         raise decode_error("image", path, exc) from None
@@ -172,8 +180,7 @@ def load_mask(path: str, size: tuple[int, int], image_size: tuple[int, int], clo
                 band = band.resize(size, resample=Image.NEAREST)
             mask = (np.asarray(band) != 0).astype(np.uint8)
         if clock is not None:
-            clock[0] += decoded - start
-            clock[1] += time.perf_counter() - decoded
+            _count(clock, start, decoded, time.perf_counter(), path)
         return mask
     except Exception as exc:  # noqa: BLE001  one file's failure, named; decode_error keeps its message
         raise decode_error("mask", path, exc) from None
@@ -203,7 +210,9 @@ def read_jpeg(path: str, clock: list[float] | None = None,
             if img.mode == "L" and conversions is not None:
                 conversions.append(Conversion("image", path, "L", PILLOW_RGB["L"]))
         if clock is not None:
-            clock[0] += time.perf_counter() - start
+            read = time.perf_counter()
+            clock[0] += read - start
+            TRACE.record("decode", start, read, file=path)
         return data, size
     except Exception as exc:  # noqa: BLE001  one file's failure, named; decode_error keeps its message
         raise decode_error("image", path, exc) from None

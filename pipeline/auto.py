@@ -22,6 +22,7 @@ from engines.base import EngineOptions
 from engines.cache import key_digest
 from pipeline.passes import Reference
 from pipeline.probe import Choice, ProbeInput, Target, measure, static_choice
+from pipeline.probe_budget import ProbeBudget, costs_path, keep_costs, probe_order, read_costs
 from pipeline.rows import Job, PlannedRow
 from utils.device import describe_host, usable_cpus
 from utils.errors import first_line
@@ -90,20 +91,26 @@ def _read_record(path: str | None, key: dict, device: torch.device) -> dict | No
 
 
 def choose(target: Target, first_input: Callable[[], ProbeInput], mode: str = "measure",
-           log: Callable[[str], None] = lambda line: None) -> Choice:
-    """The engine for `target`: kept from an earlier measurement, measured now, or (mode 'static') the fixed order.
-    `first_input()` gives the probe's batch and its reference logits; it is called only when a probe runs."""
+           log: Callable[[str], None] = lambda line: None, budget: ProbeBudget | None = None) -> Choice:
+    """The engine for `target`: kept from an earlier measurement, measured now within `budget` (--auto_budget; None:
+    no limit), or (mode 'static') the fixed order. `first_input()` gives the probe's batch and its reference logits;
+    it is called only when a probe runs. A kept choice made with engines left untried is measured again under a
+    larger budget."""
     if mode == "static":
         return static_choice(target, "--auto static, or --no_cache, which could not keep a measured choice")
     names = candidates(target.device, target.precision)
     key = choice_key(target, names)
     path = _record_path(target.options, key)
     record = _read_record(path, key, target.device)
+    if record is not None and record.get("not_tried") and budget is not None and \
+            budget.total_s > (record.get("budget_s") or 0.0):
+        record = None  # it left engines out for want of time, and this run has more
     if record is not None:
         return Choice(record["engine"], target.precision, "cached", record.get("threads"),
                       record.get("candidates", []), f"measured on {record.get('measured', '?')}: "
                       f"{record.get('reason', '')}", record=path or "", near_tie=record.get("near_tie", False),
-                      runner_up=record.get("runner_up"))
+                      runner_up=record.get("runner_up"), budget_s=record.get("budget_s"),
+                      not_tried=list(record.get("not_tried") or []))
     if not names:
         return static_choice(target, f"no installed engine runs {target.precision} on {target.device.type}")
     try:
@@ -111,7 +118,21 @@ def choose(target: Target, first_input: Callable[[], ProbeInput], mode: str = "m
     except Exception as exc:  # noqa: BLE001  the rows meet the same failure and report it as theirs
         return static_choice(target, f"the probe could not run the eager fp32 reference "
                                f"({type(exc).__name__}: {first_line(exc)})")
-    choice = measure(target, names, given, log)
+    costs = None if target.options.cache is None else \
+        costs_path(target.options.cache.root, key["host"], target.device.type)
+    if budget is not None:
+        budget.known = read_costs(costs)
+        names = probe_order(names, budget.known)
+        log(f"auto {target.precision}: finding the fastest engine here, once per machine, model, shape and precision "
+            f"(then kept in the cache); up to about {budget.total_s:g} s (--auto_budget). --engine torch, or any "
+            "engine named, skips this")
+        budget.begin(f"auto {target.precision}")
+    try:
+        choice = measure(target, names, given, log, budget=budget)
+    finally:
+        if budget is not None:
+            budget.end()
+    keep_costs(costs, choice.builds)
     if path and choice.source == "measured":
         _keep(path, key, choice)
     return choice
@@ -121,6 +142,7 @@ def _keep(path: str, key: dict, choice: Choice) -> None:
     """Keep a measured choice for the next run (which then decides at once)."""
     record = {"key": key, "engine": choice.engine, "threads": choice.threads, "reason": choice.reason,
               "candidates": choice.candidates, "near_tie": choice.near_tie, "runner_up": choice.runner_up,
+              "budget_s": choice.budget_s, "not_tried": choice.not_tried,
               "measured": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -131,9 +153,10 @@ def _keep(path: str, key: dict, choice: Choice) -> None:
 
 
 def resolve(plan: list[PlannedRow], job: Job, mode: str = "measure",
-            log: Callable[[str], None] = lambda line: None) -> tuple[list[PlannedRow], list[Choice]]:
+            log: Callable[[str], None] = lambda line: None,
+            budget_s: float | None = None) -> tuple[list[PlannedRow], list[Choice]]:
     """The plan with each 'auto' row's engine chosen (its threads, and the probe's build of it, filled in), and the
-    choices made."""
+    choices made; each precision's probe within `budget_s` seconds (--auto_budget; None: no limit)."""
     options = job.options
     model_id = options.cache.digest(job.model) if options.cache is not None and mode != "static" else ""
     first_input = _first_input(job)
@@ -143,7 +166,8 @@ def resolve(plan: list[PlannedRow], job: Job, mode: str = "measure",
             resolved.append(row)
             continue
         target = Target(job.model, model_id, job.shape, job.device, row.precision, options)
-        choice = choose(target, first_input, mode, log)
+        budget = None if budget_s is None else ProbeBudget(budget_s, show=job.show_progress)
+        choice = choose(target, first_input, mode, log, budget)
         choices.append(choice)
         resolved.append(PlannedRow(choice.engine, row.precision, choice.threads, choice.built))
         choice.built = None  # the row owns the engine now

@@ -39,6 +39,8 @@ class RunConfig:
     seed: int
     engine: str
     auto: Optional[str]
+    auto_budget: float
+    profile: bool
     device: Optional[str]
     precision: str
     batch_size: int
@@ -69,6 +71,11 @@ class RunConfig:
     cuda_graphs: str
     json: Optional[str]
     quiet: bool
+    html: Optional[str]
+    trace: Optional[str]
+    compare: Optional[list]
+    fail_on_regression: Optional[float]
+    clear_cache: bool
     output: Optional[str]
     overlay: bool
     submission: Optional[str]
@@ -141,7 +148,8 @@ def output_problem(config: RunConfig) -> str | None:
     outputs = [(flag, path, folder, names) for flag, path, folder, names in [
         ("--output", config.output, True, FOLDER_FILES), ("--plots", config.plots, True, PLOT_FILES),
         ("--submission", config.submission, False, ()), ("--csv", config.csv, False, ()),
-        ("--json", config.json, False, ())] if path]
+        ("--json", config.json, False, ()), ("--html", config.html, False, ()),
+        ("--trace", config.trace, False, ())] if path]
     cache = config.cache_dir or default_cache_dir()
     inputs = [("image", config.image_path), ("mask", config.mask_path), ("calibration", config.calib_path),
               ("checkpoint", config.pth), ("engine cache", os.path.join(cache, "engines"))]

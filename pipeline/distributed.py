@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -32,6 +33,7 @@ from report.results import Report
 from utils.device import accelerator, usable_cpus
 from utils.errors import SampleError, first_line
 from utils.signals import Interrupts
+from utils.trace import TRACE
 
 VISIBLE = {"cuda": "CUDA_VISIBLE_DEVICES", "npu": "ASCEND_RT_VISIBLE_DEVICES"}
 BACKENDS = {"cuda": "nccl", "npu": "hccl"}  # the device's own; the ranks' messages always go over gloo
@@ -218,8 +220,11 @@ class World(Syncs, Gather):
             outputs.close()  # this rank's masks are on disk
             payload = {"files": outputs.files_written, "failed": outputs.failed_files, "errors": errors,
                        "rle_rows": outputs.rle_rows}
+        began = time.perf_counter()
         self.sync("outputs")
+        anchor = time.perf_counter()  # every rank leaves this all_gather together: the ranks' traces meet here
         parts = self.gather("outputs", payload)
+        self.gather_trace(began, anchor)
         if self.rank:
             return False
         if outputs is not None:
@@ -232,6 +237,16 @@ class World(Syncs, Gather):
             outputs.rle_rows = in_order(outputs.rle_rows, lambda r: by_name[r[0]], self.order)
         report.info.distributed = self.facts()
         return True
+
+    def gather_trace(self, began: float, anchor: float) -> None:
+        """--trace: every rank's spans to rank 0, each rank's clock shifted so that the end of the 'outputs' sync
+        (`anchor`, read on each rank as the all_gather returned) is one instant on rank 0's clock."""
+        if not TRACE.on:  # the same on every rank: they share the command line
+            return
+        TRACE.record("sync: outputs (the ranks' clocks are aligned on its end)", began, anchor)
+        parts = self.gather("trace", TRACE.export(anchor))
+        if self.rank == 0:
+            TRACE.merge(parts[1:], anchor)
 
     def rank_facts(self) -> dict:
         """This rank, as the report lists it (config.distributed.ranks[])."""

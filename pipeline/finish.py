@@ -6,15 +6,18 @@ from typing import Callable
 
 from pipeline.config import RunConfig
 from pipeline.fidelity import failures
+from report.compare_table import gate
 from report.csv_files import per_image_records, write_per_image_csv
+from report.html import write_html
 from report.json_report import report_dict, write_json
 from report.outputs import Outputs
-from report.results import Report, WrittenFiles
+from report.results import Report, TraceFile, WrittenFiles
 from report.summary import format_report, format_worst
 from utils.errors import SampleError, first_line
 from utils.files import shown
 from utils.signals import Interrupts
 from utils.streams import stdout_error, to_devnull
+from utils.trace import TRACE
 
 
 def finish(config: RunConfig, report: Report, outputs: Outputs | None, status: int, interrupts: Interrupts) -> int:
@@ -45,10 +48,16 @@ def finish(config: RunConfig, report: Report, outputs: Outputs | None, status: i
         def plots():
             report.plots = write_plots(report_dict(report), config.plots)
         attempt(plots, f"--plots {config.plots}")
+    if config.trace:  # before the JSON, which names it once written
+        attempt(lambda: write_trace(config.trace, report), f"--trace {config.trace}")
+    TRACE.reset(on=False)  # its spans are written (or never asked for): their memory goes
     json_written = bool(config.json) and attempt(lambda: write_json(config.json, report), f"--json {config.json}")
+    low = [f"below the fidelity bar: {line}" for line in failures(report.rows)]  # stderr's lines, on the page too
+    html_written = bool(config.html) and attempt(lambda: write_html(config.html, report, low), f"--html {config.html}")
     # The worst images are named when per-image results were asked for (a plain run keeps its report short).
     worst = format_worst(records) if outputs is not None or config.csv else ""
-    text = format_report(report, json_path=config.json if json_written else None, worst=worst)
+    text = format_report(report, json_path=config.json if json_written else None, worst=worst,
+                         html_path=config.html if html_written else None)
     printed = print_report(shown(text))  # names as the files have them: a byte that is not UTF-8 as \xNN
     if printed not in (None, "closed"):
         errors.append(printed)
@@ -58,6 +67,11 @@ def finish(config: RunConfig, report: Report, outputs: Outputs | None, status: i
     code = exit_status(config, report, errors, status)
     code = 141 if printed == "closed" and code == 0 else code  # 141 = 128 + SIGPIPE, as `cat` ends under `| head`
     return interrupts.close(code)  # 128 + a signal that came before the report was out: 130, 143, 129
+
+
+def write_trace(path: str, report: Report) -> None:
+    """The run's timeline (utils/trace.py), every rank's on rank 0; the report names it once it is written."""
+    report.trace = TraceFile(path, *TRACE.write(path))
 
 
 def write_files(config: RunConfig, outputs: Outputs | None, records: list, errors: list[str],
@@ -106,6 +120,13 @@ def exit_status(config: RunConfig, report: Report, errors: list[str], status: in
               "choose another --engine or --precision", file=sys.stderr)
     for line in low:
         print(f"{'error' if config.strict else 'warning'}: below the fidelity bar: {line}", file=sys.stderr)
+    regressions, unmatched = gate(report.comparison)  # --fail_on_regression's; without it, nothing
+    for line in unmatched:
+        print(f"warning: {line}", file=sys.stderr)
+    for line in regressions:
+        print(f"error: {line}", file=sys.stderr)
+    if regressions and status == 0:
+        status = 1
     for row in report.rows:
         if row.failed_images:
             failed = row.failed_images

@@ -14,10 +14,12 @@ from tqdm import tqdm
 from dataset.batches import Batch, to_float
 from dataset.modes import Conversion
 from engines.base import Engine
+from pipeline.worst import WorstImages
 from report.metrics import Accuracy
 from utils.device import synchronizer
 from utils.signals import held
 from utils.timing import Split, Timing, load_average, measure, summarize
+from utils.trace import TRACE
 
 
 def _reduced_fp32_flags(device: torch.device) -> list[tuple[object, str]]:
@@ -115,6 +117,7 @@ class PassResult:
     interrupted: bool = False  # Ctrl-C stopped the row; what it holds covers the images finished before
     split: Split = field(default_factory=Split)
     started: float = 0.0  # wall clock (time.time) at the start: a torchrun merge spans the ranks' passes with it
+    worst: WorstImages | None = None  # the lowest-dice images' thumbnails, when asked (--html)
 
     @property
     def images(self) -> int:
@@ -147,7 +150,7 @@ class BatchHook(Protocol):
 
 
 def accuracy_pass(engine: Engine, batches: Iterable[Batch], total: int, reference: Reference | None,
-                  show_progress: bool = True, on_batch: BatchHook | None = None) -> PassResult:
+                  show_progress: bool = True, on_batch: BatchHook | None = None, keep_worst: int = 0) -> PassResult:
     """Stream batches through the engine; score each real row; time it all except the reference's own compute.
 
     End-to-end time covers waiting for decoded data, the copy to the device, the engine call, the copy back,
@@ -155,9 +158,11 @@ def accuracy_pass(engine: Engine, batches: Iterable[Batch], total: int, referenc
     timed on its own (lazy initialisation shows there). `split` says where the time went (`SPLIT`): the main
     thread's parts add up to the end-to-end time; `reference` is outside it; `decode` / `resize` are the decode
     threads' seconds, spent in parallel. Scores are computed where the logits are (`metrics_device`): on a GPU only
-    per-image scalars come back, and the logits only when `on_batch` wants them.
+    per-image scalars come back, and the logits only when `on_batch` wants them. `keep_worst`: how many of the
+    lowest-dice images to keep as thumbnails (`worst`, inside the metrics part: only an image that enters the set
+    is copied and made small).
     """
-    result = PassResult(Accuracy(), started=time.time())
+    result = PassResult(Accuracy(), started=time.time(), worst=WorstImages(keep_worst) if keep_worst else None)
     split = result.split
     own_reference = reference is not None and engine.is_reference
     # The bar's clock runs through the reference's compute too; e2e fps leaves it out: say so where people look.
@@ -189,8 +194,11 @@ def accuracy_pass(engine: Engine, batches: Iterable[Batch], total: int, referenc
     finally:
         bar.close()
         if hasattr(batches, "close"):
-            batches.close()  # stop the decoding threads now (Ctrl-C, engine error), not whenever GC gets to it
-        result.e2e_s = time.perf_counter() - start - split["reference"]
+            with split("wait"):  # the decode threads' end is the data's: inside e2e, so a part of its split
+                batches.close()  # stop the decoding threads now (Ctrl-C, engine error), not whenever GC gets to it
+        end = time.perf_counter()
+        result.e2e_s = end - start - split["reference"]
+        TRACE.record("accuracy pass", start, end, {"e2e_s": result.e2e_s, "reference_s": split["reference"]})
     return result
 
 
@@ -219,7 +227,7 @@ def _score_batch(engine: Engine, batch: Batch, result: PassResult, reference: Re
     output = engine.run(inputs)
     engine.synchronize()
     call_s = time.perf_counter() - start
-    split.add("model", call_s)
+    split.add("model", call_s, start)
     if result.first_call_s is None:
         result.first_call_s = call_s
     with split("d2h"):
@@ -239,6 +247,8 @@ def _score_batch(engine: Engine, batch: Batch, result: PassResult, reference: Re
         with split("metrics"):
             masks = batch.masks[: batch.n].to(logits.device, non_blocking=True) if batch.masks is not None else None
             result.accuracy.add(batch.ids, logits, masks, ref)
+            if result.worst is not None:
+                result.worst.add(batch, logits, result.accuracy.dice[-batch.n:], result.accuracy.iou[-batch.n:])
             result.batch_ms.extend([call_s * 1000.0] * batch.n)
             result.sizes.extend(batch.original_sizes)
         if on_batch is not None:

@@ -19,11 +19,14 @@ import engines
 from engines.base import Engine, EngineOptions
 from engines.cache import discard
 from pipeline.fidelity import BARS
+from pipeline.probe_budget import CALLS_PER_CANDIDATE, ProbeBudget
+from pipeline.probe_reason import reason
 from pipeline.rows import Built
 from report.metrics import cosine_per_sample
 from utils.device import physical_cores, torch_threads, usable_cpus
 from utils.errors import first_line
 from utils.timing import UNSTABLE, median_interval, median_min_calls
+from utils.trace import TRACE
 
 PROBE_WARMUP = 2  # untimed calls first: TorchScript's profiling executor optimises on its second call
 # interleaved calls per finalist after its first timed one: 6 in all, the fewest whose median has a 95 % interval, so
@@ -42,6 +45,9 @@ a 2-core CPU) need a dozen calls each before a 95 % interval of a median is narr
 TIE_ROUNDS = 8
 """... or this many rounds of the tied finalists' calls, if longer: the budget scales with the call time, so a slow
 model (UNet 512 on 2 cores, ~2 s a call) still gets the calls an interval needs (13 calls: the 3rd to the 11th)."""
+# --auto_budget's default: the probe stops trying engines after this many seconds (issue 19: the README's first
+# command within 60 s on a Zen 4, 120 s on a Zen 3)
+AUTO_BUDGET_S = 25.0
 
 
 @dataclass
@@ -59,6 +65,10 @@ class Choice:
     built: Optional[Built] = None  # the probe's compiled winner and its first call, handed to the row (not reported)
     near_tie: bool = False  # the winner's and the runner-up's median intervals still overlapped when the probe ended
     runner_up: Optional[dict] = None  # the runner-up's candidates entry
+    budget_s: Optional[float] = None  # --auto_budget, where the probe ran under one
+    not_tried: list[str] = field(default_factory=list)  # candidates the budget left out
+    cut: bool = False  # the budget also cut the finalists' rounds short
+    builds: dict = field(default_factory=dict)  # build seconds of the engines built now (kept for the next order)
 
     def describe(self) -> dict:
         """The report's entry (config.auto)."""
@@ -66,7 +76,8 @@ class Choice:
         return {"precision": self.precision, "engine": self.engine, "threads": self.threads, "source": self.source,
                 "reason": self.reason, "candidates": self.candidates, "probe_s": round(self.probe_s, 2),
                 "record": self.record, "near_tie": self.near_tie, "runner_up": runner.get("engine"),
-                "runner_up_threads": runner.get("threads"), "runner_up_median_ms": runner.get("median_ms")}
+                "runner_up_threads": runner.get("threads"), "runner_up_median_ms": runner.get("median_ms"),
+                "budget_s": self.budget_s, "not_tried": list(self.not_tried)}
 
 
 @dataclass(frozen=True)
@@ -152,6 +163,7 @@ def probe(name: str, target: Target, given: ProbeInput, best_ms: float | None = 
                 return entry, None
             entry["compile_s"] = round(time.perf_counter() - start, 2)
             entry["artifact_path"] = engine.artifact_path if engine.artifact == "compiled" else ""
+            entry["built_now"] = engine.artifact.startswith("compiled") or engine.artifact == "eager"
             inputs = engine.prepare(given.batch)
             start = time.perf_counter()
             raw = engine.run(inputs)
@@ -205,13 +217,18 @@ def static_choice(target: Target, why: str, entries: list | None = None, probe_s
                   f"{why}; {name} from the static order", probe_s=probe_s)
 
 
-def _probe_all(target: Target, names: list[str], given: ProbeInput, log: Callable[[str], None]):
-    """Probe each candidate (one timed call each), then the leader again with one thread per physical core where
-    that differs; (every entry, the finalists left)."""
+def _probe_all(target: Target, names: list[str], given: ProbeInput, log: Callable[[str], None],
+               budget: ProbeBudget | None = None):
+    """Probe each candidate (one timed call each) while `budget` allows, then the leader again with one thread per
+    physical core where that differs and time is left; (every entry, the finalists left)."""
     entries, finalists = [], []
     for name in names:
-        log(f"auto {target.precision}: probing {name} ...")
         fastest = min((f.times[0] for f in finalists), default=None)
+        if budget is not None and not budget.fits(name, fastest):
+            continue
+        log(f"auto {target.precision}: probing {name} ...")
+        if budget is not None:
+            budget.step(f"auto {target.precision}: probing {name}")
         entry, finalist = probe(name, target, given, fastest)
         entries.append(entry)
         if finalist is not None:
@@ -219,7 +236,8 @@ def _probe_all(target: Target, names: list[str], given: ProbeInput, log: Callabl
         gc.collect()  # an engine dropped from the finalists frees its memory before the next one compiles
     if finalists:
         leader = min(finalists, key=lambda f: f.times[0])
-        for count in thread_candidates(target.device, target.options):
+        more = budget is None or budget.round_fits(CALLS_PER_CANDIDATE * leader.times[0] / 1000.0)
+        for count in thread_candidates(target.device, target.options) if more else []:
             log(f"auto {target.precision}: probing {leader.entry['engine']} with {count} threads ...")
             threaded = replace(target, options=replace(target.options, threads=count))
             entry, finalist = probe(leader.entry["engine"], threaded, given, leader.times[0])
@@ -229,11 +247,16 @@ def _probe_all(target: Target, names: list[str], given: ProbeInput, log: Callabl
     return entries, finalists
 
 
-def _time_finalists(finalists: list[_Finalist], log: Callable[[str], None], precision: str) -> None:
-    """Time the finalists round-robin, PROBE_ROUNDS calls each, so a busy spell on a shared machine hits them all."""
+def _time_finalists(finalists: list[_Finalist], log: Callable[[str], None], precision: str,
+                    budget: ProbeBudget | None = None) -> None:
+    """Time the finalists round-robin, PROBE_ROUNDS calls each (fewer where `budget` runs out first), so a busy spell
+    on a shared machine hits them all."""
     if len(finalists) > 1:
         log(f"auto {precision}: timing {', '.join(f.entry['engine'] for f in finalists)} in turn ...")
+        round_s = sum(f.times[0] * f.engine.parallel for f in finalists) / 1000.0
         for _ in range(PROBE_ROUNDS):
+            if budget is not None and not budget.round_fits(round_s):
+                break
             for f in finalists:
                 f.times.append(_timed_call(f.engine, f.inputs, f.threads))
 
@@ -264,7 +287,8 @@ def _tied(finalists: list[_Finalist]) -> list[_Finalist]:
     return [ranked[0]] + [f for f in ranked[1:] if _overlap(f.interval, ranked[0].interval)]
 
 
-def _settle(finalists: list[_Finalist], budget_s: float | None, log: Callable[[str], None], precision: str) -> int:
+def _settle(finalists: list[_Finalist], budget_s: float | None, log: Callable[[str], None], precision: str,
+            cap_s: float | None = None) -> int:
     """Time the leader and the finalists tied with it interleaved, one call each a round, until no interval overlaps
     the leader's or the next round would overrun `budget_s` seconds (None: TIE_BUDGET_S, or TIE_ROUNDS rounds if
     longer); the rounds made. Interleaving puts a busy spell or a turbo step on every contender alike."""
@@ -273,6 +297,9 @@ def _settle(finalists: list[_Finalist], budget_s: float | None, log: Callable[[s
         return 0
     next_s = sum(f.median * f.engine.parallel for f in tied) / 1000.0  # the first round's cost, from the medians
     budget_s = max(TIE_BUDGET_S, TIE_ROUNDS * next_s) if budget_s is None else budget_s
+    budget_s = budget_s if cap_s is None else min(budget_s, cap_s)  # --auto_budget's time left
+    if budget_s < next_s:
+        return 0
     log(f"auto {precision}: {', '.join(f.entry['engine'] for f in tied)} within each other's noise: timing them "
         f"interleaved for up to {budget_s:.0f} s ...")
     while len(tied) > 1 and time.perf_counter() - start + next_s <= budget_s:
@@ -301,57 +328,47 @@ def _runner_up(ranked: list[_Finalist], entries: list[dict]) -> dict | None:
     return min(others, key=lambda e: e["median_ms"], default=None)
 
 
-def _name(entry: dict, threads: int | None) -> str:
-    """The engine, with its thread count where that is not the winner's."""
-    return entry["engine"] + (f" with {entry['threads'] or 'default'} threads" if entry["threads"] != threads else "")
-
-
-def _reason(ranked: list[_Finalist], runner: dict | None, near_tie: bool, precision: str) -> str:
-    """Why the winner won, in words: by how much, over how many interleaved calls; a spread leader passed over; a
-    near tie named as one, with both medians."""
-    best, lowest = ranked[0], min(ranked, key=lambda f: f.median)
-    ms = best.median
-    if lowest is best:
-        reason = f"fastest that passed the {precision} bar: {ms:,.1f} ms per batch"
-    else:
-        low, high = lowest.interval
-        reason = (f"steadiest of the fastest that passed the {precision} bar: {ms:,.1f} ms per batch; "
-                  f"{_name(lowest.entry, best.threads)} had a lower median but its calls spread widely "
-                  f"({low:,.1f}-{high:,.1f} ms holds its median, 95 %)")
-    if runner is not None and near_tie:
-        reason += (f"; near tie: {best.entry['engine']} {ms:,.1f} ms vs {_name(runner, best.threads)} "
-                   f"{runner['median_ms']:,.1f} ms, their medians' 95 % intervals still overlap after "
-                   f"{len(best.times)} interleaved calls each")
-    elif runner is not None:
-        reason += f", {runner['median_ms'] / ms:.2f}x faster than {_name(runner, best.threads)}"
-    if len(ranked) > 1 and not near_tie:
-        reason += f" (medians of {len(best.times)} interleaved calls)"
-    return reason
-
-
 def measure(target: Target, names: list[str], given: ProbeInput, log: Callable[[str], None] = lambda line: None,
-            budget_s: float | None = None) -> Choice:
-    """Probe the candidate engines `names`, time the finalists in turn, then the tied ones interleaved for up to
-    `budget_s` seconds (None: the default tie budget, see _settle); the lowest median that passed the bar wins, a
-    steady engine over a spread one it ties with (the static order when none passed)."""
+            tie_budget_s: float | None = None, budget: ProbeBudget | None = None) -> Choice:
+    """Probe the candidate engines `names` in turn while `budget` (--auto_budget; None: no limit) allows, time the
+    finalists in turn, then the tied ones interleaved for up to `tie_budget_s` seconds (None: the default tie budget,
+    see _settle), within what `budget` has left; the lowest median that passed the bar wins, a steady engine over a
+    spread one it ties with (the static order when none passed)."""
     start = time.perf_counter()
-    entries, finalists = _probe_all(target, names, given, log)
-    _time_finalists(finalists, log, target.precision)
-    _settle(finalists, budget_s, log, target.precision)
+    entries, finalists = _probe_all(target, names, given, log, budget)
+    _time_finalists(finalists, log, target.precision, budget)
+    _settle(finalists, tie_budget_s, log, target.precision, None if budget is None else max(0.0, budget.left()))
     _describe(finalists)
     ranked = _ranked(finalists) if finalists else []
     winner = ranked[0].entry["engine"] if ranked else engines.default_engine(target.device, target.precision)
     _discard_losers(entries, winner, target.options)
+    builds = {e["engine"]: e["compile_s"] for e in entries if e.pop("built_now", False)
+              and e["threads"] == target.options.threads}
     probe_s = time.perf_counter() - start
+    TRACE.record(f"auto probe {target.precision}", start, start + probe_s, {"engines": ", ".join(names)})
     if not ranked:
-        return static_choice(target, "no candidate passed the probe", entries, probe_s)
-    best, runner = ranked[0], _runner_up(ranked, entries)
-    near_tie = any(_overlap(best.interval, f.interval) for f in ranked[1:])
-    handed = best.threads == target.options.threads  # else the row builds its engine with the chosen thread count
-    built = Built(best.engine, best.entry["compile_s"], best.first_call_s) if handed else None
-    return Choice(best.entry["engine"], target.precision, "measured", best.threads, entries,
-                  _reason(ranked, runner, near_tie, target.precision), probe_s=probe_s, built=built,
-                  near_tie=near_tie, runner_up=runner)
+        choice = static_choice(target, "no candidate passed the probe", entries, probe_s)
+    else:
+        best, runner = ranked[0], _runner_up(ranked, entries)
+        near_tie = any(_overlap(best.interval, f.interval) for f in ranked[1:])
+        # the budget stopped the rounds before the calls could hold a 95 % interval: nothing parted them
+        near_tie = near_tie or (budget is not None and budget.cut and len(ranked) > 1
+                                and len(best.times) < median_min_calls())
+        handed = best.threads == target.options.threads  # else the row builds its engine with the chosen threads
+        built = Built(best.engine, best.entry["compile_s"], best.first_call_s) if handed else None
+        choice = Choice(best.entry["engine"], target.precision, "measured", best.threads, entries,
+                        reason(ranked, runner, near_tie, target.precision), probe_s=probe_s, built=built,
+                        near_tie=near_tie, runner_up=runner)
+    choice.builds = builds
+    if budget is not None:
+        choice.budget_s, choice.not_tried, choice.cut = budget.total_s, list(budget.not_tried), budget.cut
+        if budget.cut and ranked:
+            choice.reason += (f"; the --auto_budget of {budget.total_s:g} s ended the finalists' rounds after "
+                              f"{len(ranked[0].times)} calls each")
+        if budget.not_tried:
+            choice.reason += (f"; not tried, the --auto_budget of {budget.total_s:g} s being spent: "
+                              f"{', '.join(budget.not_tried)}")
+    return choice
 
 
 def _discard_losers(entries: list[dict], winner: str | None, options: EngineOptions) -> None:

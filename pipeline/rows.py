@@ -17,12 +17,14 @@ from engines.base import Engine, EngineOptions, Unsupported
 from pipeline.concurrency import Sweep, sweep
 from pipeline.fidelity import gate
 from pipeline.passes import PassResult, Reference, accuracy_pass, timing_pass
+from pipeline.profile import Profile, profile_row
 from pipeline.scenario_rows import ScenarioPlan, ScenarioRow, run_scenarios
 from report.outputs import Outputs, RowOutputs
 from report.results import FailedImage, PerImage, RankPart, Row, Skip
 from utils.device import torch_threads
 from utils.errors import SampleError, first_line
 from utils.timing import PERCENTILES, Timing
+from utils.trace import TRACE, span
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
@@ -117,6 +119,8 @@ class Job:
     percentiles: tuple = PERCENTILES
     scenarios: Optional[ScenarioPlan] = None  # --scenario's LoadGen scenarios, run after the timing pass
     concurrency: tuple = (1,)  # --concurrency: a sweep of requests in flight after the timing pass, unless (1,)
+    worst: int = 0  # --html: the first row that runs keeps this many of its lowest-dice images as thumbnails
+    profile: bool = False  # --profile: per-operator time of a few more calls after the timing pass
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,7 @@ class RowResult:
     ranks: Optional[list[RankPart]] = None
     scenarios: list[ScenarioRow] = field(default_factory=list)
     concurrency: Optional[Sweep] = None
+    profile: Optional[Profile] = None
 
     @property
     def extra_failed(self) -> bool:
@@ -187,9 +192,11 @@ def run_rows(plan: list[PlannedRow], job: Job, ranks: Ranks | None = None) -> Ro
     """Run each planned row; a row the engine refuses here (e.g. bf16 on a CPU without it) is skipped, one that fails
     is listed as failed, and Ctrl-C stops with the rows finished so far. Under torchrun (`ranks`) every rank runs
     every row on its shard and the ranks' parts are merged after each one."""
-    done = RowsResult()
+    done, this = RowsResult(), job
     for row in plan:
-        part = RowsResult(interrupted=True) if ranks is not None and ranks.interrupted else _attempt(row, job)
+        part = RowsResult(interrupted=True) if ranks is not None and ranks.interrupted else _attempt(row, this)
+        if part.results and this.worst:  # the first row that ran kept the worst images: the next ones need not
+            this = dataclasses.replace(job, worst=0)
         if ranks is not None:
             part = ranks.merge(row, part, job.outputs)
         done.results.extend(part.results)
@@ -227,26 +234,30 @@ def run_row(row: PlannedRow, job: Job) -> RowResult:
     batches. torch's intra-op threads follow the row's `threads` while it runs."""
     options = job.options if row.threads == job.options.threads else \
         dataclasses.replace(job.options, threads=row.threads)
-    with torch_threads(row.threads):
+    with torch_threads(row.threads), span(f"row {row.label}"):
         if row.built is not None:
             engine, compile_s = row.built.engine, row.built.compile_s
         else:
             start = time.perf_counter()
             engine = engines.load(row.engine, job.model, job.shape, job.device, row.precision, options)
             compile_s = time.perf_counter() - start
+            TRACE.record("compile", start, start + compile_s)
         outputs = job.outputs
         hook = outputs.hook(engine.name, row.precision) if outputs else None
-        passed = accuracy_pass(engine, job.batches(), job.total, job.reference, job.show_progress, hook)
+        passed = accuracy_pass(engine, job.batches(), job.total, job.reference, job.show_progress, hook, job.worst)
         if row.built is not None and row.built.first_call_s is not None:
             passed.first_call_s = row.built.first_call_s  # the probe made the first call: the row's would be warm
         timing = None
         if not passed.interrupted and passed.timing_batch is not None:
             try:
-                timing = timing_pass(engine, passed.timing_batch, job)
+                with span("timing pass"):
+                    timing = timing_pass(engine, passed.timing_batch, job)
             except KeyboardInterrupt:
                 passed.interrupted = True  # the accuracy pass finished: its figures are a result; the timing is lost
-        swept, scenarios = None, []
+        swept, scenarios, profiled = None, [], None
         try:
+            if job.profile and timing is not None and not passed.interrupted:
+                profiled = profile_row(engine, passed.timing_batch, job, options, timing.latency_median_ms)
             if job.concurrency != (1,) and timing is not None and not passed.interrupted:
                 swept = sweep_row(engine, passed.timing_batch, job, row.threads)
             if job.scenarios is not None and timing is not None and not passed.interrupted:
@@ -259,7 +270,7 @@ def run_row(row: PlannedRow, job: Job) -> RowResult:
         row_outputs = outputs.finish(engine.name, row.precision) if hook else None
     passed.timing_batch = None  # the row keeps its figures, not a device batch
     return RowResult(EngineFacts.of(engine), compile_s, passed, timing, row_outputs, scenarios=scenarios,
-                     concurrency=swept)
+                     concurrency=swept, profile=profiled)
 
 
 def sweep_row(engine, batch: torch.Tensor, job: Job, threads: int | None) -> Sweep:
@@ -302,4 +313,5 @@ def to_row(result: RowResult) -> Row:
         split_s={k: round(v, 6) for k, v in passed.split.seconds.items()}, timing=result.timing,
         per_image=per_image, outputs_s=None if result.outputs is None else result.outputs.seconds,
         ranks=result.ranks, nonfinite=list(model_res.nonfinite), scenarios=list(result.scenarios),
-        concurrency=result.concurrency)
+        concurrency=result.concurrency, profile=result.profile,
+        worst=list(passed.worst.kept) if passed.worst is not None else [])

@@ -7,7 +7,8 @@ import datetime
 import importlib.util
 import os
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -23,6 +24,7 @@ from dataset.pairs import Dataset, find_pairs
 from dataset.synthetic import ensure_synthetic
 from engines.base import EngineOptions
 from engines.cache import ArtifactCache
+from pipeline import cache_folders
 from pipeline.auto import resolve
 from pipeline.config import RunConfig
 from pipeline.distributed import World
@@ -30,12 +32,15 @@ from pipeline.finish import finish
 from pipeline.passes import Reference
 from pipeline.rows import Job, PlannedRow, parse_precisions, plan_rows, run_rows, to_row
 from pipeline.scenario_rows import scenario_plan
+from pipeline.worst import WORST_COUNT
+from report.compare import compare_all, data_digest, read_base, weights_digest
 from report.outputs import Outputs
 from report.results import Report, RunInfo, Skip
 from utils.device import describe_host, parse_device, precision_hints
 from utils.errors import SampleError
 from utils.files import check_destination, default_cache_dir, folder_problem
 from utils.signals import Interrupts
+from utils.trace import TRACE, span
 
 
 @dataclass
@@ -48,16 +53,21 @@ class Prepared:
     info: RunInfo
     precisions: list[str]
     device_decoder: Optional[DeviceJpeg]
+    bases: list = field(default_factory=list)  # report.compare.Side: the --compare reports, read before the run
 
 
 def run(config: RunConfig, world: World, interrupts: Interrupts, locks: contextlib.ExitStack | None) -> int:
     """Set up, run every row, then report whatever finished; the exit status. `locks` (rank 0's, or the one
     process's) keeps the output folders locked until the end; other ranks write no file and lock none."""
-    prepared = prepare(config, world, locks)
+    TRACE.reset(on=bool(config.trace), rank=world.rank if world.active else None)  # --trace: the run's timeline
+    began = time.perf_counter()
+    cache_before = cache_folders.sizes(config.cache_dir) if not world.rank else {}
+    with span("setup"):
+        prepared = prepare(config, world, locks)
     job, info, plan = prepared.job, prepared.info, prepared.plan
     if any(row.engine == "auto" for row in plan) and not world.rank:  # under torchrun rank 0 chooses for all
         log = (lambda line: None) if config.quiet else (lambda line: print(line, file=sys.stderr))
-        plan, choices = resolve(plan, job, config.auto_mode, log)
+        plan, choices = resolve(plan, job, config.auto_mode, log, config.auto_budget)
         info.auto = [c.describe() for c in choices]
     plan, job.options = world.share_setup(plan, job.options)
     info.hints = precision_hints(job.device, prepared.precisions, info.host)
@@ -72,6 +82,9 @@ def run(config: RunConfig, world: World, interrupts: Interrupts, locks: contextl
                     result.interrupted)
     if not world.gather_outputs(report, job.outputs):
         return result.status  # a rank other than 0: rank 0 writes the files and prints the report
+    report.comparison = compare_all(report, prepared.bases, config.fail_on_regression)
+    report.cache_note = cache_folders.growth_line(cache_before, cache_folders.sizes(config.cache_dir))
+    info.run_s = round(time.perf_counter() - began, 1)
     return finish(config, report, job.outputs, result.status, interrupts)
 
 
@@ -80,6 +93,9 @@ def prepare(config: RunConfig, world: World, locks: contextlib.ExitStack | None)
     the decode path, and what the report will say about them."""
     device = parse_device(config.device)
     precisions = parse_precisions(config.precision)
+    # --compare's reports are read first: one that cannot be compared with stops the run before anything is built;
+    # rank 0 alone compares (under torchrun on several hosts the files may be on its host only)
+    bases = [] if world.rank else [read_base(path) for path in config.compare or ()]
     plan, skipped = plan_rows(config.engine, precisions, device, config.threads)
     torch.manual_seed(config.seed)
     model, facts = models.create_model(config.model_name, config.pth, n_classes=config.n_classes,
@@ -103,14 +119,18 @@ def prepare(config: RunConfig, world: World, locks: contextlib.ExitStack | None)
                     device_decoder)
     if world.active and config.concurrency != (1,):
         raise SampleError("--concurrency sweeps run in one process; under torchrun every rank times one request")
+    if world.active and config.profile:
+        raise SampleError("--profile runs in one process; run it without torchrun (one rank's operators are "
+                          "every rank's)")
     scenarios = scenario_plan(config, dataset, decode, facts["n_classes"], world.active)
     if scenarios is not None:
         info.loadgen = scenarios.describe()
     job = Job(model, shape, device, lambda: iter_dataset(dataset, loader), len(dataset), options, outputs,
               reference, config.loop, config.warm_counter, show_progress=not config.quiet,
-              min_duration_s=config.loop_min_duration,
-              percentiles=config.percentiles, scenarios=scenarios, concurrency=config.concurrency)
-    return Prepared(job, plan, skipped, info, precisions, device_decoder)
+              min_duration_s=config.loop_min_duration, worst=WORST_COUNT if config.html else 0,
+              percentiles=config.percentiles, scenarios=scenarios, concurrency=config.concurrency,
+              profile=config.profile)
+    return Prepared(job, plan, skipped, info, precisions, device_decoder, bases)
 
 
 def run_info(config: RunConfig, facts: dict, dataset: Dataset, data_label: str, device: torch.device,
@@ -124,7 +144,8 @@ def run_info(config: RunConfig, facts: dict, dataset: Dataset, data_label: str, 
         batch_size=config.batch_size, loop=config.loop, warm_counter=config.warm_counter, torch=torch.__version__,
         threads=torch.get_num_threads(), host=describe_host(device),
         artifact_cache=options.cache.root if options.cache else None, min_duration_s=config.loop_min_duration,
-        percentiles=list(config.percentiles))
+        percentiles=list(config.percentiles), weights_digest=weights_digest(config.pth, config.seed),
+        data_digest=data_digest(dataset))
     if options.calibration:
         info.calibration_images = options.calibration.images
         info.calibration = options.calibration.describe()
@@ -196,11 +217,15 @@ def make_outputs(config: RunConfig, dataset: Dataset, n_classes: int,
                                (config.submission, False, "--submission"), (config.csv, False, "--csv")]:
         if path:  # a folder is also locked for the run (a second run writing there is refused)
             check_destination(path, folder=folder, overwrite=config.overwrite, flag=flag, locks=locks)
-    if config.json:
-        check_destination(config.json, folder=False, overwrite=True, flag="--json")
+    for path, flag in [(config.json, "--json"), (config.html, "--html"), (config.trace, "--trace")]:
+        if path:  # a report file is rewritten by each run
+            check_destination(path, folder=False, overwrite=True, flag=flag)
     if config.plots:
         from report.plots import require_matplotlib
         require_matplotlib()
+    if config.html:
+        from report.html import require_html
+        require_html()
     if not config.outputs_asked():
         return None
     return Outputs(dataset, n_classes=n_classes, folder=config.output, overlay=config.overlay,

@@ -52,6 +52,8 @@ def row_dict(row: Row) -> dict:
         out["ranks"] = [dataclasses.asdict(r) for r in row.ranks]
     if row.concurrency is not None:
         out["concurrency"] = dataclasses.asdict(row.concurrency)
+    if row.profile is not None:
+        out["profile"] = dataclasses.asdict(row.profile)
     if row.scenarios:
         out["scenarios"] = [{**dataclasses.asdict(s.result), "reasons": list(s.result.reasons),
                              "server_runs": [dataclasses.asdict(r) for r in s.result.server_runs],
@@ -71,6 +73,10 @@ def report_dict(report: Report) -> dict:
         out["outputs"] = dataclasses.asdict(report.outputs)
     if report.plots is not None:
         out["plots"] = list(report.plots)
+    if report.trace is not None:
+        out["trace"] = dataclasses.asdict(report.trace)
+    if report.comparison:
+        out["comparison"] = [dataclasses.asdict(c) for c in report.comparison]
     return out
 
 

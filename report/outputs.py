@@ -28,6 +28,7 @@ from report.overlay import draw_overlay, encode_jpeg, encode_mask_png
 from report.rle import encode_rle
 from utils.errors import SampleError
 from utils.files import write_atomic
+from utils.trace import TRACE
 
 MAX_PENDING = 2
 FOLDER_FILES = ("*_mask.png", "*_overlay.jpg")  # the names written into --output
@@ -138,7 +139,9 @@ class Outputs:
         start = time.perf_counter()
         for i, image_id in enumerate(ids):
             self._process_one(hook, image_id, logits[i: i + 1], sizes[i])
-        self.busy_s[hook.key] += time.perf_counter() - start
+        end = time.perf_counter()
+        self.busy_s[hook.key] += end - start
+        TRACE.record("write outputs", start, end, {"images": len(ids)})
 
     def _process_one(self, hook: Hook, image_id: str, logits: torch.Tensor, size) -> None:
         sample = self.samples[image_id]

@@ -62,6 +62,8 @@ def plot_dice(rows: list[dict], resolution: str, path: str) -> str:
         ax.hist(values, bins=30, alpha=0.6, label=f"{_label(r)} (mean {sum(values) / len(values):.4f})")
     ax.set_xlabel(f"per-image dice ({resolution} resolution)")
     ax.set_ylabel("images")
+    from matplotlib.ticker import MaxNLocator
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # a count of images has no fractions
     ax.set_title("per-image dice")
     ax.legend(loc="upper left")
     return _save(fig, path)
@@ -83,6 +85,12 @@ def plot_concurrency(rows: list[dict], path: str) -> str:
     """Throughput against median latency per --concurrency level, one curve per engine row, each point labelled with
     its requests in flight: where the curve turns up, more requests only add latency."""
     fig, ax = _figure()
+    draw_concurrency(ax, rows)
+    return _save(fig, path)
+
+
+def draw_concurrency(ax, rows: list[dict]) -> None:
+    """plot_concurrency's curves on `ax` (the HTML report draws them too)."""
     for r in rows:
         levels = r["concurrency"]["levels"]
         xs, ys = [lv["latency_p50_ms"] for lv in levels], [lv["images_per_s"] for lv in levels]
@@ -93,7 +101,6 @@ def plot_concurrency(rows: list[dict], path: str) -> str:
     ax.set_ylabel("images / s")
     ax.set_title("throughput vs latency per requests in flight")
     ax.legend(loc="lower right")
-    return _save(fig, path)
 
 
 def write_plots(report: dict, folder: str) -> list[str]:

@@ -56,6 +56,23 @@ class PerImage:
     dice_model_res: Optional[list[Optional[float]]] = None
 
 
+@dataclass(frozen=True, eq=False)
+class WorstImage:
+    """One of a row's worst-scored images, kept for the HTML report (not in the JSON): dice and IoU at the model's
+    size; `fp_share` / `fn_share` the false-positive / false-negative pixels (foreground = any class but 0) as shares
+    of the union of predicted and true foreground, so that fp_share + fn_share = 1 - IoU for one foreground class;
+    thumbnails at the image's own aspect ratio: `image` (h, w, 3) uint8, `pred` and `truth` (h, w) bool."""
+
+    id: str
+    dice: float
+    iou: float
+    fp_share: float
+    fn_share: float
+    image: object  # numpy.ndarray, as are pred and truth
+    pred: object
+    truth: object
+
+
 @dataclass(frozen=True)
 class RankPart:
     """One torchrun rank's share of a merged row."""
@@ -105,6 +122,8 @@ class Row:
     nonfinite: list[NonFinite] = field(default_factory=list)  # images with NaN / inf logits: the row is LOW
     scenarios: list = field(default_factory=list)  # pipeline.scenario_rows.ScenarioRow, one per LoadGen scenario
     concurrency: Optional[object] = None  # pipeline.concurrency.Sweep: --concurrency's levels
+    profile: Optional[object] = None  # pipeline.profile.Profile: --profile's operators
+    worst: list[WorstImage] = field(default_factory=list)  # with --html, the first row's lowest dice, lowest first
 
     @property
     def label(self) -> str:
@@ -149,6 +168,9 @@ class RunInfo:
     min_duration_s: float = 0.0  # timed calls go on until this many seconds are done too
     loadgen: Optional[dict] = None  # --scenario's LoadGen scenarios (pipeline.scenario_rows.ScenarioPlan)
     percentiles: list[float] = field(default_factory=lambda: list(PERCENTILES))
+    run_s: Optional[float] = None  # wall seconds from the run's start (Python's imports done) to its report
+    weights_digest: Optional[str] = None  # report.compare.weights_digest: what --compare matches weights by
+    data_digest: Optional[str] = None  # report.compare.data_digest: what --compare matches data by
 
 
 @dataclass(frozen=True)
@@ -167,6 +189,15 @@ class WrittenFiles:
     not_written_count: int = 0
 
 
+@dataclass(frozen=True)
+class TraceFile:
+    """The --trace file, once written (the JSON's `trace`): its path, its spans, its tracks (threads of all ranks)."""
+
+    path: str
+    spans: int
+    tracks: int
+
+
 @dataclass
 class Report:
     """A run's report: what ran, the rows that finished, those skipped or failed, and whether a signal cut it short
@@ -179,3 +210,6 @@ class Report:
     outputs: Optional[WrittenFiles] = None
     plots: Optional[list[str]] = None
     interrupted_by: Optional[str] = None
+    cache_note: Optional[str] = None  # the report's last line when the cache grew (utils.cache_folders)
+    trace: Optional[TraceFile] = None
+    comparison: list = field(default_factory=list)  # report.compare.Comparison, one per --compare base

@@ -4,9 +4,11 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+from report.compare_table import comparison_lines
 from report.csv_files import ImageRecord
 from report.metrics import name_nonfinite
 from report.notes import config_notes
+from report.profile_table import profile_lines
 from report.ranks import rank_lines
 from report.results import Report, Row, RunInfo
 from report.scenario_table import concurrency_lines, scenario_lines
@@ -175,11 +177,25 @@ def row_lines(row: Row, c: RunInfo) -> list[str]:
     return lines
 
 
-def format_report(report: Report, json_path: str | None = None, worst: str = "") -> str:
+def format_report(report: Report, json_path: str | None = None, worst: str = "", html_path: str | None = None) -> str:
     """The human-readable report: what was run on what, the table, the notes that qualify the numbers, the `worst`
-    images' lines, and where every file went (`json_path`: the JSON report, when it was written)."""
+    images' lines, and where every file went (`json_path` / `html_path`: the JSON / HTML report, when written)."""
     c = report.info
-    lines = header_lines(c) + ["", format_table(report.rows, c.percentiles), ""] + legend_lines(report)
+    lines = header_lines(c) + ["", format_table(report.rows, c.percentiles), ""] + note_lines(report)
+    lines.extend(profile_lines(report))  # --profile's operators, per row
+    lines.extend(comparison_lines(report.comparison))  # --compare's bases
+    if worst:
+        lines.append(worst)
+    lines.extend(_written(report, json_path, html_path))
+    if report.cache_note:
+        lines.append(report.cache_note)
+    return "\n".join(lines)
+
+
+def note_lines(report: Report) -> list[str]:
+    """The lines under the table that qualify its numbers (the HTML report shows them too): the legend, each row's
+    notes, the LoadGen scenarios, skipped and failed rows, the ranks, how the run was set up, and PARTIAL."""
+    c, lines = report.info, legend_lines(report)
     for row in report.rows:
         lines.extend(row_lines(row, c))
     lines.extend(scenario_lines(report))
@@ -191,10 +207,7 @@ def format_report(report: Report, json_path: str | None = None, worst: str = "")
         by = {"SIGINT": "Ctrl-C (SIGINT)", None: "a signal"}.get(report.interrupted_by, report.interrupted_by)
         lines.append(f"PARTIAL: the run was interrupted by {by}: rows it never reached are missing, and a row it cut "
                      "short says INTERRUPTED above")
-    if worst:
-        lines.append(worst)
-    lines.extend(_written(report, json_path))
-    return "\n".join(lines)
+    return lines
 
 
 def format_split(split: dict[str, float], images: int, c: RunInfo) -> str:
@@ -236,7 +249,7 @@ def _random_prediction(rows: list[Row]) -> str:
             "any untrained model scores the same dice, set by how much of each image the car covers)")
 
 
-def _written(report: Report, json_path: str | None) -> list[str]:
+def _written(report: Report, json_path: str | None, html_path: str | None = None) -> list[str]:
     """Where the run's files went, so nobody has to guess."""
     out, lines = report.outputs, []
     if out is not None and out.folder:
@@ -247,8 +260,14 @@ def _written(report: Report, json_path: str | None) -> list[str]:
         lines.append(f"wrote the per-image CSV ({out.csv_rows} rows) to {out.csv}")
     for path in report.plots or []:
         lines.append(f"wrote plot {path}")
+    if report.trace is not None:
+        t = report.trace
+        lines.append(f"wrote the trace ({t.spans} spans on {t.tracks} tracks) to {t.path}: open it in "
+                     "https://ui.perfetto.dev or chrome://tracing")
     if json_path:
         lines.append(f"wrote the JSON report to {json_path}")
+    if html_path:
+        lines.append(f"wrote the HTML report to {html_path}")
     return lines
 
 

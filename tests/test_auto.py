@@ -195,7 +195,8 @@ def test_cli_probes_every_installed_engine_then_reuses_the_choice(session_builds
 
     monkeypatch.setattr(engines, "load", load)
     argv = ["--image_size", "64", "--seed", "0", "--synthetic_count", "1", "--loop", "1", "--warm_counter", "0",
-            "--quiet", "--device", "cpu", "--cache_dir", session_builds, "--json", str(tmp_path / "r.json")]
+            "--quiet", "--device", "cpu", "--cache_dir", session_builds, "--json", str(tmp_path / "r.json"),
+            "--auto_budget", "3600"]  # every engine: the default budget would leave the prior's slow builds out
     assert sample.main(argv) == 0
     out = capsys.readouterr().out
     report = json.loads((tmp_path / "r.json").read_text())

@@ -61,7 +61,7 @@ def _run(monkeypatch, scripts: dict, budget_s: float | None = None):
 
     monkeypatch.setattr(probe, "_settle", settle)
     target = probe.Target(None, "m", SHAPE, CPU, "fp32", EngineOptions())
-    choice = probe.measure(target, list(scripts), None, budget_s=budget_s)
+    choice = probe.measure(target, list(scripts), None, tie_budget_s=budget_s)
     return choice, settled[0]
 
 

@@ -105,6 +105,21 @@ def test_fastest_and_output_blocks(tmp_path):
     assert "2026-11-26 05:39 UTC, stdout:\n\n```\nengine  fps\nopenvino  0.634\n```\n<!-- end generated -->" in text
 
 
+def test_first_run_block_quotes_the_probe_and_the_run_from_the_report(tmp_path):
+    auto = {"precision": "fp32", "engine": "openvino", "source": "measured", "probe_s": 21.4, "budget_s": 20.0,
+            "not_tried": ["inductor"]}
+    report = {**REPORT, "config": {**REPORT["config"], "auto": [auto], "run_s": 47.6}}
+    root = make_repo(tmp_path, block("first_run"), report)
+    assert doc_tables.main(["--root", root]) == 0
+    flat = " ".join((tmp_path / "README.md").read_text().split())
+    assert ("within its `--auto_budget` of 20 s: 21 s of this run's 48 s (the `auto fp32` line; it did not try "
+            "inductor)") in flat
+    report["config"]["auto"] = [{**auto, "source": "cached"}]
+    root = make_repo(tmp_path / "again", block("first_run"), report)
+    assert doc_tables.main(["--root", root]) == 0
+    assert "reused the `auto fp32` choice" in (tmp_path / "again" / "README.md").read_text()
+
+
 def test_stale_block_is_named_and_nothing_written(tmp_path, capsys):
     root = make_repo(tmp_path, block("engines"))
     assert doc_tables.main(["--root", root]) == 0
@@ -117,7 +132,7 @@ def test_stale_block_is_named_and_nothing_written(tmp_path, capsys):
 
 @pytest.mark.parametrize("body, message", [
     (block("engines", "docs/reports/nope.json"), "README.md:3: report docs/reports/nope.json does not exist"),
-    (block("table"), "README.md:3: unknown block kind 'table' (known: engines, fastest, output)"),
+    (block("table"), "README.md:3: unknown block kind 'table' (known: engines, fastest, output, first_run)"),
     ("<!-- generated from docs/reports/r.json: engines -->\nno end\n", "opening marker without a closing"),
     ("x\n<!-- generated from docs/reports/r.json -->\n<!-- end generated -->\n", "README.md:2: malformed marker"),
 ])

@@ -2,6 +2,7 @@
 the list is docs/outputs.md's table; no key is added or lost without the list and the docs changing together."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
@@ -13,13 +14,16 @@ from pipeline.concurrency import Level, Sweep
 from pipeline.distributed import World
 from pipeline.passes import PassResult
 from pipeline.probe import ProbeInput, Target, measure
+from pipeline.profile import Measured
+from pipeline.profile import summarize as summarize_profile
 from pipeline.rows import EngineFacts, RowResult, to_row
 from pipeline.scenario_rows import AccuracyCheck, Library, ScenarioPlan, ScenarioRow
 from pipeline.scenarios import ScenarioResult, ScenarioSettings, ServerRun
+from report.compare import compare, this_side
 from report.json_report import report_dict
 from report.metrics import Accuracy
 from report.outputs import RowOutputs
-from report.results import RankPart, Report, RunInfo, Skip, WrittenFiles
+from report.results import RankPart, Report, RunInfo, Skip, TraceFile, WrittenFiles
 from tests.conftest import CPU
 from tests.test_outputs import documented_fields, field_paths
 from utils.device import describe_host
@@ -59,8 +63,10 @@ def _row() -> RowResult:
     facts = EngineFacts("torch", "cpu x2", "fp32", "compiled", "", "model call", ("channels_last",))
     part = RankPart(0, "host", "cpu", 2, 1.0, "compiled", 100.0, 2.0, 5.0, 1.0, 2.0, 0.0)
     swept = Sweep([Level(2, 12, 1.0, 24.0, 80.0, 90.0, [70.0, 85.0], 1)], 2, 2, ["concurrency 4: one at a time"])
+    profiled = Measured("torch.profiler", 2, walls_ms=[5.0, 6.0], engine="torch")
+    profiled.add("aten::mkldnn_convolution", "aten::mkldnn_convolution", "", 9.0, 4)
     return RowResult(facts, 1.0, passed, summarize([0.005, 0.006], 2), RowOutputs(0.5, original), [part],
-                     scenarios=[_scenario()], concurrency=swept)
+                     scenarios=[_scenario()], concurrency=swept, profile=summarize_profile(profiled, 5.5))
 
 
 def _plan() -> ScenarioPlan:
@@ -93,11 +99,22 @@ def full_report() -> Report:
                    decode_note="nvJPEG", workers=2, reference="cpu", auto=_auto(), hints=["try bf16"],
                    decode_fallbacks=["x.jpg: RuntimeError"], distributed=world.facts(),
                    conversions=describe_conversions([Conversion("image", "x.png", "I;16", "16-bit grey")]),
-                   loadgen=_plan().describe())
+                   loadgen=_plan().describe(), weights_digest="random, seed 0", data_digest="sha256:0")
     lost = [{"path": "out/c_mask.png", "error": "cannot write out/c_mask.png: No space left on device"}]
     outputs = WrittenFiles("original", "out", True, 2, "sub.csv", 2, "per.csv", 2, lost, 1)
-    return Report(info, [to_row(_row())], [Skip("tensorrt", "fp32", "absent", failed=True)], False, outputs,
-                  ["latency.png"])
+    report = Report(info, [to_row(_row())], [Skip("tensorrt", "fp32", "absent", failed=True)], False, outputs,
+                    ["latency.png"], trace=TraceFile("t.json", 2, 1))
+    report.comparison = _comparison(report)
+    return report
+
+
+def _comparison(report: Report) -> list:
+    """--compare against a base that has the loop row, lacks the Server row (new here) and has another (gone)."""
+    this = this_side(report)
+    loop = this.rows[0]
+    base = dataclasses.replace(this, path="base.json", rows=[loop, dataclasses.replace(
+        loop, key=dataclasses.replace(loop.key, engine="openvino"))])
+    return [compare(this, base, 5.0)]
 
 
 def test_every_key_the_writer_can_emit_is_in_the_golden_list_and_back():

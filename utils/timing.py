@@ -13,6 +13,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from utils.trace import REFERENCE, TRACE, span
+
 # Where an accuracy pass's time goes (pipeline.passes.accuracy_pass): the main thread's parts add up to its e2e time;
 # the reference's compute is left out of e2e; decode and resize are the decode threads' seconds, in parallel.
 SPLIT_MAIN = ("wait", "nvjpeg", "h2d", "model", "d2h", "metrics", "outputs")
@@ -31,10 +33,15 @@ class Split:
         try:
             yield
         finally:
-            self.seconds[part] += time.perf_counter() - start
+            end = time.perf_counter()
+            self.seconds[part] += end - start
+            TRACE.record(part, start, end, track=REFERENCE if part == "reference" else None)  # --trace: same readings
 
-    def add(self, part: str, seconds: float) -> None:
+    def add(self, part: str, seconds: float, start: float | None = None) -> None:
+        """Add `seconds` to `part`; with `start` (the interval's first clock reading) it is also a span in --trace."""
         self.seconds[part] += seconds
+        if start is not None:
+            TRACE.record(part, start, start + seconds)
 
     def __getitem__(self, part: str) -> float:
         return self.seconds[part]
@@ -132,15 +139,17 @@ def measure(run: Callable[[Any], Any], inputs: Any, synchronize: Callable[[], No
 
     The device is synchronised before each clock read, so a call's time includes all the work it queued.
     """
-    for _ in range(warmup):
-        run(inputs)
-    synchronize()
+    with span("warm-up"):
+        for _ in range(warmup):
+            run(inputs)
+        synchronize()
     latencies, timed = [], 0.0
     while len(latencies) < loop or timed < min_duration_s:
         start = time.perf_counter()
         run(inputs)
         synchronize()
         latencies.append(time.perf_counter() - start)
+        TRACE.record("timed call", start, start + latencies[-1])
         timed += latencies[-1]
         if progress:
             progress(1)

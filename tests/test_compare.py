@@ -1,0 +1,197 @@
+"""--compare and --fail_on_regression: real runs of an engine made 30 % slower (it sleeps 30 % longer per call) are
+"slower" and fail the gate, the reverse is "faster" and passes, a run against itself is "the same"; the top says what
+differs; old reports are read; a file that is no report is one error line before anything is built."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import pytest
+
+import engines
+import models
+import sample
+from report.compare import DICE_DROP, compare, read_base
+from report.compare_table import gate
+from tests.conftest import SMALL, write_pair
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Each call of the wrapped engine pauses after the model, so that a call's time is mostly the pause, not the tiny
+# model's few ms (which a loaded machine stretches at random); the slower twin takes 30 % longer over its whole call.
+PAUSE_S = 0.05
+SLOWER = 1.3
+
+
+def slowed(factor: float):
+    """engines.load whose engine pauses PAUSE_S after each call, and takes `factor` times as long over the whole call
+    (model + pause), as a slower engine or machine would."""
+    real = engines.load
+
+    def load(*args, **kwargs):
+        engine = real(*args, **kwargs)
+
+        def run(x):
+            start = time.perf_counter()
+            out = engine.run(x)
+            time.sleep(PAUSE_S + (factor - 1.0) * (PAUSE_S + time.perf_counter() - start))
+            return out
+        return dataclasses.replace(engine, run=run)
+    return load
+
+
+def sample_run(argv: list, factor: float = 1.0) -> int:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engines, "load", slowed(factor))
+        return sample.main(argv)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """(argv of a small run, the JSON of one such run with the pausing engine): the base."""
+    root = tmp_path_factory.mktemp("compare")
+    for i in range(3):
+        write_pair(str(root), f"car{i}_01", seed=i)
+    argv = ["--image_path", str(root / "images"), "--mask_path", str(root / "masks"), "--image_size", "32",
+            "--engine", "torch", "--loop", "12", "--warm_counter", "1", "--quiet", "--device", "cpu", "--threads", "1",
+            *SMALL]
+    path = root / "base.json"
+    assert sample_run(argv + ["--json", str(path)]) == 0
+    return argv, str(path)
+
+
+def edited(tmp_path, path: str, change, name: str = "edited.json") -> str:
+    """A copy of the report at `path` after `change(report)`, in tmp_path as `name`."""
+    with open(path) as f:
+        report = json.load(f)
+    change(report)
+    copy = tmp_path / name
+    copy.write_text(json.dumps(report))
+    return str(copy)
+
+
+def test_a_30_percent_slower_engine_is_slower_and_fails_the_gate_the_reverse_passes(base, tmp_path, capsys):
+    argv, base_json = base
+    slow_json = str(tmp_path / "slow.json")
+    code = sample_run(argv + ["--compare", base_json, "--fail_on_regression", "5", "--json", slow_json],
+                      SLOWER)
+    out, err = capsys.readouterr()
+    (row,) = json.load(open(slow_json))["comparison"][0]["rows"]
+    assert code == 1, err
+    assert row["verdict"] == "slower" and row["regression"] is True and 0.65 < row["speed_ratio"] < 0.87
+    assert row["slowdown_pct"] > 5 and row["median_ci_ms"][0] > row["base_median_ci_ms"][1]
+    assert f"error: regression against {base_json}: torch fp32, batch 1, 32x32, loop: slower by " in err
+    assert "beyond the noise, over --fail_on_regression 5 %" in err
+    assert f"compared with {base_json}" in out and "x slower   slower" in out
+    # the same run, its base now the slower one: faster, and the gate passes
+    code = sample_run(argv + ["--compare", slow_json, "--fail_on_regression", "5"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "x faster   faster" in out and "regression" not in err
+    # without --fail_on_regression a comparison never changes the exit status
+    slower = compare(read_base(slow_json), read_base(base_json))
+    assert slower.rows[0].verdict == "slower" and slower.rows[0].regression is None and gate([slower]) == ([], [])
+
+
+def test_a_run_against_itself_is_the_same(base):
+    _, base_json = base
+    itself = compare(read_base(base_json), read_base(base_json), 0.0)
+    (row,) = itself.rows
+    assert row.verdict == "the same" and row.speed_ratio == 1.0 and row.slowdown_pct == 0.0
+    assert row.dice_change == 0.0 and row.cosine_change == 0.0 and row.regression is False
+    assert itself.differences == [] and itself.new == [] and itself.gone == []
+
+
+def test_a_dice_drop_past_the_bar_is_a_regression_and_new_and_gone_rows_are_listed(base, tmp_path):
+    _, base_json = base
+
+    def better(report):  # the base scored DICE_DROP + 0.001 higher, and its one row was onnxruntime's
+        report["rows"].append(dict(report["rows"][0], engine="onnxruntime"))
+        report["rows"][0]["dice"] += DICE_DROP + 0.001
+    result = compare(read_base(base_json), read_base(edited(tmp_path, base_json, better)), 0.0)
+    (row,) = result.rows
+    assert row.verdict == "the same" and row.regression is True
+    assert row.dice_change == pytest.approx(-DICE_DROP - 0.001)
+    (line,), _ = gate([result])
+    assert "dice dropped by 0.0040, more than 0.003" in line and "slower" not in line
+    assert [k.engine for k in result.gone] == ["onnxruntime"] and result.new == []
+    def slightly(report):  # the base scored 0.002 higher: within the bar
+        report["rows"][0]["dice"] += DICE_DROP - 0.001
+    within = compare(read_base(base_json), read_base(edited(tmp_path, base_json, slightly, "within.json")), 0.0)
+    assert within.rows[0].regression is False
+
+
+def test_loadgen_scenarios_match_by_name_and_a_lower_rate_is_slower_with_unknown_noise(base, tmp_path):
+    _, base_json = base
+
+    def offline(rate):
+        def change(report):
+            report["rows"][0]["scenarios"] = [{"scenario": "offline", "metric_name": "samples/s", "metric": rate}]
+        return change
+    this = read_base(edited(tmp_path, base_json, offline(80.0)))
+    result = compare(this, read_base(edited(tmp_path, base_json, offline(100.0), "base.json")), 10.0)
+    loop, rate = result.rows
+    assert loop.scenario == "loop" and rate.scenario == "offline" and rate.metric_name == "samples/s"
+    assert (rate.base_metric, rate.metric, rate.base_median_ms) == (100.0, 80.0, None)
+    assert rate.speed_ratio == pytest.approx(0.8) and rate.verdict == "noise unknown"
+    assert rate.slowdown_pct == pytest.approx(25.0) and rate.regression is True
+    (line,), _ = gate([result])
+    assert "offline: slower by 25.0 % (noise unknown: no interval to allow for)" in line
+
+
+def test_other_weights_host_model_and_load_are_said_at_the_top(base, tmp_path):
+    _, base_json = base
+
+    def other(report):
+        report["config"].update(weights="/elsewhere/other.pth", weights_digest="sha256:" + "0" * 64,
+                                model="unet", variant="UNet", parameters=31)
+        report["config"]["host"].update(cpu="Another CPU", accelerator="NVIDIA H200")
+        report["rows"][0]["load_average"] = 99.0
+    lines = compare(read_base(base_json), read_base(edited(tmp_path, base_json, other))).differences
+    assert "weights: different: /elsewhere/other.pth (sha256:000000000000) in the base, random, seed 0 here" in lines
+    assert any(line.startswith("host: Another CPU") and "NVIDIA H200 in the base" in line for line in lines)
+    assert any(line.startswith("model: unet: UNet, 31 parameters in the base") for line in lines)
+    assert any(line.startswith("load: the machine's load average was 99 in the base") for line in lines)
+    assert not any(line.startswith("data") for line in lines)  # same files: its digest matches
+
+
+def test_an_old_report_is_read_and_what_it_cannot_tell_is_said(base, tmp_path):
+    _, base_json = base
+    with open(os.path.join(ROOT, "docs", "reports", "default.json")) as f:
+        report = json.load(f)
+    for key in ("weights_digest", "data_digest", "run_s"):  # as a report written before digests and intervals
+        report["config"].pop(key, None)
+    for row in report["rows"]:
+        row.pop("latency_median_ci_ms", None)
+    (tmp_path / "old.json").write_text(json.dumps(report))
+    old = read_base(str(tmp_path / "old.json"))
+    (row,) = old.rows
+    assert row.key.engine == report["rows"][0]["engine"] and row.interval is not None and row.derived  # its calls
+    result = compare(read_base(base_json), old)
+    assert any(line.startswith("weights: cannot tell") for line in result.differences)
+    assert any("derived here from the base's per-call latencies" in line for line in result.differences)
+    assert result.rows == [] and len(result.new) == 1 and len(result.gone) == 1  # another engine and size
+    for name in ("h200_unet512.json", "unet256.json", "unetpp512.json"):  # no variant; int8 rows; 3 calls
+        assert read_base(os.path.join(ROOT, "docs", "reports", name)).rows
+
+
+@pytest.mark.parametrize("content, says", [
+    (None, "cannot open --compare report"),
+    ("not json at all", "not JSON (Expecting value"),
+    ('{"rows": []}', "not a report of this sample (no \"version\""),
+    ('{"version": 2, "config": {}, "rows": []}', "written by a newer version of this sample (report version 2"),
+    ('{"version": 1, "config": {"image_size": [64, 64], "batch_size": 1, "model": "unet"}, "rows": [{"engine": 3}]}',
+     "rows[0].engine is int, not str"),
+])
+def test_a_file_that_is_no_report_is_one_error_line_before_anything_runs(tmp_path, capsys, monkeypatch, content,
+                                                                          says):
+    path = tmp_path / "base.json"
+    if content is not None:
+        path.write_text(content)
+    monkeypatch.setattr(models, "create_model", lambda *a, **k: pytest.fail("the model was built"))
+    code = sample.main(["--image_size", "64", "--engine", "torch", "--quiet", "--compare", str(path)])
+    out, err = capsys.readouterr()
+    assert code == 1 and out == ""
+    (line,) = err.strip().splitlines()
+    assert line.startswith("error: ") and says in line and str(path) in line
