@@ -30,10 +30,11 @@ def traced(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("trace")
     for i in range(4):
-        write_pair(str(root), f"car{i}_01", seed=i, size=(64, 64))
+        write_pair(str(root), f"car{i}_01", seed=i, size=(128, 128))
     paths = {name: str(root / name) for name in ("t.json", "r.json", "predicted")}
-    # 64 px: at 32 px a batch's few milliseconds are of the order of the GIL hand-overs between the spans
-    status = sample.main(RUN + ["--image_size", "64", "--image_path", str(root / "images"), "--mask_path",
+    # 128 px: at 64 px a batch's few milliseconds are of the order of the GIL hand-overs between the spans (the
+    # writer and decode threads may hold the GIL up to 5 ms, sys.getswitchinterval, at each of a batch's seams)
+    status = sample.main(RUN + ["--image_size", "128", "--image_path", str(root / "images"), "--mask_path",
                                 str(root / "masks"), "--output", paths["predicted"], "--trace", paths["t.json"],
                                 "--json", paths["r.json"]])
     with open(paths["t.json"]) as f:
@@ -72,7 +73,7 @@ def test_the_trace_parses_with_one_named_track_per_thread(traced):
                                                        "reference (main thread, not in e2e)"]
     process = [e["args"]["name"] for e in trace["traceEvents"] if e["name"] == "process_name"]
     assert len(process) == 1 and process[0].startswith("sample.py on ")
-    assert report["trace"] == {"path": paths["t.json"], "spans": len(spans(trace)), "tracks": 5}
+    assert report["trace"] == {"path": paths["t.json"], "spans": len(spans(trace)), "tracks": len(names)}
     assert not TRACE.on and not TRACE.spans  # written, then forgotten
 
 
