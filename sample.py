@@ -68,6 +68,14 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message}\n(python sample.py --help lists the flags and their limits)\n")
 
 
+def file_path(text: str) -> str:
+    """An argparse type for a file the run writes: an empty path (`--html ''`, a shell variable left unset) would
+    write nothing and say nothing."""
+    if not text:
+        raise argparse.ArgumentTypeError("the path is empty; give the file to write, or leave the flag out")
+    return text
+
+
 def image_size(text: str) -> tuple[int, int]:
     try:
         return parse_size(text)
@@ -275,10 +283,11 @@ def add_output_arguments(out) -> None:
     """Flags for the report: JSON, HTML, the trace, a comparison with saved reports, and the cache."""
     out.add_argument("--json", metavar="PATH", help="write the report as JSON")
     out.add_argument("--quiet", action="store_true", help="no progress bars")
-    out.add_argument("--html", metavar="PATH", help="write the report as one self-contained HTML page (charts, worst "
-                                                   "images, comparison)")
-    out.add_argument("--trace", metavar="PATH", help="write the run's timeline in the Chrome trace-event format (opens "
-                                                    "in Perfetto or chrome://tracing)")
+    out.add_argument("--html", metavar="PATH", type=file_path,
+                     help="write the report as one self-contained HTML page (charts, worst images, comparison)")
+    out.add_argument("--trace", metavar="PATH", type=file_path,
+                     help="write the run's timeline in the Chrome trace-event format (opens in Perfetto or "
+                          "chrome://tracing)")
     out.add_argument("--compare", nargs="+", metavar="BASE.json",
                      help="compare this run's rows with one or more saved --json reports: speed ratio with a verdict "
                           "beyond the noise, dice and cosine change, new and gone rows")
@@ -286,8 +295,8 @@ def add_output_arguments(out) -> None:
                      metavar="PCT", help="with --compare: exit 1 when a matched row is slower by more than PCT %% "
                                          "beyond the noise, or its dice drops by more than 0.003")
     out.add_argument("--clear_cache", action="store_true",
-                     help="empty the cache (engines, auto's choices, generated data, inductor's files), say what it "
-                          "freed, and exit")
+                     help="empty the cache: the folders the sample made (engines, auto's choices, generated data; "
+                          "marked by a CACHEDIR.TAG) and inductor's headers; say what it freed and kept, and exit")
 
 
 def add_result_arguments(p: argparse.ArgumentParser) -> None:
@@ -332,13 +341,16 @@ def parse_config(parser: argparse.ArgumentParser, argv: list[str]) -> RunConfig:
 
 
 def clear_cache(cache_dir: str | None) -> int:
-    """--clear_cache: remove what the sample keeps between runs, say what each removal freed; 1 when one failed."""
-    done = cache_folders.clear(cache_dir)
+    """--clear_cache: remove what the sample keeps between runs (only folders it provably made), say what each removal
+    freed and which look-alikes it kept; 1 when a removal failed."""
+    done, kept = cache_folders.clear(cache_dir)
     for path, freed, why in done:
         said = f"removed {path} ({freed / cache_folders.MB:,.1f} MB)" if why is None else \
             f"error: could not remove all of {path}: {why} (freed {freed / cache_folders.MB:,.1f} MB)"
         print(said, file=sys.stdout if why is None else sys.stderr)
-    if not done:
+    for line in kept:
+        print(line)
+    if not done and not kept:
         print(f"the cache is empty: nothing kept under {cache_dir or default_cache_dir()} nor inductor's headers")
     return 1 if any(why for _, _, why in done) else 0
 

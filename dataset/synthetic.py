@@ -1,4 +1,8 @@
-"""A deterministic Carvana-like data set (studio background, cars with wheels and windows) for runs without data."""
+"""A deterministic Carvana-like data set (studio background, cars with wheels and windows) for runs without data.
+
+A set is kept in `<cache>/synthetic-v<VERSION>-seed<S>-n<N>`, tagged as the sample's (utils/builds.py: CACHEDIR.TAG)
+from the moment its build folder is made, so that `--clear_cache` removes it and never a user's `synthetic-*`.
+"""
 from __future__ import annotations
 
 import os
@@ -7,7 +11,7 @@ from typing import Callable
 
 from PIL import Image, ImageDraw, ImageFilter
 
-from utils.builds import build_folder, process_folder, settle, sweep
+from utils.builds import TEMP_STALE, build_folder, process_folder, settle, sweep, tag, tagged
 from utils.files import default_cache_dir
 
 WIDTH, HEIGHT = 1918, 1280  # Carvana's resolution, so decoding and resizing cost what they cost on real data
@@ -83,6 +87,11 @@ def make_pair(seed: int) -> tuple[Image.Image, Image.Image]:
     return image, mask
 
 
+def synthetic_folder(count: int, seed: int, cache_dir: str | None = None) -> str:
+    """The folder that holds the set of `count` pairs drawn from `seed` (there or not yet)."""
+    return os.path.join(cache_dir or default_cache_dir(), f"synthetic-v{VERSION}-seed{seed}-n{count}")
+
+
 def ensure_synthetic(count: int = 8, seed: int = 0, cache_dir: str | None = None,
                      log: Callable[[str], None] | None = None, writable: bool = True) -> tuple[str, str]:
     """Write `count` pairs in the Carvana layout (images/<id>.jpg, masks/<id>_mask.gif) once; return both folders.
@@ -94,13 +103,15 @@ def ensure_synthetic(count: int = 8, seed: int = 0, cache_dir: str | None = None
     the cache cannot be written (`writable` False) a set already there is used, else one is generated in a temporary
     folder that goes when the process exits.
     """
-    root = os.path.join(cache_dir or default_cache_dir(), f"synthetic-v{VERSION}-seed{seed}-n{count}")
+    root = synthetic_folder(count, seed, cache_dir)
     images, masks = os.path.join(root, "images"), os.path.join(root, "masks")
     if os.path.isdir(images) and os.path.isdir(masks):
         return images, masks
     if writable:
         os.makedirs(os.path.dirname(root), exist_ok=True)
-        sweep(os.path.dirname(root), BUILD)  # what runs killed while generating left
+        # What runs killed while generating left: only tagged folders, and our own name for folders being deleted, as
+        # the cache folder may be one the user chose (--cache_dir .) that holds a .synthetic-* or .stale-* of theirs.
+        sweep(os.path.dirname(root), BUILD, TEMP_STALE, ours=tagged)
     else:
         parent = process_folder(TEMPORARY)  # locked while this process lives, removed at exit
         root = os.path.join(parent, os.path.basename(root))
@@ -116,6 +127,7 @@ def _generate(count: int, seed: int, root: str) -> None:
     """Draw the set in a build folder beside `root`, then rename it to `root` (unless another run was first)."""
     try:
         with build_folder(os.path.dirname(root), BUILD) as tmp:
+            tag(tmp)  # before anything else: a build cut short is still provably ours
             os.makedirs(os.path.join(tmp, "images"))
             os.makedirs(os.path.join(tmp, "masks"))
             for i in range(count):

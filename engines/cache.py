@@ -1,6 +1,7 @@
 """On-disk cache of exported / compiled engines, keyed by weights, input shape, precision and engine version.
 
-Every entry carries the sha256 of its files, checked before it is used.
+Every entry carries the sha256 of its files, checked before it is used. An `engines` folder the cache creates is
+tagged (utils/builds.py: CACHEDIR.TAG), so that `--clear_cache` can tell it from a user's own folder of that name.
 """
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ import stat
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from utils.builds import BUILDER, build_folder, remove_aside, settle, sweep, temporary_folder
+from utils.builds import BUILDER, build_folder, make_tagged, remove_aside, settle, sweep, temporary_folder
 from utils.errors import SampleError, first_line
 from utils.files import default_cache_dir
 
@@ -55,6 +56,15 @@ def key_digest(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def engines_root(cache_dir: str | None) -> str:
+    """`<cache>/engines`, made here (and tagged) when it is missing, before anything else may make it untagged (a
+    check that files can be written there); where it cannot be made, the caller's own writes say why."""
+    root = os.path.join(cache_dir or default_cache_dir(), "engines")
+    with suppress(OSError):
+        make_tagged(root)
+    return root
+
+
 class ArtifactCache:
     """Folders of engine artifacts under `<root>/engines` (root: the user cache folder by default).
 
@@ -67,7 +77,7 @@ class ArtifactCache:
         self._digests: dict[int, str] = {}
         self.root = os.path.join(root or default_cache_dir(), "engines")
         try:
-            os.makedirs(self.root, exist_ok=True)
+            make_tagged(self.root)  # tagged only when this run creates it: one already there may be the user's
             engines = [os.path.join(self.root, name) for name in os.listdir(self.root) if not name.startswith(".")]
         except OSError as exc:
             self.give_up(exc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import json
+import math
 import os
 import sys
 import time
@@ -22,7 +23,7 @@ from engines.base import EngineOptions
 from engines.cache import key_digest
 from pipeline.passes import Reference
 from pipeline.probe import Choice, ProbeInput, Target, measure, static_choice
-from pipeline.probe_budget import ProbeBudget, costs_path, keep_costs, probe_order, read_costs
+from pipeline.probe_budget import ProbeBudget, costs_path, expected_build_s, keep_costs, probe_order, read_costs
 from pipeline.rows import Job, PlannedRow
 from utils.device import describe_host, usable_cpus
 from utils.errors import first_line
@@ -77,7 +78,8 @@ def _record_path(options: EngineOptions, key: dict) -> str | None:
 
 
 def _read_record(path: str | None, key: dict, device: torch.device) -> dict | None:
-    """The kept choice for `key`, or None (absent, unreadable, for another key, or its engine no longer runs)."""
+    """The kept choice for `key`, or None (absent, unreadable, for another key, or its engine no longer runs). A record
+    kept before `complete` was written counts as complete unless it names engines not tried."""
     if path is None or not os.path.isfile(path):
         return None
     try:
@@ -85,32 +87,82 @@ def _read_record(path: str | None, key: dict, device: torch.device) -> dict | No
             record = json.load(f)
         if record.get("key") != key or engines.missing(record["engine"], device) is not None:
             return None
+        record["not_tried"] = [str(name) for name in record.get("not_tried") or []]
+        record["cut"] = bool(record.get("cut"))
+        record["complete"] = bool(record.get("complete", not (record["not_tried"] or record["cut"])))
+        record["budget_s"] = None if record.get("budget_s") is None else float(record["budget_s"])
         return record
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None  # a damaged record is measured again and rewritten
+
+
+def _outgrown(record: dict, budget: ProbeBudget | None) -> bool:
+    """Whether a kept choice was made under a budget too small to finish (engines not tried, rounds cut) and this run
+    may finish it: its budget is larger (None: no limit). On a loaded machine the first run's choice could otherwise
+    be eager torch for ever."""
+    if record["complete"]:
+        return False
+    return budget is None or record["budget_s"] is None or budget.total_s > record["budget_s"]
+
+
+def _shortfall(record: dict) -> str:
+    """What an incomplete kept choice missed: 'it left out a, b', 'its finalists' rounds were cut short', or both."""
+    said = [f"it left out {', '.join(record['not_tried'])}"] if record["not_tried"] else []
+    return " and ".join(said + (["its finalists' rounds were cut short"] if record["cut"] else []))
+
+
+def _incomplete_note(record: dict, known: dict[str, float]) -> str:
+    """The reason's words for a reused choice the budget cut short: what it missed, and how to measure again (a larger
+    --auto_budget, enough for the builds it left out as measured here, else as typical; or an emptied cache)."""
+    budget_s = record["budget_s"] or 0.0
+    extra = sum(expected_build_s(name, known) for name in record["not_tried"])
+    larger = math.ceil((budget_s + max(extra + (budget_s if record["cut"] else 0.0), 5.0)) / 5.0) * 5
+    return (f"; incomplete: within the --auto_budget of {budget_s:g} s {_shortfall(record)}; to measure again, run "
+            f"with a larger budget (e.g. --auto_budget {larger:g}) or empty the cache (python sample.py --clear_cache)")
+
+
+def _settled(record: dict) -> list[dict]:
+    """The earlier probe's entries a re-measure need not build again: engines that did not compile or missed the
+    fidelity bar. The key they were measured under still holds (same packages, model, shape, precision), so they
+    would fail again; the engines that were timed are timed again, since timings from another run do not compare."""
+    entries = [e for e in record.get("candidates") or [] if isinstance(e, dict) and "engine" in e]
+    failed = {e["engine"] for e in entries if str(e.get("note", "")).startswith(("did not compile", "below the"))}
+    failed -= {e["engine"] for e in entries if e.get("median_ms") is not None}
+    return [dict(e, note=f"{e['note']} (in the earlier probe; not built again)") for e in entries
+            if e["engine"] in failed]
+
+
+def _kept(record: dict, path: str | None, precision: str, known: dict[str, float]) -> Choice:
+    """The choice a record keeps; its reason says when a budget cut the probe short, and how to measure again."""
+    note = "" if record["complete"] else _incomplete_note(record, known)
+    return Choice(record["engine"], precision, "cached", record.get("threads"), record.get("candidates", []),
+                  f"measured on {record.get('measured', '?')}: {record.get('reason', '')}{note}", record=path or "",
+                  near_tie=record.get("near_tie", False), runner_up=record.get("runner_up"),
+                  budget_s=record["budget_s"], not_tried=list(record["not_tried"]), cut=record["cut"])
 
 
 def choose(target: Target, first_input: Callable[[], ProbeInput], mode: str = "measure",
            log: Callable[[str], None] = lambda line: None, budget: ProbeBudget | None = None) -> Choice:
     """The engine for `target`: kept from an earlier measurement, measured now within `budget` (--auto_budget; None:
     no limit), or (mode 'static') the fixed order. `first_input()` gives the probe's batch and its reference logits;
-    it is called only when a probe runs. A kept choice made with engines left untried is measured again under a
-    larger budget."""
+    it is called only when a probe runs. A kept choice the budget cut short (engines not tried, rounds cut) is measured
+    again under a larger budget, without building again the engines that failed; a budget no larger reuses it."""
     if mode == "static":
         return static_choice(target, "--auto static, or --no_cache, which could not keep a measured choice")
     names = candidates(target.device, target.precision)
     key = choice_key(target, names)
     path = _record_path(target.options, key)
-    record = _read_record(path, key, target.device)
-    if record is not None and record.get("not_tried") and budget is not None and \
-            budget.total_s > (record.get("budget_s") or 0.0):
-        record = None  # it left engines out for want of time, and this run has more
+    costs = None if target.options.cache is None else \
+        costs_path(target.options.cache.root, key["host"], target.device.type)
+    record, settled = _read_record(path, key, target.device), []
+    if record is not None and _outgrown(record, budget):
+        log(f"auto {target.precision}: the kept choice, {record['engine']}, is incomplete: within the --auto_budget "
+            f"of {record['budget_s'] or 0:g} s {_shortfall(record)}; measuring again "
+            f"{'with no time limit' if budget is None else f'within {budget.total_s:g} s'}")
+        settled, record = _settled(record), None
+        names = [name for name in names if name not in {e["engine"] for e in settled}]
     if record is not None:
-        return Choice(record["engine"], target.precision, "cached", record.get("threads"),
-                      record.get("candidates", []), f"measured on {record.get('measured', '?')}: "
-                      f"{record.get('reason', '')}", record=path or "", near_tie=record.get("near_tie", False),
-                      runner_up=record.get("runner_up"), budget_s=record.get("budget_s"),
-                      not_tried=list(record.get("not_tried") or []))
+        return _kept(record, path, target.precision, read_costs(costs))
     if not names:
         return static_choice(target, f"no installed engine runs {target.precision} on {target.device.type}")
     try:
@@ -118,8 +170,18 @@ def choose(target: Target, first_input: Callable[[], ProbeInput], mode: str = "m
     except Exception as exc:  # noqa: BLE001  the rows meet the same failure and report it as theirs
         return static_choice(target, f"the probe could not run the eager fp32 reference "
                                f"({type(exc).__name__}: {first_line(exc)})")
-    costs = None if target.options.cache is None else \
-        costs_path(target.options.cache.root, key["host"], target.device.type)
+    choice = _probe(target, names, given, log, budget, costs)
+    choice.candidates.extend(settled)
+    if path and choice.source == "measured":
+        _keep(path, key, choice)
+    return choice
+
+
+def _probe(target: Target, names: list[str], given: ProbeInput, log: Callable[[str], None],
+           budget: ProbeBudget | None, costs: str | None) -> Choice:
+    """Measure `names` within `budget`, cheapest build here first, the probe's lines written above its progress bar;
+    the build seconds measured are kept in `costs` for the next run's order."""
+    say = log
     if budget is not None:
         budget.known = read_costs(costs)
         names = probe_order(names, budget.known)
@@ -127,23 +189,23 @@ def choose(target: Target, first_input: Callable[[], ProbeInput], mode: str = "m
             f"(then kept in the cache); up to about {budget.total_s:g} s (--auto_budget). --engine torch, or any "
             "engine named, skips this")
         budget.begin(f"auto {target.precision}")
+        say = budget.wrap(log)
     try:
-        choice = measure(target, names, given, log, budget=budget)
+        choice = measure(target, names, given, say, budget=budget)
     finally:
         if budget is not None:
             budget.end()
     keep_costs(costs, choice.builds)
-    if path and choice.source == "measured":
-        _keep(path, key, choice)
     return choice
 
 
 def _keep(path: str, key: dict, choice: Choice) -> None:
-    """Keep a measured choice for the next run (which then decides at once)."""
+    """Keep a measured choice for the next run (which then decides at once), with whether the budget let the probe
+    finish: a later run with a larger budget measures an incomplete one again."""
     record = {"key": key, "engine": choice.engine, "threads": choice.threads, "reason": choice.reason,
               "candidates": choice.candidates, "near_tie": choice.near_tie, "runner_up": choice.runner_up,
-              "budget_s": choice.budget_s, "not_tried": choice.not_tried,
-              "measured": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+              "budget_s": choice.budget_s, "not_tried": choice.not_tried, "cut": choice.cut,
+              "complete": not (choice.not_tried or choice.cut), "measured": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         write_atomic(path, json.dumps(record, indent=1).encode())

@@ -4,7 +4,13 @@ Two places: the cache folder (`--cache_dir`, else `$UNET_SAMPLE_CACHE`, `$XDG_CA
 `~/.cache/unet-sample`), which holds the compiled engines with inductor's own cache (`engines/`), auto's choices and
 the machine's build times (`engines/auto/`) and the generated data sets (`synthetic-*`); and the precompiled C++
 headers inductor writes under `<temp dir>/torchinductor_<user>`, whatever its cache folder (about 280 MB after one
-CPU compile). Only those entries are cleared: a --cache_dir that holds other files keeps them.
+CPU compile).
+
+The cache folder may be one the user chose, `--cache_dir .` in a project with its own `engines/` package: a name proves
+nothing. So `--clear_cache` removes only the folders the sample provably made, those holding its CACHEDIR.TAG
+(utils/builds.py: `engines/` when a run created it, each generated set from its first file, a `.synthetic-*` build a
+killed run left); a look-alike without it is kept and named, with what to do. Inductor's headers folder, in the temp
+dir under a name only inductor uses, is removed as it is.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import os
 import shutil
 import tempfile
 
+from utils.builds import TAG, builder_gone, tagged
 from utils.files import default_cache_dir
 
 MB = 1 << 20
@@ -27,12 +34,12 @@ def inductor_headers() -> str | None:
         return None
 
 
-def entries(cache_dir: str | None) -> list[str]:
-    """The paths the sample writes between runs (present or not)."""
-    root = cache_dir or default_cache_dir()
-    paths = [os.path.join(root, "engines")] + sorted(glob.glob(os.path.join(glob.escape(root), "synthetic-*")))
-    headers = inductor_headers()
-    return paths + ([headers] if headers else [])
+def candidates(cache_dir: str | None) -> list[str]:
+    """The paths in the cache folder that the sample may have written: kept between runs (`engines`, `synthetic-*`)
+    or left by a run killed while it generated a set (`.synthetic-*`); present or not, the sample's or not."""
+    root = glob.escape(cache_dir or default_cache_dir())
+    return [os.path.join(cache_dir or default_cache_dir(), "engines")] + \
+        sorted(glob.glob(os.path.join(root, "synthetic-*"))) + sorted(glob.glob(os.path.join(root, ".synthetic-*")))
 
 
 def size(path: str) -> int:
@@ -74,19 +81,49 @@ def shown_home(path: str) -> str:
     return "~" + path[len(home):] if home != "~" and (path == home or path.startswith(home + os.sep)) else path
 
 
-def clear(cache_dir: str | None) -> list[tuple[str, int, str | None]]:
-    """Remove every entry the sample keeps: [(path, bytes freed, why it could not be removed or None)]."""
-    done = []
-    for path in entries(cache_dir):
+def clear(cache_dir: str | None) -> tuple[list[tuple[str, int, str | None]], list[str]]:
+    """Remove what the sample keeps: ([(path, bytes freed, why it could not all be removed or None)], [one line for
+    each folder that looks like the sample's but is kept: why, and what to do])."""
+    done, kept = [], []
+    for path in candidates(cache_dir):
         if not os.path.lexists(path):
             continue
-        freed = size(path)
-        try:
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path)
-            else:
-                os.remove(path)
-            done.append((path, freed, None))
-        except OSError as exc:
-            done.append((path, freed - (size(path) if os.path.exists(path) else 0), exc.strerror or str(exc)))
-    return done
+        why = _kept_because(path)
+        if why:
+            kept.append(f"kept {path}: {why}")
+        else:
+            done.append(_remove(path, TAG))
+    headers = inductor_headers()
+    if headers and os.path.lexists(headers):
+        done.append(_remove(headers, None))
+    return done, kept
+
+
+def _kept_because(path: str) -> str | None:
+    """Why `path` is not removed (None: it is the sample's, and nobody is building it)."""
+    if not tagged(path):
+        return f"not marked as the sample's cache (no {TAG} written by unet-sample); remove it by hand if an older " \
+               "version of the sample wrote it"
+    if os.path.basename(path).startswith(".") and not builder_gone(path):
+        return "a run is generating this data set now; clear the cache again once it has ended"
+    return None
+
+
+def _remove(path: str, tag: str | None) -> tuple[str, int, str | None]:
+    """Delete `path`, its `tag` file last: a removal that fails half way leaves a folder still marked as the
+    sample's, which the next --clear_cache removes. (path, bytes freed, why not all or None)."""
+    freed = size(path)
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            for name in sorted(os.listdir(path), key=lambda n: n == tag):
+                child = os.path.join(path, name)
+                if os.path.isdir(child) and not os.path.islink(child):
+                    shutil.rmtree(child)
+                else:
+                    os.remove(child)
+            os.rmdir(path)
+        else:
+            os.remove(path)
+    except OSError as exc:
+        return path, freed - (size(path) if os.path.exists(path) else 0), exc.strerror or str(exc)
+    return path, freed, None

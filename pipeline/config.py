@@ -7,8 +7,10 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
+from dataset.synthetic import synthetic_folder
 from report.outputs import FOLDER_FILES
 from report.plots import PLOT_FILES
+from utils.builds import tagged
 from utils.device import memory_bytes
 from utils.errors import SampleError
 from utils.files import check_outputs, default_cache_dir
@@ -153,7 +155,12 @@ def output_problem(config: RunConfig) -> str | None:
     cache = config.cache_dir or default_cache_dir()
     inputs = [("image", config.image_path), ("mask", config.mask_path), ("calibration", config.calib_path),
               ("checkpoint", config.pth), ("engine cache", os.path.join(cache, "engines"))]
-    inputs += [("generated data", path) for path in sorted(glob.glob(os.path.join(glob.escape(cache), "synthetic-*")))]
+    # The generated sets: the sample's own (tagged: --clear_cache removes them, results with them) and the one this
+    # run reads. A user's folder that merely starts with synthetic- is neither.
+    generated = {path for path in glob.glob(os.path.join(glob.escape(cache), "synthetic-*")) if tagged(path)}
+    if config.image_path is None:
+        generated.add(synthetic_folder(config.synthetic_count, config.seed, cache))
+    inputs += [("generated data", path) for path in sorted(generated)]
     try:
         check_outputs(outputs, inputs)
     except SampleError as exc:

@@ -20,7 +20,7 @@ from engines.base import Engine, EngineOptions
 from engines.cache import discard
 from pipeline.fidelity import BARS
 from pipeline.probe_budget import CALLS_PER_CANDIDATE, ProbeBudget
-from pipeline.probe_reason import reason
+from pipeline.probe_reason import budget_note, reason
 from pipeline.rows import Built
 from report.metrics import cosine_per_sample
 from utils.device import physical_cores, torch_threads, usable_cpus
@@ -362,12 +362,7 @@ def measure(target: Target, names: list[str], given: ProbeInput, log: Callable[[
     choice.builds = builds
     if budget is not None:
         choice.budget_s, choice.not_tried, choice.cut = budget.total_s, list(budget.not_tried), budget.cut
-        if budget.cut and ranked:
-            choice.reason += (f"; the --auto_budget of {budget.total_s:g} s ended the finalists' rounds after "
-                              f"{len(ranked[0].times)} calls each")
-        if budget.not_tried:
-            choice.reason += (f"; not tried, the --auto_budget of {budget.total_s:g} s being spent: "
-                              f"{', '.join(budget.not_tried)}")
+        choice.reason += budget_note(budget, len(ranked[0].times) if ranked else 0)
     return choice
 
 

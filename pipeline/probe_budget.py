@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 from engines.cache import key_digest
 from utils.errors import first_line
@@ -26,11 +26,17 @@ PRIOR_BUILD_S = {"torch": 0.0, "torch_npu": 0.0, "onnxruntime": 3.3, "openvino":
                  "inductor": 19.3, "tensorrt": 60.0, "torch_aie": 60.0}
 UNKNOWN_BUILD_S = 60.0  # an engine added later, never measured
 CALLS_PER_CANDIDATE = 3  # the probe's first call, its warm-up and its one timed call
+LABEL_WIDTH = 60  # the progress bar's label at most: the bar and its seconds fit beside it on an 80-column terminal
+
+
+def expected_build_s(name: str, known: dict[str, float]) -> float:
+    """Engine `name`'s build seconds: as last measured here (`known`), else the prior."""
+    return known.get(name, PRIOR_BUILD_S.get(name, UNKNOWN_BUILD_S))
 
 
 def probe_order(names: list[str], known: dict[str, float]) -> list[str]:
     """`names` cheapest build first: as last measured here (`known`), else the prior; ties keep their order."""
-    return sorted(names, key=lambda name: known.get(name, PRIOR_BUILD_S.get(name, UNKNOWN_BUILD_S)))
+    return sorted(names, key=lambda name: expected_build_s(name, known))
 
 
 def costs_path(root: str, host: dict, device_type: str) -> str:
@@ -74,8 +80,11 @@ class ProbeBudget:
     not_tried: list[str] = field(default_factory=list)
     cut: bool = False  # a round of the finalists' calls was left out for want of time
     tried_any: bool = False
+    # not_tried's engines: (seconds left then, build seconds expected, measured here (else the prior), calls' seconds)
+    skipped: dict = field(default_factory=dict)
     _bar: object = None
     _stop: Optional[threading.Event] = None
+    _thread: Optional[threading.Thread] = None
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -86,14 +95,16 @@ class ProbeBudget:
     def fits(self, name: str, call_ms: Optional[float]) -> bool:
         """Whether candidate `name` may be tried now: the first always is; a later one when its build (as measured
         here, else the prior) and its calls (at `call_ms`, the fastest call so far) fit the time left. One left out is
-        named in `not_tried`."""
+        named in `not_tried`, and `skipped` keeps why (the reason says it)."""
         if not self.tried_any:
             self.tried_any = True
             return True
-        build_s = self.known.get(name, PRIOR_BUILD_S.get(name, UNKNOWN_BUILD_S))
-        if build_s + CALLS_PER_CANDIDATE * (call_ms or 0.0) / 1000.0 <= self.left():
+        build_s = expected_build_s(name, self.known)
+        calls_s, left = CALLS_PER_CANDIDATE * (call_ms or 0.0) / 1000.0, self.left()
+        if build_s + calls_s <= left:
             return True
         self.not_tried.append(name)
+        self.skipped[name] = (max(0.0, left), build_s, name in self.known, calls_s)
         return False
 
     def round_fits(self, round_s: float) -> bool:
@@ -114,21 +125,52 @@ class ProbeBudget:
         self._bar = tqdm(total=round(self.total_s), desc=label, unit="s", file=sys.stderr, leave=False,
                          bar_format="{desc} {bar} {n:.0f} of ~{total:.0f} s")
         self._stop = threading.Event()
-        threading.Thread(target=self._tick, name="probe-progress", daemon=True).start()
+        self._thread = threading.Thread(target=self._tick, args=(self._bar, self._stop), name="probe-progress",
+                                        daemon=True)
+        self._thread.start()
 
     def step(self, label: str) -> None:
         if self._bar is not None:
             self._bar.set_description_str(label, refresh=False)
 
-    def _tick(self) -> None:
-        while not self._stop.wait(0.5):
-            bar, elapsed = self._bar, self.elapsed()
+    def wrap(self, log: Callable[[str], None]) -> Callable[[str], None]:
+        """`log` for the probe's own lines while the bar shows: each line is written with the bar cleared and then
+        drawn again below it (a line printed through the bar's `\\r` redraws comes out garbled), and becomes the bar's
+        label, so the finalists' timing and the tie rounds show what the probe is doing."""
+        def say(line: str) -> None:
+            bar = self._bar
+            if bar is None:
+                log(line)
+                return
+            from tqdm import tqdm
+
+            with tqdm.external_write_mode(file=sys.stderr):
+                log(line)
+            bar.set_description_str(bar_label(line), refresh=False)
+
+        return say
+
+    def _tick(self, bar, stop: threading.Event) -> None:
+        """Move `bar` to the seconds spent until `stop` (its own references: end() may clear the attributes)."""
+        while not stop.wait(0.5):
+            elapsed = self.elapsed()
             bar.total = max(round(self.total_s), round(elapsed) + 1)  # an overrunning build stretches the estimate
             bar.n = elapsed
             bar.refresh()
 
     def end(self) -> None:
+        """Stop the bar's thread before closing the bar: a refresh after close() would draw it again under the next
+        line."""
         if self._bar is not None:
             self._stop.set()
+            if self._thread is not None:
+                self._thread.join(timeout=2.0)
             self._bar.close()
-            self._bar = None
+            self._bar, self._thread = None, None
+
+
+def bar_label(line: str, width: int = LABEL_WIDTH) -> str:
+    """A probe log line as the bar's label: without its trailing ' ...', cut to `width` characters (the bar needs
+    the rest of a terminal line)."""
+    label = line.rstrip(". ")
+    return label if len(label) <= width else label[:width - 3].rstrip() + "..."

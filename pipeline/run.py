@@ -23,7 +23,7 @@ from dataset.nvjpeg import DeviceJpeg
 from dataset.pairs import Dataset, find_pairs
 from dataset.synthetic import ensure_synthetic
 from engines.base import EngineOptions
-from engines.cache import ArtifactCache
+from engines.cache import ArtifactCache, engines_root
 from pipeline import cache_folders
 from pipeline.auto import resolve
 from pipeline.config import RunConfig
@@ -158,7 +158,7 @@ def writable_cache(config: RunConfig, say: bool) -> bool:
     if config.no_cache and config.image_path is not None:
         return False  # nothing would be written there
     root = config.cache_dir or default_cache_dir()
-    problem = folder_problem(root) or (None if config.no_cache else folder_problem(os.path.join(root, "engines")))
+    problem = folder_problem(root) or (None if config.no_cache else folder_problem(engines_root(root)))
     if problem and say:
         data = "; a data set it must generate goes to a temporary folder, removed at exit" \
             if config.image_path is None else ""

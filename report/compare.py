@@ -6,21 +6,22 @@ import hashlib
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, replace
 from typing import Optional
 
 from dataset.pairs import Dataset
+from report.compare_table import DICE_DROP, Facts, Side, differences, same_digest, size_text, speed_text
 from report.json_report import VERSION
 from report.results import Report, RunInfo
 from utils.errors import SampleError, first_line
 from utils.files import open_regular
 from utils.timing import median_interval
 
-DICE_DROP = 0.003  # a matched row whose dice drops by more fails --fail_on_regression (the int8 dice-delta goal)
 MEDIAN = "median call (ms)"  # the loop row's figure
 LOWER_IS_FASTER = ("loop", "singlestream", "multistream")  # latencies; offline's and server's figures are rates
 ADVICE = "pass a report written by sample.py --json"
-BUSIER = 1.0  # a load average this much higher (a busy CPU's worth) is said at the top: the run is slower for it
+HINT = re.compile(r"\b(latency|throughput) hint\b", re.IGNORECASE)  # in an OpenVINO row's timed_region
 
 
 def weights_digest(pth: Optional[str], seed: int) -> str:
@@ -81,36 +82,11 @@ class Figures:
 
 
 @dataclass(frozen=True)
-class Facts:
-    """What a report ran on, compared at the top of a comparison (a digest is None in reports older than digests)."""
-
-    host: dict
-    model: tuple  # (name, variant or None, parameters)
-    weights: str
-    weights_digest: Optional[str]
-    data: str
-    data_digest: Optional[str]
-    images: int
-    torch: str
-    load: Optional[float] = None  # the highest load average at the end of a row's timing
-
-
-@dataclass(frozen=True)
-class Side:
-    """One report as the comparison reads it: this run's, or a base read from its JSON file."""
-
-    path: str
-    started: Optional[str]
-    partial: bool
-    facts: Facts
-    rows: list
-
-
-@dataclass(frozen=True)
 class Matched:
     """A row found in both runs. `speed_ratio` > 1: this run is faster (base median / this median; for a LoadGen rate,
-    this / base). `slowdown_pct`: how much slower beyond the noise (0: not slower beyond it). `regression`: None
-    without --fail_on_regression."""
+    this / base); `speed` says it as stdout and the HTML page do ('1.27x slower'). `slowdown_pct`: how much slower
+    beyond the noise (0: not slower beyond it). `dice_change`: None where the runs' weights or data differ.
+    `regression`: None without --fail_on_regression."""
 
     engine: str
     precision: str
@@ -125,6 +101,7 @@ class Matched:
     base_metric: Optional[float]
     metric: Optional[float]
     speed_ratio: Optional[float]
+    speed: Optional[str]
     verdict: str
     slowdown_pct: Optional[float]
     dice_change: Optional[float]
@@ -138,7 +115,8 @@ class Matched:
 
 @dataclass(frozen=True)
 class Comparison:
-    """This run against one base report (the JSON's `comparison[]`)."""
+    """This run against one base report (the JSON's `comparison[]`). `dice_compared`: both runs' weights and data
+    digests match, so a dice change means something (and --fail_on_regression gates it)."""
 
     base: str
     base_started: Optional[str]
@@ -147,10 +125,7 @@ class Comparison:
     new: list
     gone: list
     fail_on_regression_pct: Optional[float]
-
-
-def size_text(size: tuple) -> str:
-    return "x".join(str(v) for v in size)
+    dice_compared: bool
 
 
 def this_side(report: Report) -> Side:
@@ -165,12 +140,21 @@ def this_side(report: Report) -> Side:
         rows.extend(Figures(replace(key, scenario=s.result.scenario), s.result.metric_name, s.result.metric)
                     for s in row.scenarios)
     loads = [r.timing.load_average for r in report.rows if r.timing and r.timing.load_average is not None]
-    return Side("this run", info.started, report.partial, _facts(info, max(loads, default=None)), rows)
+    return Side("this run", info.started, report.partial, _facts(info, max(loads, default=None), report.rows), rows)
 
 
-def _facts(info: RunInfo, load: Optional[float]) -> Facts:
+def _facts(info: RunInfo, load: Optional[float], rows: list) -> Facts:
     return Facts(info.host, (info.model, info.variant, info.parameters), info.weights, info.weights_digest, info.data,
-                 info.data_digest, info.images, info.torch, load)
+                 info.data_digest, info.images, info.torch, info.batch_size, tuple(info.image_size), load,
+                 info.threads, info.decode, *_row_facts([(r.engine, r.device, r.timed_region) for r in rows]))
+
+
+def _row_facts(rows: list) -> tuple:
+    """(the rows' devices, sorted; the OpenVINO hint their timed regions name, or None) from (engine, device,
+    timed_region) triples: the config holds neither."""
+    hints = {m.group(1).lower() for engine, _, timed in rows if engine == "openvino" and timed
+             for m in [HINT.search(timed)] if m}
+    return tuple(sorted({device for _, device, _ in rows if device})), ", ".join(sorted(hints)) or None
 
 
 def read_base(path: str) -> Side:
@@ -203,7 +187,7 @@ def read_base(path: str) -> Side:
     loads = [v for v in (read.value(r, "load_average", float, f"rows[{i}]") for i, r in enumerate(rows))
              if v is not None]
     return Side(path, read.value(config, "started", str, "config"), bool(data.get("partial")),
-                replace(read.facts(config), load=max(loads, default=None)), figures)
+                replace(read.facts(config, rows), load=max(loads, default=None)), figures)
 
 
 class _Reader:
@@ -223,47 +207,74 @@ class _Reader:
                 raise self.fail(name, "is missing")
             return None
         if kind is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise self.fail(name, f"is {type(value).__name__}, not a number")
-            return float(value) if math.isfinite(value) else None
+            number = self.number(value, name)
+            return number if math.isfinite(number) else None
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise self.fail(name, f"is {type(value).__name__}, not {kind.__name__}")
         return value
+
+    def number(self, value, name: str) -> float:
+        """A JSON number as a float; a bool, a string or an integer too large for a float is no number."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(name, f"is {type(value).__name__}, not a number")
+        try:
+            return float(value)
+        except OverflowError:
+            raise self.fail(name, "is too large a number") from None
 
     def obj(self, obj: dict, key: str, where: str) -> dict:
         return self.value(obj, key, dict, where, required=True)
 
     def numbers(self, obj: dict, key: str, where: str) -> Optional[list]:
-        values = self.value(obj, key, list, where)
+        """obj[key]: a list of finite numbers, or None if absent."""
+        values, name = self.value(obj, key, list, where), f"{where}.{key}"
         if values is None:
             return None
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            raise self.fail(f"{where}.{key}", "holds a value that is not a number")
-        return [float(v) for v in values]
+        numbers = [self.number(v, f"{name}[{i}]") for i, v in enumerate(values)]
+        if not all(math.isfinite(v) for v in numbers):
+            raise self.fail(name, "holds a value that is not a finite number")
+        return numbers
 
-    def facts(self, config: dict) -> Facts:
+    def interval(self, row: dict, where: str) -> Optional[tuple]:
+        """The row's `latency_median_ci_ms`: [low, high] with low <= high, or None if absent."""
+        interval = self.numbers(row, "latency_median_ci_ms", where)
+        if interval is not None and (len(interval) != 2 or interval[0] > interval[1]):
+            raise self.fail(f"{where}.latency_median_ci_ms", f"is {interval}, not [low, high] (2 numbers, low <= high)")
+        return tuple(interval) if interval is not None else None
+
+    def shape(self, config: dict) -> tuple:
+        """(batch size, image size (W, H)): every row's."""
+        size = self.numbers(config, "image_size", "config")
+        if size is None or len(size) != 2 or not all(v == int(v) and v > 0 for v in size):
+            raise self.fail("config.image_size", "is not [width, height] (2 positive integers)")
+        return self.value(config, "batch_size", int, "config", True), tuple(int(v) for v in size)
+
+    def facts(self, config: dict, rows: list) -> Facts:
         host = self.value(config, "host", dict, "config") or {}
         model = (self.value(config, "model", str, "config", True), self.value(config, "variant", str, "config"),
                  self.value(config, "parameters", int, "config"))
+        rows_facts = _row_facts([tuple(self.value(r, k, str, f"rows[{i}]") for k in ("engine", "device",
+                                                                                      "timed_region"))
+                                 for i, r in enumerate(rows)])
         return Facts(host, model, self.value(config, "weights", str, "config") or "?",
                      self.value(config, "weights_digest", str, "config"), self.value(config, "data", str, "config")
                      or "?", self.value(config, "data_digest", str, "config"),
-                     self.value(config, "images", int, "config"), self.value(config, "torch", str, "config") or "?")
+                     self.value(config, "images", int, "config"), self.value(config, "torch", str, "config") or "?",
+                     *self.shape(config), None, self.value(config, "threads", int, "config"),
+                     self.value(config, "decode", str, "config"), *rows_facts)
 
     def rows(self, rows: list, config: dict) -> list:
         """Every row's loop figures and its LoadGen scenarios'; the median's interval derived from the per-call
         latencies where an older report has none."""
-        size = self.numbers(config, "image_size", "config")
-        if size is None or len(size) != 2:
-            raise self.fail("config.image_size", "is not [width, height]")
-        batch, out = self.value(config, "batch_size", int, "config", True), []
+        batch, size = self.shape(config)
+        out = []
         for i, row in enumerate(rows):
             where = f"rows[{i}]"
             if not isinstance(row, dict):
                 raise self.fail(where, "is not an object")
             key = Key(self.value(row, "engine", str, where, True), self.value(row, "precision", str, where, True),
-                      batch, tuple(int(v) for v in size), "loop")
-            interval, derived = self.numbers(row, "latency_median_ci_ms", where), False
+                      batch, size, "loop")
+            interval, derived = self.interval(row, where), False
             calls = self.numbers(row, "latencies_ms", where)
             if interval is None and calls:
                 interval = median_interval(calls)
@@ -284,15 +295,17 @@ class _Reader:
 
 def compare(this: Side, base: Side, fail_pct: Optional[float] = None) -> Comparison:
     """Each of this run's rows against the first base row with its key; the base rows left over are gone."""
+    t, b = this.facts, base.facts
+    dice = same_digest(b.weights_digest, t.weights_digest) and same_digest(b.data_digest, t.data_digest)
     left, matched, new = list(base.rows), [], []
     for figures in this.rows:
         found = next((i for i, b in enumerate(left) if b.key == figures.key), None)
         if found is None:
             new.append(figures.key)
         else:
-            matched.append(judge(left.pop(found), figures, fail_pct))
+            matched.append(judge(left.pop(found), figures, fail_pct, dice))
     return Comparison(base.path, base.started, differences(this, base), matched, new, [b.key for b in left],
-                      fail_pct)
+                      fail_pct, dice)
 
 
 def compare_all(report: Report, bases: list, fail_pct: Optional[float]) -> list:
@@ -301,9 +314,10 @@ def compare_all(report: Report, bases: list, fail_pct: Optional[float]) -> list:
     return [compare(this, base, fail_pct) for base in bases]
 
 
-def judge(base: Figures, this: Figures, fail_pct: Optional[float]) -> Matched:
+def judge(base: Figures, this: Figures, fail_pct: Optional[float], compare_dice: bool = True) -> Matched:
     """The speed ratio, the verdict (faster / slower when the two medians' 95 % intervals do not overlap, the same
-    when they do; `noise unknown` when either has none), the slowdown beyond the noise, and the regression."""
+    when they do; `noise unknown` when either has none), the slowdown beyond the noise, and the regression; the dice
+    change only where `compare_dice` (the same weights and data: another set scores another dice, no regression)."""
     ratio = slowdown = None
     verdict = "not timed"
     if base.value and this.value and base.value > 0 and this.value > 0:
@@ -316,7 +330,7 @@ def judge(base: Figures, this: Figures, fail_pct: Optional[float]) -> Matched:
         else:
             verdict = "noise unknown"
             slowdown = max(0.0, (1.0 / ratio - 1.0) * 100.0)
-    dice = this.dice - base.dice if this.dice is not None and base.dice is not None else None
+    dice = this.dice - base.dice if compare_dice and this.dice is not None and base.dice is not None else None
     cosine = this.cosine_min - base.cosine_min if this.cosine_min is not None and base.cosine_min is not None else None
     regression = None if fail_pct is None else bool((slowdown is not None and slowdown > fail_pct)
                                                      or (dice is not None and dice < -DICE_DROP))
@@ -326,59 +340,4 @@ def judge(base: Figures, this: Figures, fail_pct: Optional[float]) -> Matched:
                    base.value if loop else None, this.value if loop else None,
                    base.interval if loop else None, this.interval if loop else None,
                    None if loop else this.figure, None if loop else base.value, None if loop else this.value,
-                   ratio, verdict, slowdown, dice, cosine, regression)
-
-
-def _host(host: dict) -> str:
-    text = f"{host.get('cpu', '?')}, {host.get('cpu_count', '?')} CPUs"
-    return text + (f"; {host['accelerator']}" if host.get("accelerator") else "")
-
-
-def _model(model: tuple) -> str:
-    name, variant, parameters = model
-    return f"{name}{f': {variant}' if variant else ''}" + (f", {parameters:,} parameters" if parameters else "")
-
-
-def differences(this: Side, base: Side) -> list:
-    """What the two runs did not share, said at the top of the comparison: host, model, weights, data, torch; and
-    what cannot be told (a base older than the digests)."""
-    t, b, lines = this.facts, base.facts, []
-    if _host(t.host) != _host(b.host):
-        lines.append(f"host: {_host(b.host)} in the base, {_host(t.host)} here")
-    # an older report names no variant: then name and parameter count decide
-    same_model = t.model == b.model or (t.model[0] == b.model[0] and t.model[2] == b.model[2]
-                                        and None in (t.model[1], b.model[1]))
-    if not same_model:
-        lines.append(f"model: {_model(b.model)} in the base, {_model(t.model)} here")
-    lines.extend(_digest_lines("weights", b.weights_digest, t.weights_digest, b.weights, t.weights))
-    if b.images is not None and b.images != t.images:
-        lines.append(f"data: {b.images} images in the base ({b.data}), {t.images} here ({t.data})")
-    else:
-        lines.extend(_digest_lines("data", b.data_digest, t.data_digest, b.data, t.data))
-    if b.torch != t.torch:
-        lines.append(f"torch: {b.torch} in the base, {t.torch} here")
-    if b.load is not None and t.load is not None and abs(b.load - t.load) >= BUSIER:
-        lines.append(f"load: the machine's load average was {b.load:g} in the base, {t.load:g} here (at the end of "
-                     "the rows' timing): a busier machine slows a run")
-    if base.partial:
-        lines.append("the base run was interrupted (partial): a row it cut short has no timing")
-    if any(f.derived for f in base.rows):
-        lines.append("the base report predates the median's interval: it is derived here from the base's per-call "
-                     "latencies")
-    return lines
-
-
-def _digest_lines(what: str, base: Optional[str], this: Optional[str], base_label: str, label: str) -> list:
-    if base is None:
-        if what == "weights" and (base_label == "random") != (label == "random"):
-            return [f"weights: {base_label} in the base, {label} here"]
-        return [f"{what}: cannot tell whether they are the same (the base report predates {what} digests; it names "
-                f"{base_label}, this run {label})"]
-    if base != this:
-        return [f"{what}: different: {_digest_text(base_label, base)} in the base, {_digest_text(label, this)} here"]
-    return []
-
-
-def _digest_text(label: str, digest: Optional[str]) -> str:
-    """'/models/a.pth (sha256:0123456789ab)', or the digest alone where it says all ('random, seed 0')."""
-    return f"{label} ({digest[:19]})" if digest and digest.startswith("sha256:") else digest or label
+                   ratio, speed_text(ratio), verdict, slowdown, dice, cosine, regression)

@@ -8,11 +8,14 @@ import base64
 import os
 import re
 from collections.abc import Sequence
+from types import SimpleNamespace
 
-from report.html_charts import charts
+from report.compare_table import comparison_lines, size_text, speed_text
+from report.html_charts import FLOOR_TEXT, accuracy_panels, charts, floored, speed_accuracy_absent
 from report.json_report import _finite, _names, report_dict
 from report.notes import auto_lines
 from report.overlay import draw_overlay, encode_jpeg
+from report.profile_table import profile_block, sum_line
 from report.results import Report, Row
 from report.summary import cell, columns, header_lines, legend_lines, note_lines
 from utils.errors import SampleError
@@ -22,17 +25,29 @@ TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates"
 TEMPLATE = "report.html.j2"
 # A note that says something went wrong or qualifies a figure: shown apart, above the other notes.
 WARNING = re.compile(r"\b(LOW|unstable|INTERRUPTED|PARTIAL|FAILED|error|skipped|INVALID|warning|too few)\b")
+MATPLOTLIB = (3, 5)  # the oldest matplotlib the charts run on
 CDF_POINTS = 400  # a latency curve's points at most (a long --min_duration run times thousands of calls)
 
 
 def require_html() -> None:
-    """Fail before the run, with the command that fixes it, when a package the page needs is missing."""
+    """Fail before the run, with the command that fixes it, when a package the page needs is missing or too old
+    (matplotlib before 3.5 has no Figure(layout=...) nor matplotlib.colormaps: the charts would fail after the run)."""
     for module in ("jinja2", "matplotlib"):
         try:
-            __import__(module)
+            imported = __import__(module)
         except ImportError:
             raise SampleError(f"--html needs {module}, which is not installed: pip install {module} "
                               "(or pip install -r requirements-dev.txt)") from None
+        if module == "matplotlib" and _version(imported) < MATPLOTLIB:
+            wanted = ".".join(map(str, MATPLOTLIB))
+            raise SampleError(f"--html needs matplotlib {wanted} or newer, not {imported.__version__}: "
+                              f"pip install 'matplotlib>={wanted}'")
+
+
+def _version(module) -> tuple[int, ...]:
+    """(major, minor) of a module's __version__ ('3.4.3', '3.10.0rc1'); (0,) when it says none."""
+    found = re.match(r"(\d+)\.(\d+)", str(getattr(module, "__version__", "")))
+    return (int(found.group(1)), int(found.group(2))) if found else (0,)
 
 
 def write_html(path: str, report: Report, warnings: Sequence[str] = ()) -> None:
@@ -48,13 +63,17 @@ def page(report: Report, data: dict | None = None, warnings: Sequence[str] = ())
     data = _names(_finite(report_dict(report))) if data is None else data
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                              undefined=jinja2.ChainableUndefined, trim_blocks=True, lstrip_blocks=True)
-    made = {name: Markup(svg) for name, svg in charts(_drawable(data)).items()}
+    drawable = _drawable(data)
+    made = {name: Markup(svg) for name, svg in charts(drawable).items()}
     notes = sorted_notes(report, warnings)
     partial = next((n for n in notes["warnings"] if n.startswith("PARTIAL")), "PARTIAL") if data.get("partial") else ""
+    rows = drawable.get("rows", [])
+    speed = {"panels": accuracy_panels(rows), "floored": any(floored(r) for r in rows if r.get("fps")),
+             "absent": speed_accuracy_absent(rows), "floor": FLOOR_TEXT}
     return env.get_template(TEMPLATE).render(
         config=data["config"], version=data.get("version"), partial=partial, ran=what_ran(report, data),
-        table=results_table(report), charts=made, notes=notes, worst=worst_images(report),
-        scenarios=scenario_rows(data), comparison=comparisons(data), profiles=profiles(data))
+        table=results_table(report), charts=made, speed=speed, notes=notes, worst=worst_images(report),
+        scenarios=scenario_rows(data), comparison=comparisons(data), profiles=profiles(report))
 
 
 def _drawable(data: dict) -> dict:
@@ -82,14 +101,16 @@ def what_ran(report: Report, data: dict) -> list[tuple[str, str]]:
 
 
 def results_table(report: Report) -> dict:
-    """The stdout table's columns and cells, each row's marks (LOW, unstable, INTERRUPTED) and CSS classes."""
+    """The stdout table's columns and cells, each row's marks (LOW, unstable, INTERRUPTED) and CSS classes; a column's
+    class: `name` (engine, device, precision: left-aligned) or `artifact` (long text that wraps, so the table fits)."""
     table = columns(report.info.percentiles)
+    kinds = ["name" if k < 3 else "artifact" if h == "artifact" else "" for k, (h, _, _) in enumerate(table)]
     rows = []
     for row in report.rows:
         marks = _marks(row)
-        rows.append({"cells": [cell(figure(row), fmt) for _, figure, fmt in table], "marks": marks,
-                     "classes": " ".join(m.lower() for m in marks)})
-    return {"head": [h for h, _, _ in table], "rows": rows}
+        rows.append({"cells": [(cell(figure(row), fmt), kind) for (_, figure, fmt), kind in zip(table, kinds)],
+                     "marks": marks, "classes": " ".join(m.lower() for m in marks)})
+    return {"head": [(h, kind) for (h, _, _), kind in zip(table, kinds)], "rows": rows}
 
 
 def _marks(row: Row) -> list[str]:
@@ -134,28 +155,77 @@ def scenario_rows(data: dict) -> list[dict]:
             or []]
 
 
-def _row_key(entry: dict) -> str:
-    """'torch fp32 b1 256x256 loop' from a comparison entry's match keys (whatever of them it has)."""
-    size = entry.get("image_size")
-    parts = [entry.get("engine"), entry.get("precision"),
-             f"b{entry['batch_size']}" if entry.get("batch_size") is not None else None,
-             "x".join(str(v) for v in size) if isinstance(size, (list, tuple)) else size, entry.get("scenario")]
+def _key_text(key) -> str:
+    """'torch fp32 batch 2 16x16 loop', as stdout names a new or gone row, from a comparison key (what it has)."""
+    if not isinstance(key, dict):
+        return str(key)
+    size = key.get("image_size")
+    parts = [key.get("engine"), key.get("precision"),
+             f"batch {key['batch_size']}" if key.get("batch_size") is not None else None,
+             size_text(size) if isinstance(size, (list, tuple)) else size, key.get("scenario")]
     return " ".join(str(p) for p in parts if p not in (None, ""))
 
 
+def _stdout_words() -> tuple[str, str]:
+    """(what stdout says when the runs share everything, its speed and verdict note): taken from comparison_lines
+    for a comparison of nothing, so the page's words cannot drift from stdout's."""
+    empty = SimpleNamespace(base="", base_started=None, differences=[], rows=[], new=[], gone=[],
+                            fail_on_regression_pct=None)
+    lines = comparison_lines([empty])
+    return lines[2].strip(), lines[-1]
+
+
+def _compared(r: dict, gated: bool) -> dict:
+    """One matched row as stdout's comparison table has it: its cells (the same formats) and its CSS classes."""
+    loop = r.get("scenario") == "loop"
+    size = r.get("image_size")
+    cells = [r.get("engine"), r.get("precision"), r.get("batch_size"),
+             size_text(size) if isinstance(size, (list, tuple)) else size,
+             "loop (median ms)" if loop else f"{r.get('scenario')} ({r.get('metric_name')})",
+             cell(r.get("base_median_ms" if loop else "base_metric"), "{:.2f}"),
+             cell(r.get("median_ms" if loop else "metric"), "{:.2f}"), speed_text(r.get("speed_ratio")) or "-",
+             r.get("verdict") or "-", cell(r.get("dice_change"), "{:+.4f}"), cell(r.get("cosine_change"), "{:+.6f}")]
+    cells = ["-" if c is None else str(c) for c in cells] + (["yes" if r.get("regression") else "no"] if gated else [])
+    classes = (r.get("verdict") or "").replace(" ", "-") + (" regression" if r.get("regression") else "")
+    return {"cells": cells, "classes": classes.strip()}
+
+
 def comparisons(data: dict) -> list[dict]:
-    """--compare's entries (a top-level list), each with its rows' labels made; new / gone rows as labels."""
+    """--compare's entries (a top-level list) in stdout's words: what differs (or that nothing does), the matched
+    rows in stdout's columns (`regressed` only under --fail_on_regression), the new and gone rows, and the note."""
+    same, note = _stdout_words()
     out = []
     for entry in data.get("comparison") or []:
-        rows = [{**r, "label": _row_key(r)} for r in entry.get("rows") or []]
-        named = {k: [_row_key(x) if isinstance(x, dict) else str(x) for x in entry.get(k) or []]
-                 for k in ("new", "gone")}
-        out.append({"base": entry.get("base", "?"), "differences": list(entry.get("differences") or []),
-                    "rows": rows, **named})
+        gated = entry.get("fail_on_regression_pct") is not None
+        head = ["engine", "prec", "batch", "size", "scenario", "base", "this", "speed", "verdict", "dice change",
+                "cos change"] + (["regressed"] if gated else [])
+        out.append({"base": entry.get("base", "?"), "started": entry.get("base_started") or "?",
+                    "differences": list(entry.get("differences") or []) or [same], "same": not entry.get("differences"),
+                    "head": head, "rows": [_compared(r, gated) for r in entry.get("rows") or []],
+                    "new": [_key_text(k) for k in entry.get("new") or []],
+                    "gone": [_key_text(k) for k in entry.get("gone") or []], "note": note})
     return out
 
 
-def profiles(data: dict) -> list[dict]:
-    """--profile's tables, one per row that has one."""
-    return [{"row": f"{r['engine']} {r['precision']}", **r["profile"]} for r in data.get("rows", [])
-            if isinstance(r.get("profile"), dict)]
+def profiles(report: Report) -> list[dict]:
+    """--profile's tables, one per profiled row, in stdout's columns (report/profile_table.py): the operator or layer,
+    its type and kernel / provider where they say something, ms per call, share, runs per call; the types' table;
+    stdout's heading and sum lines."""
+    out = []
+    for row in (r for r in report.rows if r.profile is not None):
+        p, lines = row.profile, profile_block(row)
+        if p.tool is None:
+            out.append({"row": row.label, "heading": lines[0], "ops": [], "types": []})
+            continue
+        with_type = any(op.type != op.name for op in p.ops)
+        with_detail = len({op.detail for op in p.ops}) > 1
+        head = [("layer / node" if with_type else "operator", "name")] + ([("type", "name")] if with_type else []) \
+            + ([("kernel / provider", "name")] if with_detail else []) + [("ms/call", ""), ("share", ""),
+                                                                          ("per call", "")]
+        ops = [{"cells": [op.name] + ([op.type] if with_type else []) + ([op.detail] if with_detail else [])
+                + [f"{op.ms_per_call:.2f}", f"{op.share:.1%}", f"{op.count:g}"], "share": op.share} for op in p.ops]
+        types = [{"cells": [t.type, f"{t.ms_per_call:.2f}", f"{t.share:.1%}", f"{t.count:g}"], "share": t.share}
+                 for t in p.types] if with_type else []
+        out.append({"row": row.label, "heading": lines[0], "head": head, "ops": ops, "types": types,
+                    "sum": sum_line(row)})
+    return out

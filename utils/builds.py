@@ -3,6 +3,11 @@
 Each build folder holds a `.builder` file (the builder's pid and host) that its builder keeps `flock`ed while it
 lives, so the next run can tell a build whose builder was killed from a live one, and remove it: the kernel drops a
 flock when its holder ends, however it ends, and unlike a pid it cannot be reused by another process.
+
+A folder the sample creates in the cache (`engines/`, a generated set) holds a `CACHEDIR.TAG` (the Cache Directory
+Tagging convention, https://bford.info/cachedir/): backup tools skip it, and it is what proves the folder the
+sample's. The cache folder may be one the user chose (`--cache_dir .`), where a name alone proves nothing: only a
+tagged folder is ever removed by name (`--clear_cache`, the sweep of a killed run's generated set).
 """
 from __future__ import annotations
 
@@ -11,9 +16,11 @@ import contextlib
 import os
 import shutil
 import socket
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
+from typing import Callable
 
 BUILDER = ".builder"  # in a build folder while it is built; never part of what is published
 CLAIM = ".unet-sample-claim-"  # a build folder's name for the instant before its .builder file is locked
@@ -22,6 +29,46 @@ STALE = ".stale-"  # a folder being deleted, renamed aside first; one left by a 
 TEMP_STALE = ".unet-sample-stale-"  # STALE in the shared temp dir, where a bare .stale-* may be another program's
 # Every temporary folder a run makes (engine builds, a generated set, inductor's cache): any one made sweeps them all.
 TEMPORARY = ("unet-sample-build-", "unet-sample-data-", "unet-sample-inductor-")
+TAG = "CACHEDIR.TAG"  # in each folder the sample made in the cache: https://bford.info/cachedir/
+TAG_SIGNATURE = "Signature: 8a477f597d28d172789f06886806bc55"  # the convention's first line, exactly
+TAG_COMMENT = "# This file is a cache directory tag created by unet-sample (python sample.py --clear_cache removes " \
+              "this folder)."  # the second line: the tag is ours, not another program's
+
+
+def tag(folder: str) -> None:
+    """Mark `folder`, which this run has just created, as the sample's cache (never a folder that was there before:
+    it may be the user's). OSError when the file cannot be written."""
+    with open(os.path.join(folder, TAG), "x", encoding="ascii") as f:
+        f.write(f"{TAG_SIGNATURE}\n{TAG_COMMENT}\n# For information about cache directory tags, see "
+                "https://bford.info/cachedir/\n")
+
+
+def tagged(folder: str) -> bool:
+    """Whether `folder` is a folder (not a link) that holds the tag `tag` writes: one the sample made."""
+    path = os.path.join(folder, TAG)
+    try:
+        if os.path.islink(folder) or not os.path.isdir(folder) or not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
+        with open(path, "rb") as f:
+            lines = f.read(1024).decode("ascii", errors="replace").splitlines()
+    except OSError:
+        return False
+    return lines[:2] == [TAG_SIGNATURE, TAG_COMMENT]
+
+
+def make_tagged(folder: str) -> None:
+    """Create `folder` (and its parents) and tag it; a folder already there is used as it is, untagged (the user's,
+    or an older sample's: nothing proves which). OSError when it cannot be made."""
+    if os.path.isdir(folder):
+        return
+    os.makedirs(os.path.dirname(folder) or os.curdir, exist_ok=True)
+    try:
+        os.mkdir(folder)
+    except FileExistsError:
+        if os.path.isdir(folder):
+            return  # another run made it a moment ago, and tags it
+        raise
+    tag(folder)
 
 
 @contextlib.contextmanager
@@ -68,7 +115,7 @@ def _lock(fd: int) -> bool | None:
     return True
 
 
-def _builder_gone(folder: str) -> bool:
+def builder_gone(folder: str) -> bool:
     """Whether the process that built in `folder` has ended: its `.builder` file is missing (a build from before these
     files), or nobody holds its lock, or (where there are no locks) it names a pid of this host that has ended."""
     try:
@@ -100,10 +147,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def sweep(parent: str, prefix: str | tuple[str, ...], stale: str = STALE) -> list[str]:
+def sweep(parent: str, prefix: str | tuple[str, ...], stale: str = STALE,
+          ours: Callable[[str], bool] | None = None) -> list[str]:
     """Remove the build folders `<parent>/<prefix>*` whose builder has ended (a run killed while it built), and
     claims and `<stale>*` folders older than an hour; the folders removed. A live build, here or in another process,
-    stays."""
+    stays. `ours`: where `parent` may hold the user's own folders, a build folder must also pass it (`tagged`)."""
     removed = []
     try:
         names = os.listdir(parent)
@@ -116,7 +164,8 @@ def sweep(parent: str, prefix: str | tuple[str, ...], stale: str = STALE) -> lis
             if name.startswith((CLAIM, stale)) and now - os.lstat(path).st_mtime > CLAIM_LEFT_S:
                 shutil.rmtree(path, ignore_errors=True)  # aside already: no run reads it
                 removed.append(path)
-            elif name.startswith(prefix) and os.path.isdir(path) and _builder_gone(path):
+            elif name.startswith(prefix) and os.path.isdir(path) and (ours is None or ours(path)) and \
+                    builder_gone(path):
                 remove_aside(path, stale)
                 removed.append(path)
         except OSError:
