@@ -37,9 +37,10 @@ def inductor_headers() -> str | None:
 def candidates(cache_dir: str | None) -> list[str]:
     """The paths in the cache folder that the sample may have written: kept between runs (`engines`, `synthetic-*`)
     or left by a run killed while it generated a set (`.synthetic-*`); present or not, the sample's or not."""
-    root = glob.escape(cache_dir or default_cache_dir())
-    return [os.path.join(cache_dir or default_cache_dir(), "engines")] + \
-        sorted(glob.glob(os.path.join(root, "synthetic-*"))) + sorted(glob.glob(os.path.join(root, ".synthetic-*")))
+    root = cache_dir or default_cache_dir()
+    escaped = glob.escape(root)
+    return [os.path.join(root, "engines")] + sorted(glob.glob(os.path.join(escaped, "synthetic-*"))) + \
+        sorted(glob.glob(os.path.join(escaped, ".synthetic-*")))
 
 
 def size(path: str) -> int:
