@@ -108,19 +108,27 @@ def aoti_available() -> bool:
         all(hasattr(torch._inductor, f) for f in ("aoti_compile_and_package", "aoti_load_package"))
 
 
+def precompiled_headers(cache: ArtifactCache | None) -> bool:
+    """Whether a compile may use (and make) inductor's precompiled headers. Inductor keeps them in its global temp
+    folder whatever its cache dir says; made once, they shorten every later cold CPU compile on the machine. So they are
+    on with our cache and off without it: --no_cache promises to leave nothing behind (docs/engines.md)."""
+    return usable(cache) is not None
+
+
 def aoti_configs(device: torch.device, mode: str, cache: ArtifactCache | None) -> dict:
     """inductor settings of the package.
 
     torch.compile's `mode` has no AOTInductor twin, so its autotuning is asked for by name (its CUDA graphs are the
-    cuda_graphs lever's, around the package's call). Precompiled headers as in compile_module: with our cache only.
+    cuda_graphs lever's, around the package's call).
     """
     import torch._inductor.config as config
 
     configs = {"max_autotune": mode.startswith("max-autotune"), "freezing": device.type == "cpu"}
+    headers = precompiled_headers(cache)
     for name, group in (("cpp_cache_precompile_headers", config), ("aot_inductor.precompile_headers",
                                                                    getattr(config, "aot_inductor", None))):
         if hasattr(group, name.rpartition(".")[2]):
-            configs[name] = cache is not None
+            configs[name] = headers
     return configs
 
 
@@ -177,11 +185,11 @@ def load_package(model: torch.nn.Module, example_shape: tuple, device: torch.dev
     def build(folder: str) -> None:
         net = copy.deepcopy(model).to(device=device, dtype=DTYPES[precision]).eval()
         # The package is the artifact: inductor's own cache would only keep a second copy of it (weights included),
-        # so it compiles in a temporary one (export writes there too). Precompiled headers: see compile_module.
+        # so it compiles in a temporary one (export writes there too).
         # Freezing only applies to a graph compiled without grad (it then packs the CPU convolutions for oneDNN).
         with inductor_cache(None), torch.no_grad():
             exported = torch.export.export(net, (prepare(torch.rand(example_shape)),))
-            configs = aoti_configs(device, mode, usable(options.cache))
+            configs = aoti_configs(device, mode, options.cache)
             save_bytes(os.path.join(folder, PACKAGE_FILE), lambda buffer: torch._inductor.aoti_compile_and_package(
                 exported, package_path=buffer, inductor_configs=configs))
 
@@ -224,12 +232,9 @@ def compile_module(model: torch.nn.Module, example_shape: tuple, device: torch.d
         return out.clone() if own_graphs else out
 
     run = apply_levers(call, levers, device, lambda: example)
-    # Freezing folds weights and BatchNorm into constants; it needs the graph to run without grad. Inductor keeps
-    # precompiled headers in its global temp folder whatever its cache dir says: they shorten a cold CPU compile, so
-    # they stay on with our cache and are off with --no_cache, which promises to leave nothing behind (docs/engines.md).
-    headers = usable(options.cache) is not None
-    with inductor_cache(options.cache) as cache_dir, \
-            inductor_options(freezing=device.type == "cpu", cpp_cache_precompile_headers=headers):
+    # Freezing folds weights and BatchNorm into constants; it needs the graph to run without grad.
+    with inductor_cache(options.cache) as cache_dir, inductor_options(
+            freezing=device.type == "cpu", cpp_cache_precompile_headers=precompiled_headers(options.cache)):
         # Made here: torch.compile's imports make inductor's cache folder, which must be ours (or go with it).
         compiled = torch.compile(net, mode=mode, dynamic=False)  # lazy: it compiles on the first call, just below
         run(example)

@@ -21,6 +21,7 @@ from utils.errors import SampleError
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda:0")  # a CPU build of torch makes this device object, though it cannot use it
 ALL, BENCH = Levers(True, True, True), Levers(cudnn_benchmark=True)
+REAL_HEADERS = inductor.precompiled_headers  # taken at collection, before conftest's session patch replaces it
 
 
 @pytest.mark.parametrize("engine, device, precision, batch, expected", [
@@ -193,6 +194,16 @@ def test_aoti_key_and_configs(tmp_path):
     cpu = inductor.aoti_configs(CPU, "default", ArtifactCache(str(tmp_path)))
     assert cpu["freezing"] is True and cpu["max_autotune"] is False
     assert all(v is False for k, v in inductor.aoti_configs(CPU, "default", None).items() if "precompile" in k)
+
+
+def test_precompiled_headers_only_with_our_cache(tmp_path, monkeypatch):
+    """conftest compiles the suite without them (they would be cold on every run); a user's run has them with a cache,
+    and --no_cache, which leaves nothing behind, has none."""
+    monkeypatch.setattr(inductor, "precompiled_headers", REAL_HEADERS)
+    cache = ArtifactCache(str(tmp_path))
+    assert inductor.precompiled_headers(cache) and not inductor.precompiled_headers(None)
+    headers = [v for k, v in inductor.aoti_configs(CPU, "default", cache).items() if "precompile" in k]
+    assert headers and all(headers)
 
 
 @pytest.mark.parametrize("version, expected", [("2.5.1+cu121", False), ("2.0.1+cu117", False), ("2.6.0", True),
