@@ -2,6 +2,7 @@
 the masks it cost, and our own files (the --output lock, engine builds, the cache) never stop or litter a run."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -165,6 +166,8 @@ def test_a_cache_that_cannot_be_written_is_not_used_and_said_once(tmp_path, monk
 
     monkeypatch.setattr(os, "mkdir", read_only(real_mkdir))
     monkeypatch.setattr(os, "open", read_only(real_open))
+    # The run's folders kept until exit, apart from those of this process (conftest's keeps the whole session's).
+    monkeypatch.setattr(utils.builds, "_PROCESS", contextlib.ExitStack())
     rep = tmp_path / "r.json"
     code = sample.main(FAST + ["--engine", "torchscript", "--synthetic_count", "1", "--cache_dir", cache,
                                "--json", str(rep)])
@@ -179,7 +182,7 @@ def test_a_cache_that_cannot_be_written_is_not_used_and_said_once(tmp_path, monk
     assert not os.path.exists(cache)
     folder = os.path.dirname(os.path.dirname(re.search(r"\((.*)\)", report["config"]["data"]).group(1)))
     assert os.path.basename(folder).startswith("unet-sample-data-") and os.path.isdir(folder)
-    utils.builds._PROCESS.close()  # what happens at exit
+    utils.builds._PROCESS.close()  # what happens at exit (to this run's folders only)
     assert not os.path.exists(folder)
 
 

@@ -62,7 +62,7 @@ def test_non_jpeg_images_take_the_fast_resize_too(tmp_path):
 
 def _dice(model, samples, size, decode) -> list[float]:
     dice = []
-    for batch in iter_batches(samples, Loader(size, 4, 2, decode), True):
+    for batch in iter_batches(samples, Loader(size, min(4, len(samples)), 2, decode), True):  # no padded calls
         with torch.inference_mode():
             pred = predict(model(batch.images))[: batch.n]
         dice += dice_from_counts(overlap_counts(pred, batch.masks[: batch.n], 2)).tolist()
@@ -71,14 +71,16 @@ def _dice(model, samples, size, decode) -> list[float]:
 
 @pytest.mark.slow
 def test_fast_decode_keeps_dice_within_1e4_of_exact_with_the_real_checkpoint(carvana, checkpoint):
-    """The acceptance bar on real data: the shared checkpoint at its 256 px, 4 pairs (other cars, other angles). The
-    fast path stays ~9x under the bar on them, and decoding at a reduced DCT scale (the rejected draft decode) fails
-    it ~10x over (measured on these pairs); docs/data.md has the figures on all 272 pairs."""
+    """The acceptance bar on real data: the shared checkpoint at its 256 px, on 2 pairs (other cars, other angles).
+    The two decodes give the first the same dice and move the second's by 4.4e-5 (measured; of every 17th pair, the
+    first three do not move), so the mean moves by 2.2e-5, ~5x under the bar. Full-UNet calls are the
+    cost of this test, hence 2 pairs and not more; docs/data.md has the figures on all 272 pairs."""
     model, _ = models.create_model("unet", checkpoint)
     pairs = find_pairs(*carvana).samples
-    samples = [pairs[i] for i in range(0, len(pairs), 17)][:4]
+    samples = [pairs[0], pairs[51]]
     fast, exact = _dice(model, samples, (256, 256), "fast"), _dice(model, samples, (256, 256), "exact")
-    assert len(fast) == len(exact) == 4 and min(exact) > 0.95  # a real model on real data
+    assert len(fast) == len(exact) == 2 and min(exact) > 0.95  # a real model on real data
+    assert fast != exact, "the pairs no longer tell the decodes apart: pick ones whose masks differ"
     assert abs(np.mean(fast) - np.mean(exact)) < 1e-4, (np.mean(fast), np.mean(exact))
 
 

@@ -152,7 +152,14 @@ def terminate_then_interrupt():  # for the main thread, 0.2 s apart: the kernel 
     signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
 torch.set_num_threads(1)
-a = torch.randn(3000, 3000)
+b = torch.randn(1000, 1000)
+for _ in range(2):  # the second call's time: the first pays for warming up
+    start = time.perf_counter()
+    torch.mm(b, b)
+    per = time.perf_counter() - start
+# One call of about 1 s whatever the CPU (3000 wide took 3-10 s on a slow one): the signals come at 0.01 s and 0.21 s.
+n = min(6000, max(1000, int(1000 * (1.0 / per) ** (1 / 3))))
+a = torch.randn(n, n)
 for attempt in range(5):  # until both land inside one C call (a busy machine may run the first handler between)
     ran, raised = [], False
     sender = threading.Timer(0.01, terminate_then_interrupt)
