@@ -30,35 +30,19 @@ from pipeline.distributed import World
 from pipeline.probe import AUTO_BUDGET_S
 from pipeline.run import run
 from pipeline.scenarios import SCENARIOS
+from utils.arguments import (
+    at_most,
+    concurrency,
+    number_in,
+    path_to,
+    percentiles,
+    positive_float,
+    positive_int,
+    seconds,
+)
 from utils.errors import SampleError
 from utils.files import default_cache_dir, escape_streams
 from utils.timing import PERCENTILES
-
-
-def whole_number(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-
-
-def positive_int(text: str) -> int:
-    value = whole_number(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def at_most(limit: int, why: str, low: int = 1):
-    """An argparse type: an int from `low` to `limit`; past it, a usage error that says the limit and why."""
-    def parse(text: str) -> int:
-        value = whole_number(text)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        if value > limit:
-            raise argparse.ArgumentTypeError(f"must be at most {limit} ({why}), got {value}")
-        return value
-    return parse
 
 
 class Parser(argparse.ArgumentParser):
@@ -66,14 +50,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"error: {message}\n(python sample.py --help lists the flags and their limits)\n")
-
-
-def file_path(text: str) -> str:
-    """An argparse type for a file the run writes: an empty path (`--html ''`, a shell variable left unset) would
-    write nothing and say nothing."""
-    if not text:
-        raise argparse.ArgumentTypeError("the path is empty; give the file to write, or leave the flag out")
-    return text
 
 
 def image_size(text: str) -> tuple[int, int]:
@@ -97,7 +73,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_data_arguments(p.add_argument_group("data"))
     model = p.add_argument_group("model")
     model.add_argument("--model_name", default="unet", help="unet (default) or unet++ (also unetpp, nested_unet)")
-    model.add_argument("--pth", help="checkpoint (state dict); without it the weights are random")
+    model.add_argument("--pth", type=path_to("the checkpoint"),
+                       help="checkpoint (state dict); without it the weights are random")
     model.add_argument("--n_classes", type=at_most(1024, "a wider segmentation head is not a Carvana model"),
                        help="default: from the checkpoint, else 2")
     model.add_argument("--bilinear", action="store_true", default=None,
@@ -154,41 +131,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def number_in(inside, bounds: str, what: str = "a number"):
-    """An argparse type: a float for which `inside` holds, else a usage error that says `bounds`."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if not inside(value):
-            raise argparse.ArgumentTypeError(f"{bounds}, got {text}")
-        return value
-    return parse
-
-
-seconds = number_in(lambda v: 0 <= v <= 86400, "must be from 0 to 86400 s (a day)", "seconds")
-positive_float = number_in(lambda v: 0 < v < float("inf"), "must be > 0")
-
-
-def sorted_list(convert, example: str, inside, bounds: str):
-    """An argparse type: a comma list of `convert`ed values, sorted, each once, each `inside` (else `bounds`)."""
-    def parse(text: str) -> tuple:
-        try:
-            values = sorted({convert(part) for part in text.split(",") if part.strip()})
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a comma list such as {example}, got {text!r}") from None
-        if not values or not all(inside(v) for v in values):
-            raise argparse.ArgumentTypeError(f"{bounds}, got {text!r}")
-        return tuple(values)
-    return parse
-
-
-percentiles = sorted_list(float, "50,90,99", lambda v: 0 < v <= 100, "percentiles lie in (0, 100]")
-concurrency = sorted_list(int, "1,2,4", lambda v: 1 <= v <= 64, "requests in flight run from 1 to 64 (threads of their "
-                          "own)")
-
-
 def scenarios(text: str) -> tuple[str, ...]:
     """An argparse type: a comma list of loop and MLPerf LoadGen scenarios, each once, in the order given."""
     names = tuple(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))
@@ -221,7 +163,7 @@ def add_timing_arguments(timing) -> None:
                              "the report calls submission grade")
     timing.add_argument("--qsl_memory", type=positive_float, default=2.0, metavar="GiB",
                         help="memory for LoadGen's query sample library: the decoded images it holds (default 2)")
-    timing.add_argument("--loadgen_logs", metavar="DIR",
+    timing.add_argument("--loadgen_logs", metavar="DIR", type=path_to("the logs' folder"),
                         help="where LoadGen's logs go, per row and scenario (default: <--output>/loadgen, else "
                              "./loadgen-logs)")
     timing.add_argument("--percentiles", type=percentiles, default=PERCENTILES, metavar="P,P",
@@ -231,9 +173,10 @@ def add_timing_arguments(timing) -> None:
 
 def add_data_arguments(data) -> None:
     """Flags that say which pairs run and how they are decoded."""
-    data.add_argument("--image_path",
+    data.add_argument("--image_path", type=path_to("the images' folder"),
                       help="folder of <id>.jpg images, or one image; default: a synthetic Carvana-like set")
-    data.add_argument("--mask_path", help="folder of <id>_mask.gif|png masks, or one mask; without it dice is skipped")
+    data.add_argument("--mask_path", type=path_to("the masks' folder"),
+                      help="folder of <id>_mask.gif|png masks, or one mask; without it dice is skipped")
     data.add_argument("--image_size", type=image_size, default=(512, 512), metavar="N|WxH",
                       help="model input size (default 512); images resized with Pillow bicubic, masks nearest")
     data.add_argument("--limit", type=positive_int, help="use only the first N pairs (sorted by name)")
@@ -248,9 +191,9 @@ def add_data_arguments(data) -> None:
     data.add_argument("--synthetic_count", default=4,
                       type=at_most(10_000, "each generated pair takes about a second; pass your own images for more"),
                       help="size of the synthetic set (default 4)")
-    data.add_argument("--cache_dir", help="where the generated data set and the compiled engines (<cache_dir>/engines) "
-                                           "are kept (default: $UNET_SAMPLE_CACHE, else $XDG_CACHE_HOME/unet-sample, "
-                                           "else ~/.cache/unet-sample)")
+    data.add_argument("--cache_dir", type=path_to("the cache folder"),
+                      help="where the generated data set and the compiled engines (<cache_dir>/engines) are kept "
+                           "(default: $UNET_SAMPLE_CACHE, else $XDG_CACHE_HOME/unet-sample, else ~/.cache/unet-sample)")
 
 
 def add_engine_options(group) -> None:
@@ -259,8 +202,9 @@ def add_engine_options(group) -> None:
                        help="int8: calibrate on N images (default 8): from --calib_path, else from the data folder's "
                             "images outside the scored set (other cars first), else the scored images (the report "
                             "then says they overlap)")
-    group.add_argument("--calib_path", metavar="DIR", help="int8: a folder (or one file) of calibration images, "
-                                                           "ideally other cars than the scored ones")
+    group.add_argument("--calib_path", metavar="DIR", type=path_to("the calibration images"),
+                       help="int8: a folder (or one file) of calibration images, ideally other cars than the scored "
+                            "ones")
     group.add_argument("--no_cache", action="store_true",
                        help="build engines afresh in a temporary folder (default: reuse <cache_dir>/engines)")
     group.add_argument("--strict", action="store_true", help="exit 1 when a row's cosine is below its precision's bar")
@@ -281,14 +225,14 @@ def add_engine_options(group) -> None:
 
 def add_output_arguments(out) -> None:
     """Flags for the report: JSON, HTML, the trace, a comparison with saved reports, and the cache."""
-    out.add_argument("--json", metavar="PATH", help="write the report as JSON")
+    out.add_argument("--json", metavar="PATH", type=path_to("the file to write"), help="write the report as JSON")
     out.add_argument("--quiet", action="store_true", help="no progress bars")
-    out.add_argument("--html", metavar="PATH", type=file_path,
+    out.add_argument("--html", metavar="PATH", type=path_to("the file to write"),
                      help="write the report as one self-contained HTML page (charts, worst images, comparison)")
-    out.add_argument("--trace", metavar="PATH", type=file_path,
+    out.add_argument("--trace", metavar="PATH", type=path_to("the file to write"),
                      help="write the run's timeline in the Chrome trace-event format (opens in Perfetto or "
                           "chrome://tracing)")
-    out.add_argument("--compare", nargs="+", metavar="BASE.json",
+    out.add_argument("--compare", nargs="+", metavar="BASE.json", type=path_to("a saved --json report"),
                      help="compare this run's rows with one or more saved --json reports: speed ratio with a verdict "
                           "beyond the noise, dice and cosine change, new and gone rows")
     out.add_argument("--fail_on_regression", type=number_in(lambda v: 0 <= v < float("inf"), "must be >= 0"),
@@ -302,16 +246,19 @@ def add_output_arguments(out) -> None:
 def add_result_arguments(p: argparse.ArgumentParser) -> None:
     """Flags for per-image results (docs/outputs.md): masks, overlays, submission, per-image CSV, plots."""
     res = p.add_argument_group("per-image results (files are written for the first engine row)")
-    res.add_argument("--output", metavar="DIR", help="write <id>_mask.png (0 / 255) at each image's original size")
+    res.add_argument("--output", metavar="DIR", type=path_to("the folder to write"),
+                     help="write <id>_mask.png (0 / 255) at each image's original size")
     res.add_argument("--overlay", action="store_true",
                      help="with --output: also <id>_overlay.jpg, mask tinted on the image")
-    res.add_argument("--submission", metavar="FILE.csv",
+    res.add_argument("--submission", metavar="FILE.csv", type=path_to("the file to write"),
                      help="Kaggle Carvana submission (img,rle_mask) at original size")
-    res.add_argument("--csv", metavar="FILE", help="one row per image: dice, IoU, foreground fractions, batch latency")
+    res.add_argument("--csv", metavar="FILE", type=path_to("the file to write"),
+                     help="one row per image: dice, IoU, foreground fractions, batch latency")
     res.add_argument("--eval_resolution", choices=["model", "original"], default="model",
                      help="score dice at the model's input size (Pytorch-UNet's table) or the original size "
                           "(Kaggle's)")
-    res.add_argument("--plots", metavar="DIR", help="latency, dice and fps-vs-dice plots as PNG (needs matplotlib)")
+    res.add_argument("--plots", metavar="DIR", type=path_to("the folder to write"),
+                     help="latency, dice and fps-vs-dice plots as PNG (needs matplotlib)")
     res.add_argument("--overwrite", action="store_true", help="allow writing into existing --output / --plots / files")
 
 

@@ -128,13 +128,3 @@ def test_the_generated_set_is_an_input_and_a_users_synthetic_folder_is_not(tmp_p
     _write(cache / "synthetic-photos" / "a.jpg")  # the user's, which the run neither reads nor removes
     config = sample.parse_config(sample.get_args_parser(), TINY + inside + [str(cache / "synthetic-photos" / "r.json")])
     assert config.json.endswith("r.json")
-
-
-@pytest.mark.parametrize("flag", ["--html", "--trace"])
-def test_an_empty_report_path_is_one_error_line(flag, capsys):
-    with pytest.raises(SystemExit) as stop:
-        sample.main([flag, ""])
-    assert stop.value.code == 2
-    err = capsys.readouterr().err
-    assert err.splitlines()[0] == f"error: argument {flag}: the path is empty; give the file to write, or leave the " \
-                                  "flag out"

@@ -235,3 +235,20 @@ def test_unwritable_destinations_fail_before_the_run(flag, small_set, capsys):
 def test_engine_list_naming_nothing(spec, small_set, capsys):
     code, out, err = run(FAST + ["--image_path", small_set[0], "--engine", spec], capsys)
     assert code == 1 and "names no engine" in err
+
+
+@pytest.mark.parametrize("flag, what", [
+    ("--html", "the file to write"), ("--trace", "the file to write"), ("--json", "the file to write"),
+    ("--csv", "the file to write"), ("--submission", "the file to write"), ("--output", "the folder to write"),
+    ("--plots", "the folder to write"), ("--loadgen_logs", "the logs' folder"), ("--compare", "a saved --json report"),
+    ("--pth", "the checkpoint"), ("--image_path", "the images' folder"), ("--mask_path", "the masks' folder"),
+    ("--calib_path", "the calibration images"), ("--cache_dir", "the cache folder")])
+def test_an_empty_path_is_one_error_line(flag, what, capsys):
+    """`--json "$OUT"` with OUT unset: no report written, dice skipped, the default cache or random weights used,
+    silently; it is a usage error before anything runs."""
+    with pytest.raises(SystemExit) as stop:
+        sample.main([flag, ""])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == f"error: argument {flag}: the path is empty (a shell variable left unset?); give " \
+                                  f"{what}, or leave the flag out"
