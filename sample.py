@@ -25,12 +25,7 @@ from dataset.batches import default_workers
 from dataset.decode import DECODES, parse_size
 from engines.levers import SETTINGS
 from pipeline import cache_folders
-from pipeline.config import RunConfig, memory_problem, output_problem
-from pipeline.distributed import World
-from pipeline.probe import AUTO_BUDGET_S
-from pipeline.run import run
-from pipeline.scenarios import SCENARIOS
-from utils.arguments import (
+from pipeline.arguments import (
     at_most,
     concurrency,
     number_in,
@@ -40,6 +35,11 @@ from utils.arguments import (
     positive_int,
     seconds,
 )
+from pipeline.config import RunConfig, memory_problem, output_problem
+from pipeline.distributed import World
+from pipeline.probe import AUTO_BUDGET_S
+from pipeline.run import run
+from pipeline.scenarios import SCENARIOS
 from utils.errors import SampleError
 from utils.files import default_cache_dir, escape_streams
 from utils.timing import PERCENTILES
@@ -73,8 +73,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_data_arguments(p.add_argument_group("data"))
     model = p.add_argument_group("model")
     model.add_argument("--model_name", default="unet", help="unet (default) or unet++ (also unetpp, nested_unet)")
-    model.add_argument("--pth", type=path_to("the checkpoint"),
-                       help="checkpoint (state dict); without it the weights are random")
+    model.add_argument("--pth", type=path_to("the checkpoint"), help="checkpoint (state dict); else random weights")
     model.add_argument("--n_classes", type=at_most(1024, "a wider segmentation head is not a Carvana model"),
                        help="default: from the checkpoint, else 2")
     model.add_argument("--bilinear", action="store_true", default=None,
