@@ -3,6 +3,7 @@ and paths that must not be empty. Each turns a bad value into a usage error that
 from __future__ import annotations
 
 import argparse
+from typing import Callable
 
 
 def whole_number(text: str) -> int:
@@ -19,7 +20,7 @@ def positive_int(text: str) -> int:
     return value
 
 
-def at_most(limit: int, why: str, low: int = 1):
+def at_most(limit: int, why: str, low: int = 1) -> Callable[[str], int]:
     """An argparse type: an int from `low` to `limit`; past it, a usage error that says the limit and why."""
     def parse(text: str) -> int:
         value = whole_number(text)
@@ -31,7 +32,7 @@ def at_most(limit: int, why: str, low: int = 1):
     return parse
 
 
-def path_to(what: str):
+def path_to(what: str) -> Callable[[str], str]:
     """An argparse type for a path flag. An empty path (`--json ''`, a shell variable left unset) would otherwise
     silently change the run (no report written, dice skipped, the default cache used, random weights): it is a usage
     error that says what to give."""
@@ -44,7 +45,7 @@ def path_to(what: str):
     return given
 
 
-def number_in(inside, bounds: str, what: str = "a number"):
+def number_in(inside: Callable[[float], bool], bounds: str, what: str = "a number") -> Callable[[str], float]:
     """An argparse type: a float for which `inside` holds, else a usage error that says `bounds`."""
     def parse(text: str) -> float:
         try:
@@ -61,7 +62,8 @@ seconds = number_in(lambda v: 0 <= v <= 86400, "must be from 0 to 86400 s (a day
 positive_float = number_in(lambda v: 0 < v < float("inf"), "must be > 0")
 
 
-def sorted_list(convert, example: str, inside, bounds: str):
+def sorted_list(convert: Callable[[str], object], example: str, inside: Callable,
+                bounds: str) -> Callable[[str], tuple]:
     """An argparse type: a comma list of `convert`ed values, sorted, each once, each `inside` (else `bounds`)."""
     def parse(text: str) -> tuple:
         try:

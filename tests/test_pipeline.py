@@ -74,7 +74,7 @@ def test_fast_decode_keeps_dice_within_1e4_of_exact_with_the_real_checkpoint(car
     """The acceptance bar on real data: the shared checkpoint at its 256 px, on 2 pairs (other cars, other angles).
     The two decodes give the first the same dice and move the second's by 4.4e-5 (measured; of every 17th pair, the
     first three do not move), so the mean moves by 2.2e-5, ~5x under the bar. Full-UNet calls are the
-    cost of this test, hence 2 pairs and not more; docs/data.md has the figures on all 272 pairs."""
+    cost of this test, hence 2 pairs and not more; docs/data.md has the figures on 64 pairs."""
     model, _ = models.create_model("unet", checkpoint)
     pairs = find_pairs(*carvana).samples
     samples = [pairs[0], pairs[51]]
