@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -24,11 +25,12 @@ from utils.device import torch_threads
 # The issue's bound against the unprofiled median; the profiler's own accounting (the operators against the very
 # calls they were measured in) at 10 %. docs/engines.md has the 256 px figures (all within 10 %). One thread: on a
 # busy 2-core machine two threads' calls swing by 2x and more as the other thread waits for a core; and another
-# process's burst can still land in the few profiled calls, so the pair of measurements is taken again, up to
-# ATTEMPTS times, before the bounds are asserted.
+# process's burst can still land in the few profiled calls, so the pair of measurements is taken again, for up to
+# PATIENCE_S, before the bounds are asserted. A count was not enough: the torchrun tests' launches on the other
+# pytest-xdist worker keep both cores busy for about a minute, and three attempts in a row fell inside it (28 % off).
 ACCOUNTING = 0.10
 AGAINST_MEDIAN = 0.15
-ATTEMPTS = 3
+PATIENCE_S = 90.0
 
 
 @dataclass
@@ -55,12 +57,14 @@ def test_the_top_operators_are_convolutions_and_add_up_to_a_call(name, conv, une
     need({"torch": "torch"}.get(name, name))
     options = EngineOptions(cache=unet64_cache, threads=1)
     engine = engines.load(name, unet64.model, SHAPE64, CPU, "fp32", options)
+    deadline = time.monotonic() + PATIENCE_S
     with torch_threads(1):
-        for _ in range(ATTEMPTS):
+        while True:
             median = timing_pass(engine, unet64.x, Job(unet64.model, loop=6)).latency_median_ms
             profile = profile_row(engine, unet64.x, Job(unet64.model, loop=3), options, median)
-            if profile.tool is None or (abs(profile.ratio - 1) < AGAINST_MEDIAN and
-                                        abs(profile.total_ms_per_call / profile.profiled_call_ms - 1) < ACCOUNTING):
+            accounted = profile.tool and abs(profile.total_ms_per_call / profile.profiled_call_ms - 1) < ACCOUNTING
+            if profile.tool is None or (accounted and abs(profile.ratio - 1) < AGAINST_MEDIAN) or \
+                    time.monotonic() > deadline:
                 break
     assert profile.tool is not None, profile.note
     assert profile.calls == 3 and profile.median_call_ms == median
