@@ -48,9 +48,13 @@ def table_lines(hint: str, report: dict) -> list[str]:
         single, offline = by["singlestream"], by["offline"]
         levels = " / ".join(f"{lv['concurrency']}: {lv['images_per_s']:.2f}" for lv in row["concurrency"]["levels"])
         same = all(s["accuracy"]["identical"] for s in by.values())
+        s_low, s_high = single.get("latency_p50_ci_ms") or (float("nan"), float("nan"))
+        overlap = "intervals overlap" if s_low <= high and low <= s_high else \
+            "intervals apart" if single.get("latency_p50_ci_ms") and row.get("latency_median_ci_ms") else "no interval"
         lines.append(
             f"| {row['engine']} | {hint} | {row['latency_median_ms']:.1f} ({low:.1f}-{high:.1f}) | "
-            f"{single['latency_p50_ms']:.1f} ({single['latency_p50_ms'] / row['latency_median_ms'] - 1:+.1%}) | "
+            f"{single['latency_p50_ms']:.1f} ({s_low:.1f}-{s_high:.1f}; "
+            f"{single['latency_p50_ms'] / row['latency_median_ms'] - 1:+.1%}, {overlap}) | "
             f"{row['fps']:.3f} | {levels} | {row['concurrency']['plateau']} | {offline['metric']:.3f} "
             f"({offline['metric'] / row['fps'] - 1:+.1%}) | {'yes' if same else 'NO'} | {row['load_average']} |")
     return lines
@@ -65,7 +69,8 @@ def main() -> int:
     passed = [a for a in passed if a != "--"]
     waited = wait_quiet(limit=0.3, window=2.0, most=120.0)
     print(f"waited {waited:.0f} s for a quiet machine; CPU: {_cpu()}")
-    print("| engine | OpenVINO hint | loop median ms (95 % interval) | SingleStream p50 ms (vs loop) | loop fps | "
+    print("| engine | OpenVINO hint | loop median ms (95 % interval) | SingleStream p50 ms (95 % interval; vs loop) | "
+          "loop fps | "
           "images/s per requests in flight | plateau | Offline samples/s at the plateau (vs loop fps) | "
           "LoadGen masks = accuracy pass | load |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -25,7 +26,7 @@ from pipeline.passes import engine_inputs, output_logits
 from report.metrics import predict
 from utils.errors import SampleError, first_line
 from utils.signals import held, pending
-from utils.timing import measure
+from utils.timing import measure, median_interval
 
 SCENARIOS = ("singlestream", "multistream", "offline", "server")
 LOADGEN_NAMES = {"singlestream": "SingleStream", "multistream": "MultiStream", "offline": "Offline", "server": "Server"}
@@ -111,6 +112,9 @@ class ScenarioResult:
     latency_p50_ms: Optional[float] = None
     latency_p90_ms: Optional[float] = None
     latency_p99_ms: Optional[float] = None
+    # SingleStream: the 95 % interval of the median query latency, from the harness's own clock (issue to completion of
+    # each query), so that its p50 can be held against the loop's median and interval; None elsewhere or too few
+    latency_p50_ci_ms: Optional[list] = None
     early_stopping: str = ""
     log_dir: str = ""
     target_latency_ms: Optional[float] = None  # Server
@@ -146,7 +150,8 @@ class Harness:
 
     def __init__(self, lg, engine: Engine, images: torch.Tensor, batch_size: int, workers: int = 1):
         self.lg, self.engine, self.images, self.batch_size = lg, engine, images, batch_size
-        self.waiting: deque = deque()
+        self.waiting: deque = deque()  # (LoadGen's sample, when it was issued)
+        self.latencies_ms: list[float] = []  # each sample's, issue to completion, in the last test
         self.ready = threading.Condition()
         self.stopping = False
         self.error: Optional[BaseException] = None
@@ -173,8 +178,9 @@ class Harness:
         self.lg.DestroySUT(self.sut)
 
     def issue(self, samples) -> None:
+        now = time.perf_counter()
         with self.ready:
-            self.waiting.extend(samples)
+            self.waiting.extend((sample, now) for sample in samples)
             # one worker per batch waiting: Offline's one query of every sample must reach all of them
             self.ready.notify(-(-len(self.waiting) // self.batch_size))
 
@@ -205,15 +211,18 @@ class Harness:
         lg, masks = self.lg, None
         if self.error is None and not pending():  # a signal came: what is left is answered at once, without data
             try:
-                masks = predict_masks(self.engine, gather(self.images, [s.index for s in taken], self.batch_size),
+                masks = predict_masks(self.engine, gather(self.images, [s.index for s, _ in taken], self.batch_size),
                                       len(taken), run)
             except Exception as exc:  # noqa: BLE001  raised in the caller's thread once LoadGen returns
                 self.error = exc
         if masks is None:
-            lg.QuerySamplesComplete([lg.QuerySampleResponse(s.id, 0, 0) for s in taken])
+            lg.QuerySamplesComplete([lg.QuerySampleResponse(s.id, 0, 0) for s, _ in taken])
             return
         # LoadGen copies a response's bytes (when it logs them) before QuerySamplesComplete returns.
-        lg.QuerySamplesComplete([lg.QuerySampleResponse(s.id, m.ctypes.data, m.nbytes) for s, m in zip(taken, masks)])
+        lg.QuerySamplesComplete([lg.QuerySampleResponse(s.id, m.ctypes.data, m.nbytes)
+                                 for (s, _), m in zip(taken, masks)])
+        done = time.perf_counter()
+        self.latencies_ms.extend((done - issued) * 1000.0 for _, issued in taken)  # one extend: safe across workers
 
     def start(self, test, folder: str) -> LoadGenLog:
         """Run one LoadGen test with its logs (summary, detail, trace, accuracy) in `folder`, none on stdout."""
@@ -229,6 +238,7 @@ class Harness:
         # A signal must not surface inside LoadGen's callbacks (load / issue run in this thread): it would leave the
         # test running in LoadGen's threads and crash the process. Held, it ends the test (the SUT answers the rest at
         # once) and is raised here, after the test returned.
+        self.latencies_ms = []
         with _ONE_TEST, held():
             lg.StartTestWithLogSettings(self.sut, self.qsl, test, logs)
         if self.error is not None:
@@ -307,12 +317,16 @@ def run_scenario(engine: Engine, images: torch.Tensor, batch_size: int, settings
             return search_server(harness, settings, call_s)
         folder = os.path.join(settings.log_dir, settings.scenario)
         log = harness.start(loadgen_settings(lg, settings, lg.TestMode.PerformanceOnly, call_s, batch_size), folder)
+    extra = {}
     if settings.scenario == "offline":
         metric = log.get("result_samples_per_second")
     else:
         metric = log.latency_ms("90.00" if settings.scenario == "singlestream" else "99.00",
                                 settings.scenario == "multistream")
-    return _result(settings, log, folder, None if metric is None else float(metric), images.shape[0], batch_size)
+        if settings.scenario == "singlestream":  # one sample a query: the samples' latencies are the queries'
+            extra["latency_p50_ci_ms"] = median_interval(harness.latencies_ms)
+    return _result(settings, log, folder, None if metric is None else float(metric), images.shape[0], batch_size,
+                   **extra)
 
 
 def search_server(harness: Harness, settings: ScenarioSettings, call_s: float) -> ScenarioResult:

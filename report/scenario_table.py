@@ -47,6 +47,21 @@ def concurrency_lines(row: Row) -> list[str]:
     return lines + [f"{row.label}: {why}" for why in swept.skipped]
 
 
+def against_loop(row: Row, result) -> str | None:
+    """SingleStream's p50 held against the row's loop median, each with its 95 % interval: what the harness costs.
+    None when either interval is missing (too few calls or queries, or no loop)."""
+    t = row.timing
+    if result.scenario != "singlestream" or not result.latency_p50_ci_ms or result.latency_p50_ms is None or \
+            t is None or not t.latency_median_ci_ms or not t.latency_median_ms:
+        return None
+    (low, high), (loop_low, loop_high) = result.latency_p50_ci_ms, t.latency_median_ci_ms
+    verdict = "the intervals overlap" if low <= loop_high and loop_low <= high else "beyond both intervals"
+    change = (result.latency_p50_ms / t.latency_median_ms - 1) * 100
+    return (f"{row.label} singlestream: p50 {result.latency_p50_ms:.1f} ms (95 % interval {low:.1f}-{high:.1f}, the "
+            f"harness's clock) against the loop's median {t.latency_median_ms:.1f} ms ({loop_low:.1f}-"
+            f"{loop_high:.1f}): {change:+.1f} %, {verdict}")
+
+
 def scenario_lines(report: Report) -> list[str]:
     """The table and its notes, or nothing when no row ran a LoadGen scenario."""
     rows: list[tuple[Row, object]] = [(row, s) for row in report.rows for s in row.scenarios]
@@ -74,6 +89,9 @@ def scenario_lines(report: Report) -> list[str]:
             found = f"{r.metric:.2f} q/s" if r.metric is not None else "no rate"
             lines.append(f"{row.label} server: highest rate with p99 under {r.target_latency_ms:.1f} ms "
                          f"({s.target_latency_source}): {found}, searched in {len(r.server_runs)} LoadGen run(s)")
+        harness = against_loop(row, r)
+        if harness:
+            lines.append(harness)
         if r.validity == "ERROR":
             lines.append(f"{row.label} {r.scenario}: error: {_reasons(r.reasons)}; the row's other figures stand")
         elif r.validity != "VALID" and r.reasons:

@@ -165,3 +165,40 @@ def test_an_unwritable_log_folder_is_one_error_line_before_anything_compiles(sma
     err = capsys.readouterr().err
     assert "error: --loadgen_logs: LoadGen's logs cannot be written to" in err and "writable folder" in err
     assert "compiling" not in err and "Traceback" not in err and "failed" not in err
+
+
+@needs_loadgen
+def test_singlestream_is_held_against_the_loop_with_both_intervals(small_set, tmp_path, capsys):
+    """The harness's cost, as the issue asks to check it: SingleStream's p50 against the same row's loop median, each
+    with its 95 % interval, in the JSON and on stdout."""
+    images, masks = small_set
+    report = tmp_path / "r.json"
+    argv = [a for a in FAST if a not in ("--loop", "1")] + [
+        "--image_path", images, "--mask_path", masks, "--loop", "8", "--scenario", "loop,singlestream",
+        "--min_duration", "0.1", "--min_queries", "8", "--loadgen_logs", str(tmp_path / "logs"), "--json", str(report)]
+    assert sample.main(argv) == 0
+    (row,) = json.loads(report.read_text())["rows"]
+    (single,) = row["scenarios"]
+    low, high = single["latency_p50_ci_ms"]
+    assert low <= single["latency_p50_ms"] + 1.0 and single["latency_p50_ms"] - 1.0 <= high
+    loop_low, loop_high = row["latency_median_ci_ms"]
+    line = next(x for x in capsys.readouterr().out.splitlines() if "singlestream: p50" in x)
+    overlap = low <= loop_high and loop_low <= high
+    assert f"(95 % interval {low:.1f}-{high:.1f}, the harness's clock) against the loop's median" in line
+    assert line.endswith("the intervals overlap" if overlap else "beyond both intervals"), line
+
+
+def test_the_verdict_names_intervals_that_do_not_meet():
+    from types import SimpleNamespace
+
+    from report.scenario_table import against_loop
+
+    def row(low, high):
+        return SimpleNamespace(label="torch fp32", timing=SimpleNamespace(latency_median_ms=(low + high) / 2,
+                                                                          latency_median_ci_ms=[low, high]))
+
+    single = SimpleNamespace(scenario="singlestream", latency_p50_ms=104.0, latency_p50_ci_ms=[103.0, 105.0])
+    assert against_loop(row(100.0, 102.0), single).endswith("+3.0 %, beyond both intervals")
+    assert against_loop(row(100.0, 103.5), single).endswith("the intervals overlap")
+    assert against_loop(row(100.0, 102.0), SimpleNamespace(**{**vars(single), "latency_p50_ci_ms": None})) is None
+    assert against_loop(row(100.0, 102.0), SimpleNamespace(**{**vars(single), "scenario": "offline"})) is None

@@ -147,8 +147,8 @@ def held():
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_each_scenario_runs_and_is_judged(engine, held, scenario, tmp_path, capfd):
     counted, calls = counting(engine)
-    settings = ScenarioSettings(scenario, min_duration_s=0.15, min_queries=1, target_latency_ms=1000.0,
-                                log_dir=str(tmp_path), search_runs=3)
+    settings = ScenarioSettings(scenario, min_duration_s=0.15, min_queries=8 if scenario == "singlestream" else 1,
+                                target_latency_ms=1000.0, log_dir=str(tmp_path), search_runs=3)  # 8: an interval
     result = run_scenario(counted, held, BATCH, settings)
     assert capfd.readouterr().out == ""  # LoadGen writes its logs to files only: stdout is the report's
     assert result.scenario == scenario and result.validity in ("VALID", "INVALID")
@@ -163,11 +163,17 @@ def test_each_scenario_runs_and_is_judged(engine, held, scenario, tmp_path, capf
     assert all(size == BATCH for size in calls)  # every call is a full compiled batch
     if scenario == "singlestream":
         assert served == result.queries
-    elif scenario == "multistream":
+        # The harness's clock (issue to completion of each query) gives the median's interval; LoadGen's own p50, from
+        # its clock around the same calls, lies in it (1 ms of slack: the two clocks start and stop microseconds apart).
+        low, high = result.latency_p50_ci_ms
+        assert low <= high and low - 1.0 <= result.latency_p50_ms <= high + 1.0, (low, high, result.latency_p50_ms)
+    else:
+        assert result.latency_p50_ci_ms is None
+    if scenario == "multistream":
         assert served == result.queries * math.ceil(8 / BATCH)
     elif scenario == "offline":
         assert served == math.ceil(result.samples / BATCH)
-    else:
+    elif scenario == "server":
         best = max((r for r in result.server_runs if r.met), key=lambda r: r.target_qps)
         assert result.metric == best.completed_qps and result.latency_p99_ms == best.latency_p99_ms
         assert result.log_dir == best.log_dir
