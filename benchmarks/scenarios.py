@@ -23,6 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from benchmarks.quiet import wait_quiet  # noqa: E402
+from utils.timing import intervals_overlap  # noqa: E402
 
 RUNS = {"latency": ["--engine", "torch,onnxruntime,openvino"], "throughput": ["--engine", "openvino",
                                                                               "--openvino_hint", "throughput"]}
@@ -48,9 +49,10 @@ def table_lines(hint: str, report: dict) -> list[str]:
         single, offline = by["singlestream"], by["offline"]
         levels = " / ".join(f"{lv['concurrency']}: {lv['images_per_s']:.2f}" for lv in row["concurrency"]["levels"])
         same = all(s["accuracy"]["identical"] for s in by.values())
-        s_low, s_high = single.get("latency_p50_ci_ms") or (float("nan"), float("nan"))
-        overlap = "intervals overlap" if s_low <= high and low <= s_high else \
-            "intervals apart" if single.get("latency_p50_ci_ms") and row.get("latency_median_ci_ms") else "no interval"
+        single_ci, loop_ci = single.get("latency_p50_ci_ms"), row.get("latency_median_ci_ms")
+        s_low, s_high = single_ci or (float("nan"), float("nan"))
+        overlap = "no interval" if not (single_ci and loop_ci) else \
+            "intervals overlap" if intervals_overlap(single_ci, loop_ci) else "intervals apart"
         lines.append(
             f"| {row['engine']} | {hint} | {row['latency_median_ms']:.1f} ({low:.1f}-{high:.1f}) | "
             f"{single['latency_p50_ms']:.1f} ({s_low:.1f}-{s_high:.1f}; "

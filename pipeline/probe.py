@@ -25,7 +25,7 @@ from pipeline.rows import Built
 from report.metrics import cosine_per_sample
 from utils.device import physical_cores, torch_threads, usable_cpus
 from utils.errors import first_line
-from utils.timing import UNSTABLE, median_interval, median_min_calls
+from utils.timing import UNSTABLE, intervals_overlap, median_interval, median_min_calls
 from utils.trace import TRACE
 
 PROBE_WARMUP = 2  # untimed calls first: TorchScript's profiling executor optimises on its second call
@@ -261,10 +261,6 @@ def _time_finalists(finalists: list[_Finalist], log: Callable[[str], None], prec
                 f.times.append(_timed_call(f.engine, f.inputs, f.threads))
 
 
-def _overlap(a: list[float], b: list[float]) -> bool:
-    return a[0] <= b[1] and b[0] <= a[1]
-
-
 def _ranked(finalists: list[_Finalist]) -> list[_Finalist]:
     """Lowest median first, except that a leader whose calls spread widely goes behind the fastest steady finalist
     whose median lies inside the leader's 95 % interval: a lucky run of calls in its fast mode must not win against a
@@ -284,7 +280,7 @@ def _ranked(finalists: list[_Finalist]) -> list[_Finalist]:
 def _tied(finalists: list[_Finalist]) -> list[_Finalist]:
     """The leader and the finalists whose medians' intervals overlap its own (just the leader when none does)."""
     ranked = _ranked(finalists)
-    return [ranked[0]] + [f for f in ranked[1:] if _overlap(f.interval, ranked[0].interval)]
+    return [ranked[0]] + [f for f in ranked[1:] if intervals_overlap(f.interval, ranked[0].interval)]
 
 
 def _settle(finalists: list[_Finalist], budget_s: float | None, log: Callable[[str], None], precision: str,
@@ -323,7 +319,7 @@ def _runner_up(ranked: list[_Finalist], entries: list[dict]) -> dict | None:
     """The best-ranked finalist still tied with the winner, else the second finalist, else the fastest other candidate
     that was timed at all (its one call)."""
     if len(ranked) > 1:
-        return next((f for f in ranked[1:] if _overlap(f.interval, ranked[0].interval)), ranked[1]).entry
+        return next((f for f in ranked[1:] if intervals_overlap(f.interval, ranked[0].interval)), ranked[1]).entry
     others = [e for e in entries if e["median_ms"] is not None and e is not ranked[0].entry]
     return min(others, key=lambda e: e["median_ms"], default=None)
 
@@ -350,7 +346,7 @@ def measure(target: Target, names: list[str], given: ProbeInput, log: Callable[[
         choice = static_choice(target, "no candidate passed the probe", entries, probe_s)
     else:
         best, runner = ranked[0], _runner_up(ranked, entries)
-        near_tie = any(_overlap(best.interval, f.interval) for f in ranked[1:])
+        near_tie = any(intervals_overlap(best.interval, f.interval) for f in ranked[1:])
         # the budget stopped the rounds before the calls could hold a 95 % interval: nothing parted them
         near_tie = near_tie or (budget is not None and budget.cut and len(ranked) > 1
                                 and len(best.times) < median_min_calls())

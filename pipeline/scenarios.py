@@ -317,16 +317,15 @@ def run_scenario(engine: Engine, images: torch.Tensor, batch_size: int, settings
             return search_server(harness, settings, call_s)
         folder = os.path.join(settings.log_dir, settings.scenario)
         log = harness.start(loadgen_settings(lg, settings, lg.TestMode.PerformanceOnly, call_s, batch_size), folder)
-    extra = {}
     if settings.scenario == "offline":
         metric = log.get("result_samples_per_second")
     else:
         metric = log.latency_ms("90.00" if settings.scenario == "singlestream" else "99.00",
                                 settings.scenario == "multistream")
-        if settings.scenario == "singlestream":  # one sample a query: the samples' latencies are the queries'
-            extra["latency_p50_ci_ms"] = median_interval(harness.latencies_ms)
+    # SingleStream has one sample a query: the samples' latencies are the queries'
+    interval = median_interval(harness.latencies_ms) if settings.scenario == "singlestream" else None
     return _result(settings, log, folder, None if metric is None else float(metric), images.shape[0], batch_size,
-                   **extra)
+                   latency_p50_ci_ms=interval)
 
 
 def search_server(harness: Harness, settings: ScenarioSettings, call_s: float) -> ScenarioResult:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from report.results import Report, Row
 from report.table import aligned
+from utils.timing import intervals_overlap
 
 
 def _ms(value) -> str:
@@ -55,7 +56,8 @@ def against_loop(row: Row, result) -> str | None:
             t is None or not t.latency_median_ci_ms or not t.latency_median_ms:
         return None
     (low, high), (loop_low, loop_high) = result.latency_p50_ci_ms, t.latency_median_ci_ms
-    verdict = "the intervals overlap" if low <= loop_high and loop_low <= high else "beyond both intervals"
+    verdict = "the intervals overlap" if intervals_overlap(result.latency_p50_ci_ms, t.latency_median_ci_ms) else \
+        "beyond both intervals"
     change = (result.latency_p50_ms / t.latency_median_ms - 1) * 100
     return (f"{row.label} singlestream: p50 {result.latency_p50_ms:.1f} ms (95 % interval {low:.1f}-{high:.1f}, the "
             f"harness's clock) against the loop's median {t.latency_median_ms:.1f} ms ({loop_low:.1f}-"

@@ -86,6 +86,11 @@ def median_interval(ms: Sequence[float], level: float = LEVEL) -> list[float] | 
     return [float(ordered[ranks[0] - 1]), float(ordered[ranks[1] - 1])]
 
 
+def intervals_overlap(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Whether the intervals [low, high] `a` and `b` share a point: two medians that cannot be told apart."""
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
 def load_average() -> float | None:
     """The 1-minute load average (None where the platform has none): read beside a timing, it says how busy the
     machine was while the figures were taken."""
