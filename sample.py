@@ -79,8 +79,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument("--bilinear", action="store_true", default=None,
                        help="UNet with bilinear upsampling (default: from the checkpoint, else transposed conv)")
     model.add_argument("--base_width", type=at_most(256, "n1 = 256 is already 586 M parameters"), metavar="N1",
-                       help="unet++ base width n1 (filters n1..16*n1); default: from the checkpoint, else 64, the "
-                            "reference NestedUNet's")
+                       help="base width n1 (filters n1..16*n1); default: from the checkpoint, else 64, Pytorch-UNet's "
+                            "and the reference NestedUNet's")
     model.add_argument("--seed", type=at_most(2**63 - 1, "torch's seed is a 64-bit integer", low=-2**63), default=0,
                        help="seed of the random weights and the synthetic set (default 0)")
     run = p.add_argument_group("engine and timing")
@@ -275,8 +275,6 @@ def parse_config(parser: argparse.ArgumentParser, argv: list[str]) -> RunConfig:
         args.model_name = models.canonical_name(args.model_name)
     except KeyError as exc:
         parser.error(str(exc.args[0]))
-    if args.base_width and args.model_name != "unet++":
-        parser.error("--base_width applies to unet++ only")
     if args.model_name == "unet++" and (args.image_size[0] % 16 or args.image_size[1] % 16):
         parser.error(f"unet++ needs --image_size sides that are multiples of 16, got {args.image_size}")
     config = RunConfig.from_namespace(vars(args), "python sample.py " + shlex.join(argv))

@@ -5,7 +5,7 @@ from torch import nn
 
 from models.checkpoint import fit_state_dict, infer_config, load_state_dict
 from models.unet import UNet
-from models.unetpp import REFERENCE_WIDTH, NestedUNet
+from models.unetpp import REFERENCE_WIDTH, NestedUNet  # both networks' reference width is 64
 from utils.errors import SampleError
 
 MODELS = {"unet": UNet, "unet++": NestedUNet}
@@ -27,15 +27,17 @@ def build(name: str, n_channels: int = 3, n_classes: int = 2, bilinear: bool = F
     """Instantiate a registered architecture with random weights."""
     key = canonical_name(name)
     if key == "unet":
-        return UNet(n_channels, n_classes, bilinear=bilinear)
+        return UNet(n_channels, n_classes, bilinear=bilinear, base_width=base_width)
     return NestedUNet(n_classes, input_channels=n_channels, deep_supervision=deep_supervision, base_width=base_width)
 
 
 def variant(name: str, config: dict) -> str:
     """A short name for the network built: 'UNet (transposed-conv up)', 'NestedUNet n1=64 (reference)', ..."""
-    if canonical_name(name) == "unet":
-        return "UNet (Pytorch-UNet, " + ("bilinear up)" if config.get("bilinear") else "transposed-conv up)")
     width = config.get("base_width", REFERENCE_WIDTH)
+    if canonical_name(name) == "unet":
+        narrow = "" if width == REFERENCE_WIDTH else f", width {width}, not Pytorch-UNet's 64"
+        up = "bilinear up" if config.get("bilinear") else "transposed-conv up"
+        return f"UNet (Pytorch-UNet, {up}{narrow})"
     if width == REFERENCE_WIDTH and not config.get("deep_supervision"):
         what = "the seed's reference"
     else:
@@ -55,8 +57,9 @@ def create_model(name: str, checkpoint: str | None = None, n_channels: int | Non
     key = canonical_name(name)
     state, info = ({}, {"weights": "random"}) if checkpoint is None else load_state_dict(checkpoint)
     config = infer_config(key, state) if state else {}
-    if base_width is not None and key == "unet++" and config.get("base_width", base_width) != base_width:
-        raise SampleError(f"--base_width {base_width} does not match {checkpoint}: its conv0_0.conv1.weight has "
+    if base_width is not None and config.get("base_width", base_width) != base_width:
+        first = "inc.double_conv.0.weight" if key == "unet" else "conv0_0.conv1.weight"
+        raise SampleError(f"--base_width {base_width} does not match {checkpoint}: its {first} has "
                           f"{config['base_width']} filters; drop --base_width (it is read from the checkpoint)")
     for field, value in (("n_channels", n_channels), ("n_classes", n_classes), ("bilinear", bilinear),
                          ("base_width", base_width)):
@@ -64,12 +67,11 @@ def create_model(name: str, checkpoint: str | None = None, n_channels: int | Non
             config[field] = value
     config.setdefault("n_channels", 3)
     config.setdefault("n_classes", 2)
+    config.setdefault("base_width", REFERENCE_WIDTH)
     if key == "unet":
         config.pop("deep_supervision", None)
-        config.pop("base_width", None)
     else:
         config.pop("bilinear", None)
-        config.setdefault("base_width", REFERENCE_WIDTH)
     model = build(key, **config)
     if state:
         fit_state_dict(model, key, state, checkpoint)

@@ -154,7 +154,7 @@ def detect_architecture(state: dict) -> str | None:
 
 
 def infer_config(name: str, state: dict) -> dict:
-    """Read channel / class counts, the upsampling mode (UNet) and the base width (UNet++) off the tensor shapes."""
+    """Read channel / class counts, the base width and the upsampling mode (UNet) off the tensor shapes."""
     if detect_architecture(state) not in (None, name):
         return {}  # fit_state_dict reports the mismatch with a suggestion
     try:
@@ -163,6 +163,7 @@ def infer_config(name: str, state: dict) -> dict:
                 "n_channels": state["inc.double_conv.0.weight"].shape[1],
                 "n_classes": state["outc.conv.weight"].shape[0],
                 "bilinear": "up1.up.weight" not in state,
+                "base_width": state["inc.double_conv.0.weight"].shape[0],
             }
         head = "final4.weight" if "final4.weight" in state else "final.weight"
         return {

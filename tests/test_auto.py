@@ -18,7 +18,7 @@ from engines.cache import ArtifactCache
 from pipeline import auto, probe
 from pipeline.fidelity import BARS
 from pipeline.rows import Job, PlannedRow
-from tests.conftest import CPU, SHAPE64, small_model
+from tests.conftest import CPU, SHAPE64, UNET64_WIDTH, small_model
 from tests.test_outputs import documented_fields, field_paths
 from utils.device import precision_hints
 
@@ -173,8 +173,8 @@ def test_precision_hints_name_native_precisions_and_never_switch():
 @pytest.fixture
 def session_builds(unet64, unet64_cache, tmp_path) -> str:
     """A cache folder holding the session's build of every installed CPU fp32 engine for the seed-0 UNet at 64 px
-    (what `sample.py --seed 0 --image_size 64` builds): a copy of conftest's cache, after asking it for each engine,
-    which compiles only what no earlier test (the engine matrix, the levers) has built."""
+    (what `sample.py --seed 0 --image_size 64 --base_width 16` builds): a copy of conftest's cache, after asking it
+    for each engine, which compiles only what no earlier test (the engine matrix, the levers) has built."""
     for name in auto.candidates(CPU, "fp32"):
         engines.load(name, unet64.model, SHAPE64, CPU, "fp32", EngineOptions(cache=unet64_cache))
     folder = str(tmp_path / "cache")
@@ -194,8 +194,9 @@ def test_cli_probes_every_installed_engine_then_reuses_the_choice(session_builds
         return engine
 
     monkeypatch.setattr(engines, "load", load)
-    argv = ["--image_size", "64", "--seed", "0", "--synthetic_count", "1", "--loop", "1", "--warm_counter", "0",
-            "--quiet", "--device", "cpu", "--cache_dir", session_builds, "--json", str(tmp_path / "r.json"),
+    argv = ["--image_size", "64", "--seed", "0", "--base_width", str(UNET64_WIDTH), "--synthetic_count", "1",
+            "--loop", "1", "--warm_counter", "0", "--quiet", "--device", "cpu", "--cache_dir", session_builds,
+            "--json", str(tmp_path / "r.json"),
             "--auto_budget", "3600"]  # every engine: the default budget would leave the prior's slow builds out
     assert sample.main(argv) == 0
     out = capsys.readouterr().out

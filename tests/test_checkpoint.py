@@ -77,9 +77,12 @@ def test_full_size_models_load_strictly(full_size, name):
 
 def test_shapes_inferred(tmp_path):
     path = tmp_path / "c.pth"
-    torch.save(UNet(1, 1, bilinear=True).state_dict(), path)
+    torch.save(UNet(1, 1, bilinear=True, base_width=8).state_dict(), path)
     _, info = models.create_model("unet", str(path))
-    assert (info["n_channels"], info["n_classes"], info["bilinear"]) == (1, 1, True)
+    assert (info["n_channels"], info["n_classes"], info["bilinear"], info["base_width"]) == (1, 1, True, 8)
+    assert "width 8, not Pytorch-UNet's 64" in info["variant"]
+    with pytest.raises(SampleError, match="--base_width 64 does not match .* inc.double_conv.0.weight has 8 filters"):
+        models.create_model("unet", str(path), base_width=64)
     torch.save(NestedUNet(3, deep_supervision=True, base_width=8).state_dict(), path)
     model, info = models.create_model("unet++", str(path))
     assert info["n_classes"] == 3 and model.deep_supervision and info["base_width"] == 8
@@ -130,4 +133,5 @@ def test_missing_checkpoint(tmp_path):
 def test_real_checkpoint_loads(checkpoint):
     model, info = models.create_model("unet", checkpoint)
     assert info["mask_values"] == [0, 1] and info["n_classes"] == 2 and info["bilinear"] is False
+    assert info["base_width"] == 64 and info["variant"] == "UNet (Pytorch-UNet, transposed-conv up)"
     assert sum(p.numel() for p in model.parameters()) == 31_037_698

@@ -95,13 +95,13 @@ def test_bf16_runs_close_to_fp32(name, request):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("key", ["onnxruntime", "openvino"])
-def test_int8_is_close_and_cached(key, unet64, tmp_path):
-    """int8 fidelity on the real UNet (a narrow net's scales would say little about it), in a cache of its own: the
-    session's UNet builds are not needed, so it may run on another pytest-xdist worker."""
+def test_int8_is_close_and_cached(key, unet64_full, tmp_path):
+    """int8 fidelity on the full-width UNet (a narrow net's scales would say little about it), in a cache of its own:
+    the session's UNet builds are not needed, so it may run on another pytest-xdist worker."""
     need(key)
     if key == "openvino" and importlib.util.find_spec("nncf") is None:
         pytest.skip("openvino int8 needs nncf: pip install nncf")
-    model, x, expected, _ = unet64
+    model, x, expected, _ = unet64_full
     options = EngineOptions(cache=ArtifactCache(str(tmp_path)), calibration=random_calibration(SHAPE, count=2))
     first = engines.load(key, model, SHAPE, CPU, "int8", options)
     second = engines.load(key, model, SHAPE, CPU, "int8", options)
