@@ -39,7 +39,7 @@ from pipeline.config import RunConfig, memory_problem, output_problem
 from pipeline.distributed import World
 from pipeline.probe import AUTO_BUDGET_S
 from pipeline.run import run
-from pipeline.scenarios import SCENARIOS
+from pipeline.scenario_types import SCENARIOS
 from utils.errors import SampleError
 from utils.files import default_cache_dir, escape_streams
 from utils.timing import PERCENTILES

@@ -16,14 +16,8 @@ from dataset.decode import load_image, load_mask
 from dataset.pairs import Dataset
 from engines.base import Engine
 from pipeline.concurrency import shared_threads
-from pipeline.scenarios import (
-    METRICS,
-    ScenarioResult,
-    ScenarioSettings,
-    loadgen,
-    run_accuracy,
-    run_scenario,
-)
+from pipeline.scenario_types import METRICS, ScenarioResult, ScenarioSettings
+from pipeline.scenarios import loadgen, run_accuracy, run_scenario
 from report.metrics import Accuracy
 from utils.errors import SampleError
 from utils.files import folder_problem

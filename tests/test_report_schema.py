@@ -18,7 +18,7 @@ from pipeline.profile import Measured
 from pipeline.profile import summarize as summarize_profile
 from pipeline.rows import EngineFacts, RowResult, to_row
 from pipeline.scenario_rows import AccuracyCheck, Library, ScenarioPlan, ScenarioRow
-from pipeline.scenarios import ScenarioResult, ScenarioSettings, ServerRun
+from pipeline.scenario_types import ScenarioResult, ScenarioSettings, ServerRun
 from report.compare import compare, this_side
 from report.json_report import report_dict
 from report.metrics import Accuracy

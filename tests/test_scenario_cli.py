@@ -133,7 +133,8 @@ def test_offline_keeps_its_requests_in_flight(tmp_path):
     """Offline's one query of every sample reaches every worker: with 3 requests, calls overlap (the SUT once woke one
     worker per query, and Offline ran one call at a time at half the loop's fps)."""
     from engines.base import Engine
-    from pipeline.scenarios import ScenarioSettings, run_scenario
+    from pipeline.scenario_types import ScenarioSettings
+    from pipeline.scenarios import run_scenario
     from tests.conftest import CPU
 
     lock, state = threading.Lock(), {"now": 0, "peak": 0}

@@ -17,14 +17,8 @@ from dataset.batches import Batch, to_float
 from dataset.decode import load_image, load_mask
 from pipeline.passes import accuracy_pass
 from pipeline.scenario_rows import images_within
-from pipeline.scenarios import (
-    SCENARIOS,
-    ScenarioSettings,
-    loadgen,
-    loadgen_settings,
-    run_accuracy,
-    run_scenario,
-)
+from pipeline.scenario_types import SCENARIOS, ScenarioSettings
+from pipeline.scenarios import loadgen, loadgen_settings, run_accuracy, run_scenario
 from report.metrics import dice_from_counts, overlap_counts, predict
 from tests.conftest import CPU, small_model
 from utils.errors import SampleError
