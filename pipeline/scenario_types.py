@@ -39,8 +39,8 @@ class ScenarioSettings:
 
 @dataclass(frozen=True)
 class ServerRun:
-    """One LoadGen Server run of the search: the rate asked for, what LoadGen measured, and whether p99 met the
-    target."""
+    """One LoadGen Server run of the search, or the run that confirms its best rate: the rate asked for, what
+    LoadGen measured, and whether p99 met the target."""
 
     target_qps: float
     scheduled_qps: float
@@ -49,6 +49,8 @@ class ServerRun:
     met: bool
     validity: str
     log_dir: str
+    queries: int = 0  # queries LoadGen issued
+    confirms: bool = False  # the run at the best rate, long enough for LoadGen's early stopping (search_server)
 
 
 @dataclass(frozen=True)

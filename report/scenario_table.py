@@ -89,8 +89,12 @@ def scenario_lines(report: Report) -> list[str]:
         r = s.result
         if r.scenario == "server" and r.target_latency_ms is not None:
             found = f"{r.metric:.2f} q/s" if r.metric is not None else "no rate"
+            confirms = [run for run in r.server_runs if run.confirms]
+            confirmed = f", then run again with {confirms[0].queries} queries for LoadGen's early stopping " \
+                f"({confirms[0].validity})" if confirms else ""
             lines.append(f"{row.label} server: highest rate with p99 under {r.target_latency_ms:.1f} ms "
-                         f"({s.target_latency_source}): {found}, searched in {len(r.server_runs)} LoadGen run(s)")
+                         f"({s.target_latency_source}): {found}, searched in "
+                         f"{len(r.server_runs) - len(confirms)} LoadGen run(s){confirmed}")
         harness = against_loop(row, r)
         if harness:
             lines.append(harness)

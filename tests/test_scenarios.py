@@ -7,6 +7,7 @@ import importlib.util
 import math
 import os
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -15,15 +16,23 @@ import torch
 import engines
 from dataset.batches import Batch, to_float
 from dataset.decode import load_image, load_mask
+from pipeline.loadgen_log import LoadGenLog
 from pipeline.passes import accuracy_pass
 from pipeline.scenario_rows import images_within
-from pipeline.scenario_types import SCENARIOS, ScenarioSettings
-from pipeline.scenarios import loadgen, loadgen_settings, run_accuracy, run_scenario
+from pipeline.scenario_types import SCENARIOS, ScenarioSettings, ServerRun
+from pipeline.scenarios import (
+    confirmation,
+    early_stopping_queries,
+    loadgen,
+    loadgen_settings,
+    run_accuracy,
+    run_scenario,
+)
 from report.metrics import dice_from_counts, overlap_counts, predict
 from tests.conftest import CPU, small_model
 from utils.errors import SampleError
 
-# Every test but the last two needs the package; those check what happens without it and need nothing.
+# Every test marked needs_loadgen needs the package; the rest check what happens without it, or read its words.
 needs_loadgen = pytest.mark.skipif(importlib.util.find_spec("mlperf_loadgen") is None,
                                    reason="mlcommons-loadgen is not installed (requirements-dev.txt)")
 
@@ -167,12 +176,14 @@ def test_each_scenario_runs_and_is_judged(engine, held, scenario, tmp_path, capf
         assert served == result.queries * math.ceil(8 / BATCH)
     elif scenario == "offline":
         assert served == math.ceil(result.samples / BATCH)
-    elif scenario == "server":
-        best = max((r for r in result.server_runs if r.met), key=lambda r: r.target_qps)
+    elif scenario == "server":  # a fast machine may also confirm the best rate (see the test below)
+        search = [r for r in result.server_runs if not r.confirms]
+        best = max((r for r in search if r.met), key=lambda r: r.target_qps)
+        best = next((r for r in result.server_runs if r.confirms and r.met and r.validity == "VALID"), best)
         assert result.metric == best.completed_qps and result.latency_p99_ms == best.latency_p99_ms
         assert result.log_dir == best.log_dir
         assert result.latency_p99_ms < settings.target_latency_ms
-        assert len(result.server_runs) == 3 and any(r.met for r in result.server_runs)
+        assert len(search) == 3 and any(r.met for r in search) and len(result.server_runs) <= 4
         assert all(r.met == (r.latency_p99_ms < 1000.0) for r in result.server_runs)
 
 
@@ -181,6 +192,38 @@ def test_server_reports_no_rate_when_one_call_misses_the_target(bright, held, tm
     settings = ScenarioSettings("server", target_latency_ms=1e-6, log_dir=str(tmp_path))
     result = run_scenario(bright, held, BATCH, settings)
     assert result.metric is None and result.validity == "INVALID" and "target" in result.reasons[0]
+
+
+@needs_loadgen
+def test_server_confirms_its_best_rate_with_the_queries_early_stopping_needs(bright, held, tmp_path):
+    """Short search runs leave LoadGen's early stopping short of queries (it needs 459 for a p99 with none over the
+    bound), so the best rate runs again with enough of them, within the search's own time, and LoadGen calls it VALID.
+    Each call sleeps 10 ms, so the rates (about 340 samples/s at most) are this machine's and any other's; one thread,
+    so that a busy machine's other processes do not stall its OpenMP team (the rates then stay within the window)."""
+    torch.set_num_threads(1)  # conftest's _deterministic sets the count again for the next test
+    slow = dataclasses.replace(bright, run=lambda native: (time.sleep(0.01), bright.run(native))[1])
+    settings = ScenarioSettings("server", min_duration_s=1.1, min_queries=1, target_latency_ms=1000.0,
+                                log_dir=str(tmp_path), search_runs=2)
+    result = run_scenario(slow, held, BATCH, settings)
+    *search, confirm = result.server_runs
+    assert len(search) == 2 and not any(r.confirms for r in search) and confirm.confirms, result.server_runs
+    best = max((r for r in search if r.met), key=lambda r: r.target_qps)
+    assert best.validity == "INVALID" and best.queries < 459 and confirm.target_qps == best.target_qps
+    assert confirm.queries >= 459 and confirm.met and confirm.validity == "VALID", result.reasons
+    assert (result.validity, result.metric, result.log_dir) == ("VALID", confirm.completed_qps, confirm.log_dir)
+    assert os.path.basename(confirm.log_dir).startswith("confirm-")
+
+
+def test_a_confirmation_longer_than_the_search_is_left_to_the_user_with_the_flag():
+    log = LoadGenLog({"early_stopping_result": "* Run unsuccessful.\n * Processed 49 queries.\n * Would need to run at "
+                                              "least 410 more queries, with the run being successful if ..."})
+    assert early_stopping_queries(log) == 459 and early_stopping_queries(LoadGenLog()) is None
+    run = ServerRun(50.0, 50.0, 48.0, 80.0, True, "INVALID", "run2", 49)
+    queries, notes = confirmation(log, run, ScenarioSettings("server", min_duration_s=10.0, search_runs=5))
+    assert queries == math.ceil(459 * 1.1) and notes == ()  # 505 queries at 50/s: 10.1 s of the search's 50 s
+    queries, notes = confirmation(log, run, ScenarioSettings("server", min_duration_s=1.0, search_runs=5))
+    assert queries == 0 and "needs about 459 queries" in notes[0] and "--min_queries 505" in notes[0]
+    assert confirmation(LoadGenLog(), run, ScenarioSettings("server")) == (0, ())
 
 
 @needs_loadgen
