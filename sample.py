@@ -78,7 +78,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                        help="default: from the checkpoint, else 2")
     model.add_argument("--bilinear", action="store_true", default=None,
                        help="UNet with bilinear upsampling (default: from the checkpoint, else transposed conv)")
-    model.add_argument("--base_width", type=at_most(256, "n1 = 256 is already 586 M parameters"), metavar="N1",
+    model.add_argument("--base_width", type=at_most(models.MAX_WIDTH, "n1 = 256 is 496-586 M parameters"), metavar="N1",
                        help="base width n1 (filters n1..16*n1); default: from the checkpoint, else 64, Pytorch-UNet's "
                             "and the reference NestedUNet's")
     model.add_argument("--seed", type=at_most(2**63 - 1, "torch's seed is a 64-bit integer", low=-2**63), default=0,

@@ -4,11 +4,15 @@ from __future__ import annotations
 from torch import nn
 
 from models.checkpoint import fit_state_dict, infer_config, load_state_dict
+from models.unet import REFERENCE_WIDTH as UNET_WIDTH
 from models.unet import UNet
-from models.unetpp import REFERENCE_WIDTH, NestedUNet  # both networks' reference width is 64
+from models.unetpp import REFERENCE_WIDTH, NestedUNet
 from utils.errors import SampleError
 
 MODELS = {"unet": UNet, "unet++": NestedUNet}
+# The widest network built (--base_width's limit, a checkpoint's too): n1 = 256 is 496 M parameters (UNet) to 586 M
+# (UNet++), so a tiny file claiming more would otherwise allocate far past memory before its weights are checked.
+MAX_WIDTH = 256
 ALIASES = {"unetpp": "unet++", "nested_unet": "unet++", "nestedunet": "unet++", "unet_plus_plus": "unet++"}
 
 
@@ -33,11 +37,12 @@ def build(name: str, n_channels: int = 3, n_classes: int = 2, bilinear: bool = F
 
 def variant(name: str, config: dict) -> str:
     """A short name for the network built: 'UNet (transposed-conv up)', 'NestedUNet n1=64 (reference)', ..."""
-    width = config.get("base_width", REFERENCE_WIDTH)
     if canonical_name(name) == "unet":
-        narrow = "" if width == REFERENCE_WIDTH else f", width {width}, not Pytorch-UNet's 64"
+        width = config.get("base_width", UNET_WIDTH)
+        narrow = "" if width == UNET_WIDTH else f", width {width}, not Pytorch-UNet's {UNET_WIDTH}"
         up = "bilinear up" if config.get("bilinear") else "transposed-conv up"
         return f"UNet (Pytorch-UNet, {up}{narrow})"
+    width = config.get("base_width", REFERENCE_WIDTH)
     if width == REFERENCE_WIDTH and not config.get("deep_supervision"):
         what = "the seed's reference"
     else:
@@ -57,8 +62,11 @@ def create_model(name: str, checkpoint: str | None = None, n_channels: int | Non
     key = canonical_name(name)
     state, info = ({}, {"weights": "random"}) if checkpoint is None else load_state_dict(checkpoint)
     config = infer_config(key, state) if state else {}
+    first = "inc.double_conv.0.weight" if key == "unet" else "conv0_0.conv1.weight"
+    if config.get("base_width", 0) > MAX_WIDTH:  # refused before a network that size is allocated
+        raise SampleError(f"{checkpoint}: its {first} has {config['base_width']} filters, past the widest network "
+                          f"this sample builds ({MAX_WIDTH}, --base_width's limit); is it a UNet checkpoint at all?")
     if base_width is not None and config.get("base_width", base_width) != base_width:
-        first = "inc.double_conv.0.weight" if key == "unet" else "conv0_0.conv1.weight"
         raise SampleError(f"--base_width {base_width} does not match {checkpoint}: its {first} has "
                           f"{config['base_width']} filters; drop --base_width (it is read from the checkpoint)")
     for field, value in (("n_channels", n_channels), ("n_classes", n_classes), ("bilinear", bilinear),

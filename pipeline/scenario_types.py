@@ -80,5 +80,5 @@ class ScenarioResult:
     early_stopping: str = ""
     log_dir: str = ""
     target_latency_ms: Optional[float] = None  # Server
-    server_runs: tuple = ()  # Server: every ServerRun of the search, in order
+    server_runs: tuple = ()  # Server: every ServerRun of the search, in order, then its confirmation if one ran
     concurrency: int = 1  # calls kept in flight (Offline, Server: --concurrency's plateau)

@@ -83,6 +83,11 @@ def test_shapes_inferred(tmp_path):
     assert "width 8, not Pytorch-UNet's 64" in info["variant"]
     with pytest.raises(SampleError, match="--base_width 64 does not match .* inc.double_conv.0.weight has 8 filters"):
         models.create_model("unet", str(path), base_width=64)
+    state = UNet(1, 1, base_width=1).state_dict()  # a small file that claims a 4096-wide first layer
+    state["inc.double_conv.0.weight"] = torch.zeros(4096, 1, 3, 3)
+    torch.save(state, path)
+    with pytest.raises(SampleError, match="has 4096 filters, past the widest network this sample builds"):
+        models.create_model("unet", str(path))
     torch.save(NestedUNet(3, deep_supervision=True, base_width=8).state_dict(), path)
     model, info = models.create_model("unet++", str(path))
     assert info["n_classes"] == 3 and model.deep_supervision and info["base_width"] == 8

@@ -64,7 +64,8 @@ def matrix():
         for key in CPU_ENGINES:
             if key == "inductor" and name == "unet++":
                 continue
-            # The full UNet's builds are the slow tier's (the narrow UNet++ keeps every engine in the fast one).
+            # The session UNet's builds (width 16, Pytorch-UNet's graph) are the slow tier's (the narrow UNet++ keeps
+            # every engine in the fast one).
             marks = [pytest.mark.slow] if key == "inductor" or (name == "unet" and key != "torch") else []
             if name == "unet":  # the session's UNet builds: on one pytest-xdist worker (conftest.GROUPS)
                 marks.append(pytest.mark.xdist_group("unet64"))

@@ -203,3 +203,27 @@ def test_the_verdict_names_intervals_that_do_not_meet():
     assert against_loop(row(100.0, 103.5), single).endswith("the intervals overlap")
     assert against_loop(row(100.0, 102.0), SimpleNamespace(**{**vars(single), "latency_p50_ci_ms": None})) is None
     assert against_loop(row(100.0, 102.0), SimpleNamespace(**{**vars(single), "scenario": "offline"})) is None
+
+
+def test_the_server_line_says_which_run_its_rate_comes_from():
+    from types import SimpleNamespace
+
+    from pipeline.scenario_types import ServerRun
+    from report.scenario_table import server_line
+
+    search = [ServerRun(20.0, 19.5, 19.0, 90.0, True, "INVALID", "run1", 190),
+              ServerRun(30.0, 29.0, 25.0, 300.0, False, "INVALID", "run2", 250)]
+    row = SimpleNamespace(label="onnxruntime fp32")
+
+    def line(*runs, metric=19.0):
+        result = SimpleNamespace(metric=metric, target_latency_ms=100.0, server_runs=(*search, *runs))
+        return server_line(row, SimpleNamespace(result=result, target_latency_source="5x the row's median call"))
+
+    assert line() == ("onnxruntime fp32 server: highest rate with p99 under 100.0 ms (5x the row's median call): "
+                      "19.00 q/s, searched in 2 LoadGen run(s)")
+    over = ServerRun(18.0, 18.0, 17.9, 140.0, False, "INVALID", "confirm", 505, confirms=True)
+    assert line(over).endswith("searched in 2 LoadGen run(s), then 18/s again with 505 queries for LoadGen's early "
+                               "stopping (INVALID, p99 140 ms over the bound: the search's best stands)")
+    held = ServerRun(18.0, 18.0, 17.9, 80.0, True, "VALID", "confirm", 505, confirms=True)
+    assert line(held, metric=17.9).endswith("17.90 q/s, searched in 2 LoadGen run(s), then 18/s again with 505 "
+                                            "queries for LoadGen's early stopping (VALID)")
