@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from models.checkpoint import fit_state_dict, infer_config, load_state_dict
+from models.checkpoint import WIDTH_KEYS, fit_state_dict, infer_config, load_state_dict
 from models.unet import REFERENCE_WIDTH as UNET_WIDTH
 from models.unet import UNet
 from models.unetpp import REFERENCE_WIDTH, NestedUNet
@@ -62,7 +62,7 @@ def create_model(name: str, checkpoint: str | None = None, n_channels: int | Non
     key = canonical_name(name)
     state, info = ({}, {"weights": "random"}) if checkpoint is None else load_state_dict(checkpoint)
     config = infer_config(key, state) if state else {}
-    first = "inc.double_conv.0.weight" if key == "unet" else "conv0_0.conv1.weight"
+    first = WIDTH_KEYS[key]
     if config.get("base_width", 0) > MAX_WIDTH:  # refused before a network that size is allocated
         raise SampleError(f"{checkpoint}: its {first} has {config['base_width']} filters, past the widest network "
                           f"this sample builds ({MAX_WIDTH}, --base_width's limit); is it a UNet checkpoint at all?")
@@ -75,7 +75,7 @@ def create_model(name: str, checkpoint: str | None = None, n_channels: int | Non
             config[field] = value
     config.setdefault("n_channels", 3)
     config.setdefault("n_classes", 2)
-    config.setdefault("base_width", REFERENCE_WIDTH)
+    config.setdefault("base_width", UNET_WIDTH if key == "unet" else REFERENCE_WIDTH)
     if key == "unet":
         config.pop("deep_supervision", None)
     else:

@@ -153,25 +153,21 @@ def detect_architecture(state: dict) -> str | None:
     return None
 
 
+# The tensor whose filter count is each network's base width (its first convolution's output channels).
+WIDTH_KEYS = {"unet": "inc.double_conv.0.weight", "unet++": "conv0_0.conv1.weight"}
+
+
 def infer_config(name: str, state: dict) -> dict:
     """Read channel / class counts, the base width and the upsampling mode (UNet) off the tensor shapes."""
     if detect_architecture(state) not in (None, name):
         return {}  # fit_state_dict reports the mismatch with a suggestion
     try:
+        first = state[WIDTH_KEYS[name]].shape  # (base width, input channels, 3, 3)
+        shapes = {"n_channels": first[1], "base_width": first[0]}
         if name == "unet":
-            return {
-                "n_channels": state["inc.double_conv.0.weight"].shape[1],
-                "n_classes": state["outc.conv.weight"].shape[0],
-                "bilinear": "up1.up.weight" not in state,
-                "base_width": state["inc.double_conv.0.weight"].shape[0],
-            }
+            return {**shapes, "n_classes": state["outc.conv.weight"].shape[0], "bilinear": "up1.up.weight" not in state}
         head = "final4.weight" if "final4.weight" in state else "final.weight"
-        return {
-            "n_channels": state["conv0_0.conv1.weight"].shape[1],
-            "n_classes": state[head].shape[0],
-            "deep_supervision": head == "final4.weight",
-            "base_width": state["conv0_0.conv1.weight"].shape[0],
-        }
+        return {**shapes, "n_classes": state[head].shape[0], "deep_supervision": head == "final4.weight"}
     except (KeyError, IndexError):  # a tensor of the wrong rank: fit_state_dict names the mismatch
         return {}
 

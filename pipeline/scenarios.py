@@ -281,7 +281,8 @@ def search_server(harness: Harness, settings: ScenarioSettings, call_s: float) -
     low, high = 0.0, 1.25 * batch_size * len(harness.workers) / call_s
     runs, best, valid, last = [], None, None, None
 
-    def server_run(rate: float, folder: str, queries: int = 0) -> tuple:
+    def server_run(rate: float, name: str, queries: int = 0) -> tuple:
+        folder = os.path.join(root, name)
         run_settings = dataclasses.replace(settings, min_queries=queries) if queries else settings
         test = loadgen_settings(lg, run_settings, lg.TestMode.PerformanceOnly, call_s, batch_size, server_qps=rate)
         log = harness.start(test, folder)
@@ -295,7 +296,7 @@ def search_server(harness: Harness, settings: ScenarioSettings, call_s: float) -
 
     for k in range(settings.search_runs):
         rate = (low + high) / 2
-        last = server_run(rate, os.path.join(root, f"run{k + 1}-{rate:.6g}qps"))
+        last = server_run(rate, f"run{k + 1}-{rate:.6g}qps")
         if runs[-1].met:
             low, best = rate, last
             valid = last if runs[-1].validity == "VALID" else valid  # LoadGen's early stopping agrees too
@@ -317,16 +318,17 @@ def search_server(harness: Harness, settings: ScenarioSettings, call_s: float) -
 
 def confirm_best(server_run: Callable, runs: list, best: tuple, settings: ScenarioSettings) -> tuple:
     """Run 90 % of the search's best rate again with the queries LoadGen's early stopping asked for, when that fits in
-    the search's time (`confirmation`). Returns (best, valid, notes): the confirmation replaces the search's best when
-    it met the bound (the longer run is the better evidence, VALID or not); a confirmation over the bound, or one that
-    failed, leaves the search's best standing and says so."""
+    the search's time (`confirmation`); `server_run(rate, folder name, queries)` runs it and appends it to `runs`.
+    Returns (best, valid, notes): the confirmation replaces the search's best when it met the bound (the longer run is
+    the better evidence, VALID or not); a confirmation over the bound, or one that failed, leaves the search's best
+    standing and says so."""
     best_run = next(r for r in runs if r.log_dir == best[1])
     queries, notes = confirmation(best[0], best_run, settings)
     if not queries:
         return best, None, notes
     rate = best_run.target_qps * CONFIRM_RATE
     try:
-        confirmed = server_run(rate, os.path.join(settings.log_dir, "server", f"confirm-{rate:.6g}qps"), queries)
+        confirmed = server_run(rate, f"confirm-{rate:.6g}qps", queries)
     except (SampleError, OSError) as exc:  # an optional run: the search's result is kept
         return best, None, (f"the confirmation at {rate:.3g}/s failed ({first_line(str(exc))}): the search's best "
                             f"run stands",)
