@@ -20,15 +20,16 @@ from report.compare_table import gate
 from tests.conftest import SMALL, write_pair
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Each call of the wrapped engine pauses after the model, so that a call's time is mostly the pause, not the tiny
-# model's few ms (which a loaded machine stretches at random); the slower twin takes 30 % longer over its whole call.
-PAUSE_S = 0.05
+# Each call of the wrapped engine lasts CALL_S (the model's few ms, then a pause up to CALL_S), so a call's time is set
+# by the pause, not by the tiny model, which a loaded machine stretches at random (a base timed at +-9.8 % under a
+# load of 3 on 2 CPUs once hid the 30 % slowdown); the slower twin's calls last SLOWER times as long.
+CALL_S = 0.06
 SLOWER = 1.3
 
 
 def slowed(factor: float):
-    """engines.load whose engine pauses PAUSE_S after each call, and takes `factor` times as long over the whole call
-    (model + pause), as a slower engine or machine would."""
+    """engines.load whose engine's every call lasts `factor` x CALL_S: the model, then a pause for the rest, as an
+    engine (or machine) of a known, steady speed would."""
     real = engines.load
 
     def load(*args, **kwargs):
@@ -37,7 +38,7 @@ def slowed(factor: float):
         def run(x):
             start = time.perf_counter()
             out = engine.run(x)
-            time.sleep(PAUSE_S + (factor - 1.0) * (PAUSE_S + time.perf_counter() - start))
+            time.sleep(max(0.0, factor * CALL_S - (time.perf_counter() - start)))
             return out
         return dataclasses.replace(engine, run=run)
     return load
