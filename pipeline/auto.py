@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import replace
 from typing import Callable
 
 import torch
@@ -22,7 +23,7 @@ import engines
 from engines.base import EngineOptions
 from engines.cache import key_digest
 from pipeline.passes import Reference
-from pipeline.probe import Choice, ProbeInput, Target, measure, static_choice
+from pipeline.probe import Choice, FirstCall, ProbeInput, Target, measure, static_choice
 from pipeline.probe_budget import ProbeBudget, costs_path, expected_build_s, keep_costs, probe_order, read_costs
 from pipeline.rows import Job, PlannedRow
 from utils.device import describe_host, usable_cpus
@@ -245,12 +246,15 @@ def _first_input(job: Job) -> Callable[[], ProbeInput]:
     def first_input() -> ProbeInput:
         if not made:
             found = _first_batch(job)
+            start = time.perf_counter()
             if found is None:
                 noise = torch.rand(job.shape)
                 with torch.inference_mode():
                     made.append(ProbeInput(noise, job.shape[0], job.model(noise)))
             else:
                 made.append(ProbeInput(found.images, found.n, reference(found.ids, found).cpu()))
+            if reference.device.type == "cpu":  # the CPU model's first call on this batch: eager torch's (probe.py)
+                made[0] = replace(made[0], first_call=FirstCall(time.perf_counter() - start, torch.get_num_threads()))
         return made[0]
 
     return first_input

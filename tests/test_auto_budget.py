@@ -296,3 +296,22 @@ def test_the_cli_says_up_front_what_the_probe_is_and_how_to_skip_it(small_set, t
     assert code == 0
     assert "once per machine, model, shape and precision" in err and "--engine torch" in err
     assert "up to about 7 s (--auto_budget)" in err
+
+
+def test_eager_torch_takes_the_references_call_as_its_first_and_times_one_more():
+    """The probe's reference is the CPU model's first call on the probe's batch; eager torch at fp32 on the CPU calls
+    that very model, so its probe makes one call in all (the timed one) and reports the reference's as its first.
+    With other threads than the reference ran with, it makes its own first call (no untimed call beyond it)."""
+    net, calls = small_model(), []
+    net.register_forward_hook(lambda module, args, out: calls.append(1))
+    given = auto._first_input(SimpleNamespace(reference=None, model=net, shape=SHAPE64, batches=lambda: iter([])))()
+    assert len(calls) == 1 and given.first_call.threads == torch.get_num_threads() and given.first_call.seconds > 0
+    target = probe.Target(net, "small", SHAPE64, CPU, "fp32", EngineOptions())
+    entry, finalist = probe.probe("torch", target, given)
+    assert len(calls) == 2 and finalist is not None and entry["median_ms"] is not None
+    assert entry["first_call_ms"] == pytest.approx(given.first_call.seconds * 1000.0, abs=0.01)
+    assert entry["cosine_min"] == pytest.approx(1.0)
+    other = probe.Target(net, "small", SHAPE64, CPU, "fp32", EngineOptions(threads=given.first_call.threads + 1))
+    entry, finalist = probe.probe("torch", other, given)
+    assert len(calls) == 4 and finalist is not None, "its own first call, then the timed one"
+    assert entry["first_call_ms"] != pytest.approx(given.first_call.seconds * 1000.0, abs=0.01)
