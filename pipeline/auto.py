@@ -166,6 +166,10 @@ def choose(target: Target, first_input: Callable[[], ProbeInput], mode: str = "m
         return _kept(record, path, target.precision, read_costs(costs))
     if not names:
         return static_choice(target, f"no installed engine runs {target.precision} on {target.device.type}")
+    if budget is not None:  # said before the reference's call: a UNet 512's takes seconds on a small CPU
+        log(f"auto {target.precision}: finding the fastest engine here, once per machine, model, shape and precision "
+            f"(then kept in the cache); up to about {budget.total_s:g} s (--auto_budget). --engine torch, or any "
+            "engine named, skips this")
     try:
         given = first_input()
     except Exception as exc:  # noqa: BLE001  the rows meet the same failure and report it as theirs
@@ -186,9 +190,6 @@ def _probe(target: Target, names: list[str], given: ProbeInput, log: Callable[[s
     if budget is not None:
         budget.known = read_costs(costs)
         names = probe_order(names, budget.known)
-        log(f"auto {target.precision}: finding the fastest engine here, once per machine, model, shape and precision "
-            f"(then kept in the cache); up to about {budget.total_s:g} s (--auto_budget). --engine torch, or any "
-            "engine named, skips this")
         budget.begin(f"auto {target.precision}")
         say = budget.wrap(log)
     try:

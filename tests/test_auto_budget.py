@@ -315,3 +315,18 @@ def test_eager_torch_takes_the_references_call_as_its_first_and_times_one_more()
     entry, finalist = probe.probe("torch", other, given)
     assert len(calls) == 4 and finalist is not None, "its own first call, then the timed one"
     assert entry["first_call_ms"] != pytest.approx(given.first_call.seconds * 1000.0, abs=0.01)
+
+
+def test_the_probe_is_announced_before_the_references_call():
+    """The reference's call on the first batch comes before the first candidate (a UNet 512's takes 7 s on a 2-core
+    AVX2 CPU): the line that says what the probe is and how to skip it comes before it, not after a silent wait."""
+    logged, seen = [], []
+
+    def first_input():
+        seen.append(list(logged))
+        raise RuntimeError("out of memory (simulated)")
+
+    target = probe.Target(small_model(), "small", SHAPE64, CPU, "fp32", EngineOptions())
+    choice = auto.choose(target, first_input, "measure", log=logged.append, budget=ProbeBudget(5.0))
+    assert len(seen) == 1 and len(seen[0]) == 1 and "finding the fastest engine here" in seen[0][0], seen
+    assert choice.source == "static" and "could not run the eager fp32 reference" in choice.reason
