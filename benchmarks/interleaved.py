@@ -39,6 +39,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--image_size", default="512")
     p.add_argument("--limit", type=int, help="as sample.py's --limit (the int8 artifacts' calibration key follows it)")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--per_round", action="store_true",
+                   help="print each round's calls, then each engine's spread and how its calls move with the first "
+                        "row's: a slow phase of the machine moves every engine, an engine's own slow mode only its own")
     p.add_argument("--calib", type=int, default=8)
     p.add_argument("--cache_dir")
     return p
@@ -71,7 +74,8 @@ def main(argv=None) -> int:
     for r in range(args.rounds):
         for engine, native, _, times in loaded:
             times.extend(measure(engine.run, native, engine.synchronize, loop=1))
-        print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
+        calls = "  ".join(f"{e.name} {e.precision} {times[-1] * 1000:,.0f} ms" for e, _, _, times in loaded)
+        print(f"round {r + 1}/{args.rounds}" + (f": {calls}" if args.per_round else ""), file=sys.stderr)
     base = float(np.median(loaded[0][3]))
     print(f"| engine | precision | median ms | min ms | 1 / median (calls/s) | x vs {rows[0][0]} {rows[0][1]} "
           "| worst cosine |")
@@ -80,7 +84,21 @@ def main(argv=None) -> int:
         med = float(np.median(times)) * 1000
         print(f"| {engine.name} | {engine.precision} | {med:,.0f} | {min(times) * 1000:,.0f} | {1000 / med:.2f} | "
               f"{base * 1000 / med:.2f} | {cosine:.6f} |")
+    if args.per_round:
+        print_shared_spread(loaded)
     return 0
+
+
+def print_shared_spread(loaded: list) -> None:
+    """Each engine's spread (max / min call) and the correlation of its calls with the first row's, round by round."""
+    first = np.array(loaded[0][3])
+    print("\n| engine | precision | min ms | max ms | max / min | correlation with the first row's calls |")
+    print("|---|---|---|---|---|---|")
+    for engine, _, _, times in loaded:
+        t = np.array(times)
+        corr = float(np.corrcoef(first, t)[0, 1]) if len(t) > 2 and t.std() > 0 and first.std() > 0 else float("nan")
+        print(f"| {engine.name} | {engine.precision} | {t.min() * 1000:,.0f} | {t.max() * 1000:,.0f} | "
+              f"{t.max() / t.min():.2f} | {corr:.2f} |")
 
 
 if __name__ == "__main__":

@@ -19,11 +19,14 @@ def load_script(name: str):
 def test_interleaved_times_every_row(small_set, tmp_path, capsys):
     interleaved = load_script("interleaved")
     assert interleaved.main(["--rows", "torch:fp32,torchscript:fp32", "--image_path", small_set[0],
-                             "--image_size", "32", "--rounds", "2", "--cache_dir", str(tmp_path)]) in (0, None)
+                             "--image_size", "32", "--rounds", "3", "--cache_dir", str(tmp_path), "--per_round"]) \
+        in (0, None)
     captured = capsys.readouterr()
     table = [line for line in captured.out.splitlines() if line.startswith("| torch")]
-    assert len(table) == 2 and "1.000000" in table[0], captured.out  # both rows, each checked against eager
-    assert "loaded torch fp32 (eager" in captured.err and "round 2/2" in captured.err
+    assert len(table) == 4 and "1.000000" in table[0], captured.out  # both rows, each checked against eager
+    assert "loaded torch fp32 (eager" in captured.err and "round 3/3: torch fp32 " in captured.err
+    spread = [line.split("|") for line in table[2:]]  # engine, precision, min, max, max / min, correlation
+    assert spread[0][6].strip() == "1.00" and float(spread[0][5]) >= 1.0, table  # the first row with itself
 
 
 def test_doc_reports_refuses_an_unknown_run(tmp_path):
