@@ -14,7 +14,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import replace
 from typing import Callable
 
 import torch
@@ -166,32 +165,41 @@ def choose(target: Target, first_input: Callable[[], ProbeInput], mode: str = "m
         return _kept(record, path, target.precision, read_costs(costs))
     if not names:
         return static_choice(target, f"no installed engine runs {target.precision} on {target.device.type}")
-    if budget is not None:  # said before the reference's call: a UNet 512's takes seconds on a small CPU
-        log(f"auto {target.precision}: finding the fastest engine here, once per machine, model, shape and precision "
-            f"(then kept in the cache); up to about {budget.total_s:g} s (--auto_budget). --engine torch, or any "
-            "engine named, skips this")
+    say = _begin(target, budget, log)
     try:
         given = first_input()
     except Exception as exc:  # noqa: BLE001  the rows meet the same failure and report it as theirs
+        if budget is not None:
+            budget.end()
         return static_choice(target, f"the probe could not run the eager fp32 reference "
                                f"({type(exc).__name__}: {first_line(exc)})")
-    choice = _probe(target, names, given, log, budget, costs)
+    choice = _probe(target, names, given, say, budget, costs)
     choice.candidates.extend(settled)
     if path and choice.source == "measured":
         _keep(path, key, choice)
     return choice
 
 
-def _probe(target: Target, names: list[str], given: ProbeInput, log: Callable[[str], None],
+def _begin(target: Target, budget: ProbeBudget | None, log: Callable[[str], None]) -> Callable[[str], None]:
+    """Say what the probe is, and start its clock and progress bar, before the reference's call on the first batch (a
+    UNet 512's takes seconds on a small CPU, and the budget holds it); `log` for the probe's lines, above the bar."""
+    if budget is None:
+        return log
+    log(f"auto {target.precision}: finding the fastest engine here, once per machine, model, shape and precision "
+        f"(then kept in the cache); up to about {budget.total_s:g} s (--auto_budget). --engine torch, or any "
+        "engine named, skips this")
+    budget.begin(f"auto {target.precision}")
+    budget.step(f"auto {target.precision}: the eager fp32 reference")
+    return budget.wrap(log)
+
+
+def _probe(target: Target, names: list[str], given: ProbeInput, say: Callable[[str], None],
            budget: ProbeBudget | None, costs: str | None) -> Choice:
-    """Measure `names` within `budget`, cheapest build here first, the probe's lines written above its progress bar;
+    """Measure `names` within `budget` (begun by _begin), cheapest build here first, the probe's lines said with `say`;
     the build seconds measured are kept in `costs` for the next run's order."""
-    say = log
     if budget is not None:
         budget.known = read_costs(costs)
         names = probe_order(names, budget.known)
-        budget.begin(f"auto {target.precision}")
-        say = budget.wrap(log)
     try:
         choice = measure(target, names, given, say, budget=budget)
     finally:
@@ -247,15 +255,20 @@ def _first_input(job: Job) -> Callable[[], ProbeInput]:
     def first_input() -> ProbeInput:
         if not made:
             found = _first_batch(job)
-            start = time.perf_counter()
             if found is None:
-                noise = torch.rand(job.shape)
+                batch, n, ran = torch.rand(job.shape), job.shape[0], True
+                start = time.perf_counter()
                 with torch.inference_mode():
-                    made.append(ProbeInput(noise, job.shape[0], job.model(noise)))
+                    logits = job.model(batch)
             else:
-                made.append(ProbeInput(found.images, found.n, reference(found.ids, found).cpu()))
-            if reference.device.type == "cpu":  # the CPU model's first call on this batch: eager torch's (probe.py)
-                made[0] = replace(made[0], first_call=FirstCall(time.perf_counter() - start, torch.get_num_threads()))
+                batch, n = found.images, found.n
+                ran = not all(i in reference.cache for i in found.ids)  # else no model call to take as one
+                start = time.perf_counter()
+                logits = reference(found.ids, found)
+            seconds = time.perf_counter() - start
+            # the CPU model's first call on this batch: eager torch's own first call at fp32 (probe.py)
+            first = FirstCall(seconds, torch.get_num_threads()) if ran and reference.device.type == "cpu" else None
+            made.append(ProbeInput(batch, n, logits.cpu(), first))
         return made[0]
 
     return first_input

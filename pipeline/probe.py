@@ -19,7 +19,7 @@ import engines
 from engines.base import Engine, EngineOptions
 from engines.cache import discard
 from pipeline.fidelity import BARS
-from pipeline.probe_budget import CALLS_PER_CANDIDATE, ProbeBudget
+from pipeline.probe_budget import ProbeBudget, probe_calls
 from pipeline.probe_reason import budget_note, reason
 from pipeline.rows import Built
 from report.metrics import cosine_per_sample
@@ -255,11 +255,13 @@ def _probe_all(target: Target, names: list[str], given: ProbeInput, log: Callabl
         gc.collect()  # an engine dropped from the finalists frees its memory before the next one compiles
     if finalists:
         leader = min(finalists, key=lambda f: f.times[0])
-        more = budget is None or budget.round_fits(CALLS_PER_CANDIDATE * leader.times[0] / 1000.0)
+        calls = probe_calls(leader.entry["engine"])
+        more = budget is None or budget.round_fits(calls * leader.times[0] / 1000.0)
         for count in thread_candidates(target.device, target.options) if more else []:
             log(f"auto {target.precision}: probing {leader.entry['engine']} with {count} threads ...")
             threaded = replace(target, options=replace(target.options, threads=count))
-            entry, finalist = probe(leader.entry["engine"], threaded, given, leader.times[0])
+            # the reference's call was the leader's first already: this one makes its own, on a warm model
+            entry, finalist = probe(leader.entry["engine"], threaded, replace(given, first_call=None), leader.times[0])
             entries.append(entry)
             if finalist is not None:
                 finalists = _prune(finalists + [finalist])

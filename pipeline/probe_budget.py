@@ -26,12 +26,18 @@ PRIOR_BUILD_S = {"torch": 0.0, "torch_npu": 0.0, "onnxruntime": 3.3, "openvino":
                  "inductor": 19.3, "tensorrt": 60.0, "torch_aie": 60.0}
 UNKNOWN_BUILD_S = 60.0  # an engine added later, never measured
 CALLS_PER_CANDIDATE = 3  # the probe's first call, its warm-up and its one timed call
+EAGER_CALLS = 2  # eager torch's: its first call (at fp32 on the CPU the reference's, made already) and its timed one
 LABEL_WIDTH = 60  # the progress bar's label at most: the bar and its seconds fit beside it on an 80-column terminal
 
 
 def expected_build_s(name: str, known: dict[str, float]) -> float:
     """Engine `name`'s build seconds: as last measured here (`known`), else the prior."""
     return known.get(name, PRIOR_BUILD_S.get(name, UNKNOWN_BUILD_S))
+
+
+def probe_calls(name: str) -> int:
+    """The model calls the probe makes for candidate `name` (pipeline/probe.py: eager torch needs no second warm-up)."""
+    return EAGER_CALLS if name == "torch" else CALLS_PER_CANDIDATE
 
 
 def probe_order(names: list[str], known: dict[str, float]) -> list[str]:
@@ -100,7 +106,7 @@ class ProbeBudget:
             self.tried_any = True
             return True
         build_s = expected_build_s(name, self.known)
-        calls_s, left = CALLS_PER_CANDIDATE * (call_ms or 0.0) / 1000.0, self.left()
+        calls_s, left = probe_calls(name) * (call_ms or 0.0) / 1000.0, self.left()
         if build_s + calls_s <= left:
             return True
         self.not_tried.append(name)

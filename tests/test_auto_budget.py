@@ -15,9 +15,11 @@ import pytest
 import torch
 
 import sample
+from dataset.batches import Batch
 from engines.base import EngineOptions
 from engines.cache import ArtifactCache
 from pipeline import auto, probe, probe_budget
+from pipeline.passes import Reference
 from pipeline.probe_budget import ProbeBudget, bar_label, costs_path, keep_costs, probe_order, read_costs
 from tests.conftest import CPU, SHAPE64, small_model
 
@@ -55,7 +57,7 @@ def _measure(monkeypatch, engines: dict, total_s: float, known: dict | None = No
         entry = {"engine": name, "threads": None, "median_ms": None, "median_ci_ms": None, "spread": None,
                  "cosine_min": 1.0, "compile_s": build_s, "first_call_ms": 1.0, "note": "", "built_now": True}
         engine = SimpleNamespace(name=name, parallel=1)
-        for _ in range(probe_budget.CALLS_PER_CANDIDATE - 1):
+        for _ in range(probe_budget.probe_calls(name) - 1):
             timed_call(engine, None, None)
         finalist = probe._Finalist(entry, engine, None, 0.001, None, [timed_call(engine, None, None)])
         entry["median_ms"] = finalist.times[0]
@@ -85,13 +87,13 @@ def test_the_probe_stops_trying_engines_when_the_budget_is_spent(monkeypatch):
     choice, order = _measure(monkeypatch, engines, total_s=15.0)
     assert order == ["torch", "onnxruntime", "openvino", "torchscript"]
     tried = [c["engine"] for c in choice.candidates]
-    # torch took 4.8 s; onnxruntime's expected 3.3 + 3 x 1.6 s fit the 10.2 s left and it took 6.3 s; openvino's
-    # 3.9 + 3 x 1.0 s do not fit the 3.9 s left, nor torchscript's
+    # torch took 3.2 s (2 calls: eager torch's first and its timed one); onnxruntime's expected 3.3 + 3 x 1.6 s fit
+    # the 11.8 s left and it took 6.3 s; openvino's 3.9 + 3 x 1.0 s do not fit the 5.5 s left, nor torchscript's
     assert tried == ["torch", "onnxruntime"]
     assert choice.engine == "onnxruntime" and choice.source == "measured"
     assert choice.not_tried == ["openvino", "torchscript"] and choice.budget_s == 15.0
-    # why: too little was left to start them (3.9 s: ~3.9 s of build each and 3 calls of ~1 s), not a budget "spent"
-    assert "; not tried: openvino, torchscript: too little budget left (3.9 s of the --auto_budget's 15 s) to build " \
+    # why: too little was left to start them (5.5 s: ~3.9 s of build each and 3 calls of ~1 s), not a budget "spent"
+    assert "; not tried: openvino, torchscript: too little budget left (5.5 s of the --auto_budget's 15 s) to build " \
            "openvino (about 3.9 s typically) or torchscript (about 9.9 s typically) and time each (about 3.0 s)" \
         in choice.reason, choice.reason
     assert "being spent" not in choice.reason
@@ -106,7 +108,7 @@ def test_a_known_build_that_cannot_fit_is_not_started(monkeypatch):
     assert order == ["torch", "onnxruntime", "inductor"]
     assert [c["engine"] for c in choice.candidates] == ["torch", "onnxruntime"]
     assert choice.not_tried == ["inductor"], "30 s of build measured here cannot fit the ~19 s left"
-    assert "too little budget left (18.5 s of the --auto_budget's 20 s) to build inductor (about 30.0 s last time) " \
+    assert "too little budget left (18.6 s of the --auto_budget's 20 s) to build inductor (about 30.0 s last time) " \
            "and time it (about 0.2 s)" in choice.reason, choice.reason
 
 
@@ -298,35 +300,58 @@ def test_the_cli_says_up_front_what_the_probe_is_and_how_to_skip_it(small_set, t
     assert "up to about 7 s (--auto_budget)" in err
 
 
-def test_eager_torch_takes_the_references_call_as_its_first_and_times_one_more():
+def _job(net, batch=None, reference=None) -> SimpleNamespace:
+    """What auto._first_input reads of a run: its model, shape, reference and batches (one, or none that decodes)."""
+    return SimpleNamespace(reference=reference, model=net, shape=SHAPE64,
+                           batches=lambda: iter([] if batch is None else [batch]))
+
+
+def test_eager_torch_takes_the_references_call_as_its_first_and_times_one_more(monkeypatch):
     """The probe's reference is the CPU model's first call on the probe's batch; eager torch at fp32 on the CPU calls
     that very model, so its probe makes one call in all (the timed one) and reports the reference's as its first.
-    With other threads than the reference ran with, it makes its own first call (no untimed call beyond it)."""
+    With other threads than the reference ran with, and in the leader's run again at one thread per core, it makes
+    its own first call (and no untimed call beyond it)."""
     net, calls = small_model(), []
     net.register_forward_hook(lambda module, args, out: calls.append(1))
-    given = auto._first_input(SimpleNamespace(reference=None, model=net, shape=SHAPE64, batches=lambda: iter([])))()
-    assert len(calls) == 1 and given.first_call.threads == torch.get_num_threads() and given.first_call.seconds > 0
-    target = probe.Target(net, "small", SHAPE64, CPU, "fp32", EngineOptions())
-    entry, finalist = probe.probe("torch", target, given)
-    assert len(calls) == 2 and finalist is not None and entry["median_ms"] is not None
-    assert entry["first_call_ms"] == pytest.approx(given.first_call.seconds * 1000.0, abs=0.01)
-    assert entry["cosine_min"] == pytest.approx(1.0)
+    pixels = torch.randint(0, 256, (1, 64, 64, 3), dtype=torch.uint8)
+    batch = Batch(["car_01"], pixels, None, 1, [(64, 64)])
+    for job in (_job(net, batch), _job(net)):  # a real batch; noise when nothing decodes
+        calls.clear()
+        given = auto._first_input(job)()
+        assert len(calls) == 1 and given.first_call.threads == torch.get_num_threads() and given.first_call.seconds > 0
+        target = probe.Target(net, "small", SHAPE64, CPU, "fp32", EngineOptions())
+        entry, finalist = probe.probe("torch", target, given)
+        assert len(calls) == 2 and finalist is not None and entry["median_ms"] is not None
+        assert entry["first_call_ms"] == pytest.approx(given.first_call.seconds * 1000.0, abs=0.01)
+        assert entry["cosine_min"] == pytest.approx(1.0)
     other = probe.Target(net, "small", SHAPE64, CPU, "fp32", EngineOptions(threads=given.first_call.threads + 1))
-    entry, finalist = probe.probe("torch", other, given)
+    _, finalist = probe.probe("torch", other, given)
     assert len(calls) == 4 and finalist is not None, "its own first call, then the timed one"
-    assert entry["first_call_ms"] != pytest.approx(given.first_call.seconds * 1000.0, abs=0.01)
+    calls.clear()
+    monkeypatch.setattr(probe, "thread_candidates", lambda device, options: [torch.get_num_threads()])
+    entries, _ = probe._probe_all(target, ["torch"], given, lambda line: None)
+    assert len(entries) == 2 and len(calls) == 3, "the leader's run at one thread per core makes its own first call"
+    # A reference that already held the batch made no model call: there is nothing to take as eager torch's first.
+    held = Reference(net, budget_bytes=1 << 20)
+    held(batch.ids, batch)
+    assert auto._first_input(_job(net, batch, held))().first_call is None
 
 
 def test_the_probe_is_announced_before_the_references_call():
     """The reference's call on the first batch comes before the first candidate (a UNet 512's takes 7 s on a 2-core
-    AVX2 CPU): the line that says what the probe is and how to skip it comes before it, not after a silent wait."""
+    AVX2 CPU): the line that says what the probe is and how to skip it comes before it, not after a silent wait, and
+    the budget's clock holds it."""
     logged, seen = [], []
+    budget = ProbeBudget(5.0)
+    budget.start -= 60.0  # made a minute ago: the clock must start at the probe, before the reference's call
 
     def first_input():
-        seen.append(list(logged))
+        seen.append((list(logged), budget.elapsed()))
         raise RuntimeError("out of memory (simulated)")
 
     target = probe.Target(small_model(), "small", SHAPE64, CPU, "fp32", EngineOptions())
-    choice = auto.choose(target, first_input, "measure", log=logged.append, budget=ProbeBudget(5.0))
-    assert len(seen) == 1 and len(seen[0]) == 1 and "finding the fastest engine here" in seen[0][0], seen
+    choice = auto.choose(target, first_input, "measure", log=logged.append, budget=budget)
+    (lines, elapsed), = seen
+    assert len(lines) == 1 and "finding the fastest engine here" in lines[0], lines
+    assert elapsed < 30.0, "the reference's call is inside the --auto_budget's time"
     assert choice.source == "static" and "could not run the eager fp32 reference" in choice.reason
