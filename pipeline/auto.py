@@ -165,6 +165,7 @@ def choose(target: Target, first_input: Callable[[], ProbeInput], mode: str = "m
         return _kept(record, path, target.precision, read_costs(costs))
     if not names:
         return static_choice(target, f"no installed engine runs {target.precision} on {target.device.type}")
+    start = time.perf_counter()  # the probe's time holds the reference's call, as its budget does
     say = _begin(target, budget, log)
     try:
         given = first_input()
@@ -174,6 +175,7 @@ def choose(target: Target, first_input: Callable[[], ProbeInput], mode: str = "m
         return static_choice(target, f"the probe could not run the eager fp32 reference "
                                f"({type(exc).__name__}: {first_line(exc)})")
     choice = _probe(target, names, given, say, budget, costs)
+    choice.probe_s = time.perf_counter() - start
     choice.candidates.extend(settled)
     if path and choice.source == "measured":
         _keep(path, key, choice)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import sys
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -355,3 +356,19 @@ def test_the_probe_is_announced_before_the_references_call():
     assert len(lines) == 1 and "finding the fastest engine here" in lines[0], lines
     assert elapsed < 30.0, "the reference's call is inside the --auto_budget's time"
     assert choice.source == "static" and "could not run the eager fp32 reference" in choice.reason
+
+
+def test_the_probes_time_holds_the_references_call(monkeypatch):
+    """`probe_s` ('measured now in N s') counts from where the budget's clock starts: before the reference's call."""
+    monkeypatch.setattr(auto, "candidates", lambda device, precision: ["torch"])
+    net, batch = small_model(), torch.rand(SHAPE64)
+    with torch.inference_mode():
+        given = probe.ProbeInput(batch, 1, net(batch))
+
+    def first_input():
+        time.sleep(0.5)  # the reference's call
+        return given
+
+    target = probe.Target(net, "small", SHAPE64, CPU, "fp32", EngineOptions())
+    choice = auto.choose(target, first_input, "measure", budget=ProbeBudget(60.0))
+    assert choice.source == "measured" and choice.engine == "torch" and choice.probe_s >= 0.5, choice
