@@ -19,7 +19,7 @@ import engines
 from engines.base import Engine, EngineOptions
 from engines.cache import discard
 from pipeline.fidelity import BARS
-from pipeline.probe_budget import ProbeBudget, probe_calls
+from pipeline.probe_budget import ProbeBudget, probe_calls, probe_warmups
 from pipeline.probe_reason import budget_note, reason
 from pipeline.rows import Built
 from report.metrics import cosine_per_sample
@@ -28,10 +28,6 @@ from utils.errors import first_line
 from utils.timing import UNSTABLE, intervals_overlap, median_interval, median_min_calls
 from utils.trace import TRACE
 
-PROBE_WARMUP = 2  # untimed calls first: TorchScript's profiling executor optimises on its second call
-# ... but eager torch, whose second call is already a steady one (its first made oneDNN's primitives or ran
-# cudnn.benchmark's search): one untimed call, which on the CPU in fp32 is the reference's own (ProbeInput.first_call)
-EAGER_WARMUP = 1
 # interleaved calls per finalist after its first timed one: 6 in all, the fewest whose median has a 95 % interval, so
 # no finalist is judged (spread, tied) on calls too few to say
 PROBE_ROUNDS = median_min_calls() - 1
@@ -159,7 +155,7 @@ def _timed_call(engine: Engine, inputs, threads: int | None) -> float:
 
 
 def probe(name: str, target: Target, given: ProbeInput, best_ms: float | None = None) -> tuple[dict, _Finalist | None]:
-    """Compile one candidate, make PROBE_WARMUP untimed calls (EAGER_WARMUP for eager torch), check the first one's
+    """Compile one candidate, make its untimed calls (probe_budget.probe_warmups), check the first one's
     output against the reference, time one call; (its report entry, a finalist to time further, or None when it
     failed or missed the bar).
 
@@ -197,7 +193,7 @@ def probe(name: str, target: Target, given: ProbeInput, best_ms: float | None = 
             if engine.parallel == 1 and best_ms is not None and first_call_s * 1000.0 > FIRST_CALL_GIVE_UP * best_ms:
                 entry["note"] = f"not a finalist: its first call took over {FIRST_CALL_GIVE_UP}x the fastest call"
                 return entry, None
-            for _ in range((EAGER_WARMUP if engine.name == "torch" else PROBE_WARMUP) - 1):
+            for _ in range(probe_warmups(name) - 1):
                 engine.run(inputs)
             engine.synchronize()
             finalist = _Finalist(entry, engine, inputs, first_call_s, options.threads)

@@ -25,8 +25,10 @@ from utils.files import write_atomic
 PRIOR_BUILD_S = {"torch": 0.0, "torch_npu": 0.0, "onnxruntime": 3.3, "openvino": 3.9, "torchscript": 9.9,
                  "inductor": 19.3, "tensorrt": 60.0, "torch_aie": 60.0}
 UNKNOWN_BUILD_S = 60.0  # an engine added later, never measured
-CALLS_PER_CANDIDATE = 3  # the probe's first call, its warm-up and its one timed call
-EAGER_CALLS = 2  # eager torch's: its first call (at fp32 on the CPU the reference's, made already) and its timed one
+PROBE_WARMUP = 2  # untimed calls first: TorchScript's profiling executor optimises on its second call
+# ... but eager torch, whose second call is already a steady one (its first made oneDNN's primitives or ran
+# cudnn.benchmark's search): one untimed call, which on the CPU in fp32 is the reference's own (ProbeInput.first_call)
+EAGER_WARMUP = 1
 LABEL_WIDTH = 60  # the progress bar's label at most: the bar and its seconds fit beside it on an 80-column terminal
 
 
@@ -35,9 +37,14 @@ def expected_build_s(name: str, known: dict[str, float]) -> float:
     return known.get(name, PRIOR_BUILD_S.get(name, UNKNOWN_BUILD_S))
 
 
+def probe_warmups(name: str) -> int:
+    """The untimed calls the probe makes for candidate `name`, its first call included."""
+    return EAGER_WARMUP if name == "torch" else PROBE_WARMUP
+
+
 def probe_calls(name: str) -> int:
-    """The model calls the probe makes for candidate `name` (pipeline/probe.py: eager torch needs no second warm-up)."""
-    return EAGER_CALLS if name == "torch" else CALLS_PER_CANDIDATE
+    """The model calls the probe makes for candidate `name`: its untimed ones and its one timed call."""
+    return probe_warmups(name) + 1
 
 
 def probe_order(names: list[str], known: dict[str, float]) -> list[str]:
