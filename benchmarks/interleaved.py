@@ -74,8 +74,10 @@ def main(argv=None) -> int:
     for r in range(args.rounds):
         for engine, native, _, times in loaded:
             times.extend(measure(engine.run, native, engine.synchronize, loop=1))
-        calls = "  ".join(f"{e.name} {e.precision} {times[-1] * 1000:,.0f} ms" for e, _, _, times in loaded)
-        print(f"round {r + 1}/{args.rounds}" + (f": {calls}" if args.per_round else ""), file=sys.stderr)
+        line = f"round {r + 1}/{args.rounds}"
+        if args.per_round:
+            line += ": " + "  ".join(f"{e.name} {e.precision} {times[-1] * 1000:,.0f} ms" for e, _, _, times in loaded)
+        print(line, file=sys.stderr)
     base = float(np.median(loaded[0][3]))
     print(f"| engine | precision | median ms | min ms | 1 / median (calls/s) | x vs {rows[0][0]} {rows[0][1]} "
           "| worst cosine |")
